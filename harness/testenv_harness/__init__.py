@@ -1,0 +1,8 @@
+"""kube-testenv's harness: a cluster per run, and each test worker's own services in it."""
+
+from __future__ import annotations
+
+from testenv_harness.clusters import Cluster, LocalProvider
+from testenv_harness.errors import ClusterError, TestEnvError, ToolchainError
+
+__all__ = ["Cluster", "ClusterError", "LocalProvider", "TestEnvError", "ToolchainError"]

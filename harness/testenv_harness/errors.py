@@ -1,0 +1,17 @@
+"""Named failures the harness raises; each message says what was seen and what to do."""
+
+from __future__ import annotations
+
+
+class TestEnvError(Exception):
+    """Base class for every kube-testenv harness failure."""
+
+    __test__ = False  # not a pytest test class, despite the name
+
+
+class ToolchainError(TestEnvError):
+    """A pinned binary is missing or failed to build."""
+
+
+class ClusterError(TestEnvError):
+    """A cluster could not be created, reached or deleted."""

@@ -1,0 +1,43 @@
+"""Thin helpers over the official Kubernetes client: clients from a kubeconfig, CRD install."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+import testenv_api
+from testenv_harness.errors import ClusterError
+
+
+def api_client(kubeconfig: Path, context: str | None = None) -> client.ApiClient:
+    return config.new_client_from_config(config_file=str(kubeconfig), context=context)
+
+
+def install_crd(api: client.ApiClient, timeout: float = 60.0) -> None:
+    """Create or update the TestEnvironment CRD and wait until the API server serves it."""
+    manifest = testenv_api.crd_manifest()
+    crds = client.ApiextensionsV1Api(api)
+    try:
+        crds.create_custom_resource_definition(manifest)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise ClusterError(
+                f"installing CRD {testenv_api.CRD_NAME} failed: {exc.status} {exc.reason}"
+            ) from exc
+        current = crds.read_custom_resource_definition(testenv_api.CRD_NAME)
+        manifest["metadata"]["resourceVersion"] = current.metadata.resource_version
+        crds.replace_custom_resource_definition(testenv_api.CRD_NAME, manifest)
+    deadline = time.monotonic() + timeout
+    while True:
+        crd = crds.read_custom_resource_definition(testenv_api.CRD_NAME)
+        conditions = {c.type: c.status for c in (crd.status.conditions or [])}
+        if conditions.get("Established") == "True":
+            return
+        if time.monotonic() > deadline:
+            raise ClusterError(
+                f"CRD {testenv_api.CRD_NAME} not Established after {timeout:.0f}s (conditions: {conditions})"
+            )
+        time.sleep(0.2)

@@ -1,0 +1,228 @@
+"""The pinned binaries behind the `local` cluster, built from the Go module proxy.
+
+Nothing here downloads a release binary: every tool is compiled from a small wrapper Go
+module shipped inside this package (``gotools/<tool>``), whose go.mod and go.sum pin it.
+Results land in a per-user cache keyed by the wrapper's content and link flags, so a
+second build is a no-op and a version bump builds alongside the old one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from testenv_harness.errors import ToolchainError
+
+KUBERNETES_VERSION = "v1.36.3"
+ETCD_VERSION = "v3.6.16"
+KWOK_VERSION = "v0.8.0"
+HELM_VERSION = "v3.22.0"
+KIND_VERSION = "v0.33.0"
+
+_MODULES = Path(__file__).parent / "gotools"
+
+
+def _kube_ldflags(version: str) -> tuple[str, ...]:
+    major, minor = version.lstrip("v").split(".")[:2]
+    flags: list[str] = []
+    for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+        flags += [
+            f"-X {pkg}.gitVersion={version}",
+            f"-X {pkg}.gitMajor={major}",
+            f"-X {pkg}.gitMinor={minor}",
+            f"-X {pkg}.gitTreeState=clean",
+            f"-X {pkg}.buildDate=1970-01-01T00:00:00Z",
+        ]
+    return tuple(flags)
+
+
+@dataclasses.dataclass(frozen=True)
+class GoTool:
+    """One wrapper module and the commands built from it."""
+
+    name: str
+    version: str
+    binaries: dict[str, str]  # output file name -> Go package path
+    ldflags: tuple[str, ...] = ()
+
+    @property
+    def module_dir(self) -> Path:
+        return _MODULES / self.name
+
+    def key(self) -> str:
+        digest = hashlib.sha256()
+        for file in ("go.mod", "go.sum", "tools.go"):
+            digest.update((self.module_dir / file).read_bytes())
+        digest.update(repr((sorted(self.binaries.items()), self.ldflags)).encode())
+        return f"{self.name}-{self.version}-{digest.hexdigest()[:12]}"
+
+
+TOOLS: tuple[GoTool, ...] = (
+    GoTool(
+        "kubernetes",
+        KUBERNETES_VERSION,
+        {
+            name: f"k8s.io/kubernetes/cmd/{name}"
+            for name in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
+        },
+        _kube_ldflags(KUBERNETES_VERSION),
+    ),
+    GoTool("etcd", ETCD_VERSION, {"etcd": "go.etcd.io/etcd/server/v3"}),
+    GoTool(
+        "kwok",
+        KWOK_VERSION,
+        {"kwok": "sigs.k8s.io/kwok/cmd/kwok", "kwokctl": "sigs.k8s.io/kwok/cmd/kwokctl"},
+        (
+            f"-X sigs.k8s.io/kwok/pkg/consts.Version={KWOK_VERSION.lstrip('v')}",
+            f"-X sigs.k8s.io/kwok/pkg/consts.KubeVersion={KUBERNETES_VERSION.lstrip('v')}",
+        ),
+    ),
+    GoTool(
+        "helm",
+        HELM_VERSION,
+        {"helm": "helm.sh/helm/v3/cmd/helm"},
+        (f"-X helm.sh/helm/v3/internal/version.version={HELM_VERSION}",),
+    ),
+    GoTool("kind", KIND_VERSION, {"kind": "sigs.k8s.io/kind"}),
+)
+
+#: Which `make` target or command rebuilds a binary, for error messages.
+BUILD_HINT = "run `make tools` (or `testenv tools`) to build it from the Go module proxy"
+
+
+def cache_root() -> Path:
+    """Where built tools live; KUBE_TESTENV_CACHE overrides the XDG default."""
+    explicit = os.environ.get("KUBE_TESTENV_CACHE")
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "kube-testenv"
+
+
+def tool_dir(tool: GoTool) -> Path:
+    return cache_root() / "tools" / tool.key()
+
+
+def bin_dir() -> Path:
+    """One folder of links to every pinned binary: what `make cluster-up` puts on PATH."""
+    combined = hashlib.sha256("".join(t.key() for t in TOOLS).encode()).hexdigest()[:12]
+    return cache_root() / "bin" / combined
+
+
+def binary(name: str) -> Path:
+    """The path of one built binary, or a ToolchainError naming the command that builds it."""
+    for tool in TOOLS:
+        if name in tool.binaries:
+            path = tool_dir(tool) / name
+            if path.exists():
+                return path
+            raise ToolchainError(f"{name} {tool.version} is not built ({path} is missing): {BUILD_HINT}")
+    raise ToolchainError(f"unknown tool {name!r}; known: {', '.join(all_binaries())}")
+
+
+def all_binaries() -> list[str]:
+    return [name for tool in TOOLS for name in tool.binaries]
+
+
+def missing() -> list[GoTool]:
+    return [tool for tool in TOOLS if not tool_dir(tool).is_dir()]
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _heartbeat(label: str, report: Callable[[str], None], stop: threading.Event) -> None:
+    started = time.monotonic()
+    while not stop.wait(30):
+        report(f"  still building {label} ({time.monotonic() - started:.0f}s)")
+
+
+def _go_build(tool: GoTool, out: Path) -> None:
+    env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-mod=readonly -buildvcs=false")
+    flags = ["-trimpath", "-ldflags", " ".join(("-s", "-w", *tool.ldflags))]
+    # Packages whose last element names the binary build in one go, so shared code
+    # compiles once; the rest (etcd's module root is `.../v3`) get an explicit -o.
+    together = [pkg for name, pkg in tool.binaries.items() if pkg.rsplit("/", 1)[-1] == name]
+    commands = [["go", "build", *flags, "-o", f"{out}/", *together]] if together else []
+    commands += [
+        ["go", "build", *flags, "-o", str(out / name), pkg]
+        for name, pkg in tool.binaries.items()
+        if pkg.rsplit("/", 1)[-1] != name
+    ]
+    for command in commands:
+        result = subprocess.run(
+            command, cwd=tool.module_dir, env=env, capture_output=True, text=True, check=False
+        )
+        if result.returncode != 0:
+            raise ToolchainError(
+                f"building {tool.name} {tool.version} failed (exit {result.returncode}):\n"
+                f"$ {' '.join(command)}\n{result.stderr.strip()[-4000:]}"
+            )
+
+
+def build_one(tool: GoTool, report: Callable[[str], None] = print) -> float:
+    """Build one tool into the cache unless it is there; returns seconds spent."""
+    final = tool_dir(tool)
+    if final.is_dir():
+        return 0.0
+    if shutil.which("go") is None:
+        raise ToolchainError(
+            "the `go` command is not on PATH; install Go 1.26+ to build the local cluster tools"
+        )
+    with _locked(final.parent / f"{final.name}.lock"):
+        if final.is_dir():  # another process built it while we waited
+            return 0.0
+        report(f"building {tool.name} {tool.version}: {', '.join(tool.binaries)}")
+        started = time.monotonic()
+        stop = threading.Event()
+        beat = threading.Thread(target=_heartbeat, args=(tool.name, report, stop), daemon=True)
+        beat.start()
+        staging = Path(tempfile.mkdtemp(prefix=f".{tool.name}-", dir=final.parent))
+        try:
+            _go_build(tool, staging)
+            staging.chmod(0o755)
+            staging.rename(final)
+        finally:
+            stop.set()
+            shutil.rmtree(staging, ignore_errors=True)
+        took = time.monotonic() - started
+        size = sum(f.stat().st_size for f in final.iterdir()) / 2**20
+        report(f"built {tool.name} {tool.version} in {took:.0f}s ({size:.0f} MiB)")
+        return took
+
+
+def link_bin_dir() -> Path:
+    """(Re)create the folder of links to every built binary."""
+    target = bin_dir()
+    target.mkdir(parents=True, exist_ok=True)
+    for tool in TOOLS:
+        for name in tool.binaries:
+            link = target / name
+            link.unlink(missing_ok=True)
+            link.symlink_to(tool_dir(tool) / name)
+    return target
+
+
+def build_all(report: Callable[[str], None] = print) -> Path:
+    """Build every missing tool (a no-op when all are cached) and return the bin folder."""
+    for tool in TOOLS:
+        build_one(tool, report)
+    return link_bin_dir()

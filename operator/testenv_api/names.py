@@ -1,0 +1,38 @@
+"""API group, resource names and the label/annotation keys on everything the operator makes."""
+
+from __future__ import annotations
+
+import enum
+
+GROUP = "testenv.dev"
+VERSION = "v1alpha1"
+KIND = "TestEnvironment"
+PLURAL = "testenvironments"
+SHORT_NAMES = ("testenv", "te")
+CRD_NAME = f"{PLURAL}.{GROUP}"
+
+SERVICE_TYPES = ("redis", "kafka", "localstack", "moto", "postgres", "rabbitmq", "mosquitto", "custom")
+
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY = "kube-testenv"
+#: metadata.uid of the owning TestEnvironment: the only proof of ownership the operator trusts.
+LABEL_OWNER_UID = f"{GROUP}/owner-uid"
+LABEL_OWNER_NAME = f"{GROUP}/owner-name"
+LABEL_OWNER_NAMESPACE = f"{GROUP}/owner-namespace"
+LABEL_WORKER = f"{GROUP}/worker"
+LABEL_SERVICE = f"{GROUP}/service"
+#: Set by the harness on environments it creates, so a reaper can find one run's leftovers.
+LABEL_RUN_ID = f"{GROUP}/run-id"
+
+#: RFC 3339 time the harness renews while tests run (see spec.lifetime.heartbeatTimeoutSeconds).
+ANNOTATION_HEARTBEAT = f"{GROUP}/heartbeat"
+FINALIZER = f"{GROUP}/cleanup"
+
+
+class Phase(enum.StrEnum):
+    PENDING = "Pending"
+    PROVISIONING = "Provisioning"
+    READY = "Ready"
+    DEGRADED = "Degraded"
+    FAILED = "Failed"
+    TERMINATING = "Terminating"

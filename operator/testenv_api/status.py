@@ -1,0 +1,105 @@
+"""The layout of TestEnvironment.status, written by the operator and read by the harness.
+
+The harness never recomputes a namespace name, port or URL: it reads them from here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class PortStatus:
+    name: str
+    #: Port of the in-cluster Service (and of the container) the local port forwards to.
+    port: int
+    #: Planned port the harness binds on the test machine; unique within the environment.
+    local_port: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "port": self.port, "localPort": self.local_port}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PortStatus:
+        return cls(name=data["name"], port=int(data["port"]), local_port=int(data["localPort"]))
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    type: str
+    ready: bool
+    #: In-cluster DNS name, `<service>.<namespace>.svc`.
+    host: str
+    ports: tuple[PortStatus, ...]
+    #: URL a test uses through the harness's local forward, e.g. redis://localhost:20000.
+    url: str = ""
+
+    @property
+    def primary(self) -> PortStatus:
+        return self.ports[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "type": self.type,
+            "ready": self.ready,
+            "host": self.host,
+            "ports": [p.to_dict() for p in self.ports],
+            "url": self.url,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ServiceStatus:
+        return cls(
+            name=data["name"],
+            type=data["type"],
+            ready=bool(data.get("ready", False)),
+            host=data.get("host", ""),
+            ports=tuple(PortStatus.from_dict(p) for p in data.get("ports") or []),
+            url=data.get("url", ""),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerStatus:
+    index: int
+    namespace: str
+    phase: str
+    services: tuple[ServiceStatus, ...]
+    message: str = ""
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.services) and all(s.ready for s in self.services)
+
+    def service(self, name: str) -> ServiceStatus:
+        for service in self.services:
+            if service.name == name:
+                return service
+        known = ", ".join(s.name for s in self.services) or "none"
+        raise KeyError(f"worker {self.index} has no service {name!r} (services: {known})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "namespace": self.namespace,
+            "phase": self.phase,
+            "message": self.message,
+            "services": [s.to_dict() for s in self.services],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WorkerStatus:
+        return cls(
+            index=int(data["index"]),
+            namespace=data["namespace"],
+            phase=data.get("phase", ""),
+            message=data.get("message", ""),
+            services=tuple(ServiceStatus.from_dict(s) for s in data.get("services") or []),
+        )
+
+
+def workers_from_status(status: dict[str, Any] | None) -> list[WorkerStatus]:
+    return [WorkerStatus.from_dict(w) for w in (status or {}).get("workers") or []]

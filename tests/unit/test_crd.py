@@ -1,0 +1,73 @@
+"""The CRD is the contract: one source, identical copies, and a description on every field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+import testenv_api
+
+ROOT = Path(__file__).resolve().parents[2]
+SOURCE = ROOT / "crds" / "testenv.dev_testenvironments.yaml"
+COPIES = [ROOT / "operator" / "testenv_api" / "crd.yaml"]
+
+
+def _crd() -> dict[str, Any]:
+    crd: dict[str, Any] = yaml.safe_load(SOURCE.read_text())
+    return crd
+
+
+@pytest.mark.parametrize("copy", COPIES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_copy_matches_the_source(copy: Path) -> None:
+    assert copy.read_bytes() == SOURCE.read_bytes(), f"{copy} drifted from {SOURCE}: run `make sync-crds`"
+
+
+def test_packaged_copy_loads_as_the_same_object() -> None:
+    assert testenv_api.crd_manifest() == _crd()
+
+
+def test_names_match_the_contract_module() -> None:
+    spec = _crd()["spec"]
+    assert _crd()["metadata"]["name"] == testenv_api.CRD_NAME
+    assert spec["group"] == testenv_api.GROUP
+    assert spec["scope"] == "Namespaced"
+    assert spec["names"]["kind"] == testenv_api.KIND
+    assert spec["names"]["plural"] == testenv_api.PLURAL
+    assert tuple(spec["names"]["shortNames"]) == testenv_api.SHORT_NAMES
+    (version,) = spec["versions"]
+    assert version["name"] == testenv_api.VERSION
+    assert version["subresources"] == {"status": {}}
+    columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
+    assert columns["Phase"] == ".status.phase"
+    assert columns["Ready"] == ".status.readyWorkers"
+
+
+def test_service_type_enum_matches_the_contract_module() -> None:
+    schema = _crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    service = schema["properties"]["spec"]["properties"]["services"]["items"]
+    assert tuple(service["properties"]["type"]["enum"]) == testenv_api.SERVICE_TYPES
+
+
+def test_status_phase_enum_matches_the_contract_module() -> None:
+    schema = _crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    phases = schema["properties"]["status"]["properties"]["phase"]["enum"]
+    assert phases == [p.value for p in testenv_api.Phase]
+
+
+def _undocumented(schema: dict[str, Any], path: str) -> list[str]:
+    missing = [] if schema.get("description") or path.endswith(".metadata") else [path]
+    for name, child in schema.get("properties", {}).items():
+        missing += _undocumented(child, f"{path}.{name}")
+    if "items" in schema:
+        missing += _undocumented(schema["items"], f"{path}[]")
+    return missing
+
+
+def test_every_field_has_a_description_for_kubectl_explain() -> None:
+    schema = _crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    # Quantity maps (additionalProperties) and leaf list items of plain strings are exempt.
+    missing = [p for p in _undocumented(schema, "") if not p.endswith(("[]",))]
+    assert missing == []

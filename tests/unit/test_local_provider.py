@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from testenv_harness import toolchain
+from testenv_harness.clusters.local import LocalProvider, _node_manifest
+from testenv_harness.errors import ToolchainError
+
+
+def test_kwokctl_is_pointed_at_every_pinned_binary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KUBE_TESTENV_CACHE", str(tmp_path))
+    env = LocalProvider()._env()
+    binaries = toolchain.bin_dir()
+    assert env["KWOK_RUNTIME"] == "binary"
+    assert env["KWOK_KUBE_VERSION"] == toolchain.KUBERNETES_VERSION
+    assert env["KWOK_KUBE_BINARY_PREFIX"] == str(binaries)
+    for key, name in [
+        ("KWOK_KUBECTL_BINARY", "kubectl"),
+        ("KWOK_ETCD_BINARY", "etcd"),
+        ("KWOK_CONTROLLER_BINARY", "kwok"),
+    ]:
+        assert env[key] == str(binaries / name)
+    assert env["KWOK_WORKDIR"] == str(tmp_path / "kwok")
+    assert env["PATH"].startswith(f"{binaries}:")
+
+
+def test_up_without_tools_names_make_tools(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KUBE_TESTENV_CACHE", str(tmp_path))
+    with pytest.raises(ToolchainError, match="make tools"):
+        LocalProvider(report=lambda _: None).up()
+
+
+def test_down_without_a_cluster_is_a_no_op(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KUBE_TESTENV_CACHE", str(tmp_path))
+    provider = LocalProvider("nothing-here", report=lambda _: None)
+    assert not provider.exists()
+    provider.down()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"), [({"cluster_name": ""}, "1 to 40"), ({"nodes": 0}, "at least 1")]
+)
+def test_bad_arguments_are_refused_early(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        LocalProvider(**kwargs)  # type: ignore[arg-type]
+
+
+def test_nodes_are_managed_by_kwok_and_have_room() -> None:
+    node = _node_manifest("kwok-node-0")
+    assert node["metadata"]["annotations"]["kwok.x-k8s.io/node"] == "fake"  # type: ignore[index]
+    assert node["status"]["capacity"]["pods"] == "500"  # type: ignore[index]

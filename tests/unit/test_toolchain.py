@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from testenv_harness import toolchain
+from testenv_harness.errors import ToolchainError
+
+
+@pytest.fixture
+def empty_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("KUBE_TESTENV_CACHE", str(tmp_path))
+    return tmp_path
+
+
+def test_cache_root_honours_override_then_xdg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KUBE_TESTENV_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert toolchain.cache_root() == tmp_path / "xdg" / "kube-testenv"
+    monkeypatch.setenv("KUBE_TESTENV_CACHE", str(tmp_path / "explicit"))
+    assert toolchain.cache_root() == tmp_path / "explicit"
+
+
+def test_every_wrapper_module_is_shipped_with_its_checksums() -> None:
+    for tool in toolchain.TOOLS:
+        for name in ("go.mod", "go.sum", "tools.go"):
+            assert (tool.module_dir / name).is_file(), f"{tool.name}/{name} missing"
+        assert tool.version in (tool.module_dir / "go.mod").read_text()
+
+
+def test_kubernetes_staging_modules_are_pinned_to_the_matching_minor() -> None:
+    kube = next(t for t in toolchain.TOOLS if t.name == "kubernetes")
+    gomod = (kube.module_dir / "go.mod").read_text()
+    staging = toolchain.KUBERNETES_VERSION.replace("v1.", "v0.", 1)
+    replaced = [line.split()[0] for line in gomod.splitlines() if "=>" in line]
+    assert len(replaced) > 25
+    for module in replaced:
+        assert f"{module} => {module} {staging}" in gomod
+    assert "godebug default=" in gomod
+
+
+def test_kubernetes_binaries_are_stamped_with_the_release_version() -> None:
+    kube = next(t for t in toolchain.TOOLS if t.name == "kubernetes")
+    flags = " ".join(kube.ldflags)
+    assert f"k8s.io/component-base/version.gitVersion={toolchain.KUBERNETES_VERSION}" in flags
+    assert f"k8s.io/client-go/pkg/version.gitVersion={toolchain.KUBERNETES_VERSION}" in flags
+
+
+def test_cache_key_is_stable_and_names_the_version() -> None:
+    for tool in toolchain.TOOLS:
+        assert tool.key() == tool.key()
+        assert tool.key().startswith(f"{tool.name}-{tool.version}-")
+    assert len({t.key() for t in toolchain.TOOLS}) == len(toolchain.TOOLS)
+
+
+def test_cache_key_changes_with_link_flags() -> None:
+    tool = toolchain.TOOLS[0]
+    other = toolchain.GoTool(tool.name, tool.version, tool.binaries, (*tool.ldflags, "-X a.b=c"))
+    assert other.key() != tool.key()
+
+
+def test_missing_binary_names_the_command_that_builds_it(empty_cache: Path) -> None:
+    with pytest.raises(ToolchainError, match=r"kube-apiserver v1\.36\.\d+ is not built .*make tools"):
+        toolchain.binary("kube-apiserver")
+    assert {t.name for t in toolchain.missing()} == {t.name for t in toolchain.TOOLS}
+
+
+def test_unknown_binary_lists_the_known_ones(empty_cache: Path) -> None:
+    with pytest.raises(ToolchainError, match=r"unknown tool 'kubelet'.*kube-apiserver"):
+        toolchain.binary("kubelet")
+
+
+def test_cached_tool_is_not_rebuilt(empty_cache: Path) -> None:
+    tool = toolchain.TOOLS[1]
+    toolchain.tool_dir(tool).mkdir(parents=True)
+    assert toolchain.build_one(tool, report=lambda _: None) == 0.0
+
+
+def test_bin_dir_links_every_binary(empty_cache: Path) -> None:
+    for tool in toolchain.TOOLS:
+        folder = toolchain.tool_dir(tool)
+        folder.mkdir(parents=True)
+        for name in tool.binaries:
+            (folder / name).write_text("#!/bin/sh\n")
+    linked = toolchain.link_bin_dir()
+    assert sorted(p.name for p in linked.iterdir()) == sorted(toolchain.all_binaries())
+    assert (linked / "etcd").resolve() == (toolchain.tool_dir(toolchain.TOOLS[1]) / "etcd").resolve()
