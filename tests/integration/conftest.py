@@ -11,6 +11,9 @@ from kubernetes import client
 from testenv_harness import kube
 from testenv_harness.clusters import Cluster, LocalProvider
 
+from . import environments
+from .operator_process import OperatorProcess
+
 CLUSTER_NAME = "testenv-it"
 
 
@@ -45,4 +48,26 @@ def namespace(api: client.ApiClient) -> Iterator[str]:
     core = client.CoreV1Api(api)
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     yield name
+    core.delete_namespace(name)
+
+
+@pytest.fixture(scope="module")
+def running_operator(
+    local_cluster: Cluster, crd: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """One operator process for a module's tests (tests that kill it start their own)."""
+    log = tmp_path_factory.mktemp("operator") / "operator.log"
+    process = OperatorProcess(local_cluster.kubeconfig, log, TESTENV_MAX_WORKERS="32").start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def tenant(api: client.ApiClient) -> Iterator[str]:
+    """A namespace for TestEnvironments; its environments are deleted (and awaited) afterwards."""
+    name = f"tenant-{uuid.uuid4().hex[:6]}"
+    core = client.CoreV1Api(api)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    yield name
+    environments.delete_all(api, name)
     core.delete_namespace(name)

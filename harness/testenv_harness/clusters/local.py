@@ -173,6 +173,11 @@ class LocalProvider:
                 "cluster",
                 "--enable-crds",
                 ",".join(_KWOK_CRDS),
+                # Client QPS limits make the namespace controller take minutes to delete a few
+                # dozen namespaces (it lists and deletes every resource type in each one).
+                "--disable-qps-limits",
+                "--extra-args",
+                "kube-controller-manager=concurrent-namespace-syncs=20",
                 "--wait",
                 f"{self.timeout:.0f}s",
                 "--timeout",

@@ -1,0 +1,277 @@
+"""What each built-in service type runs: image, ports, arguments, environment, readiness, size.
+
+`render_service` turns one entry of spec.services into a `ServicePlan`, independent of
+Kubernetes objects; `manifests.py` turns plans into objects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+DEFAULT_IMAGES: dict[str, str] = {
+    "redis": "redis:7.2.7",
+    "kafka": "apache/kafka:4.1.1",
+    "localstack": "localstack/localstack:4.14.0",
+    "moto": "motoserver/moto:5.1.18",
+    "postgres": "postgres:17.6",
+    "rabbitmq": "rabbitmq:4.1.4",
+    "mosquitto": "eclipse-mosquitto:2.0.22",
+}
+
+#: Fixed KRaft cluster id: each worker's broker is a separate one-node cluster anyway.
+KAFKA_CLUSTER_ID = "dGVzdGVudi1rYWZrYS0w"
+KAFKA_EXTERNAL_PORT = 9094
+KAFKA_INTERNAL_PORT = 9092
+KAFKA_CONTROLLER_PORT = 9093
+#: The port(s) each built-in type exposes to the test machine, primary first.
+PORTS: dict[str, tuple[tuple[str, int], ...]] = {
+    "redis": (("redis", 6379),),
+    "kafka": (("kafka", KAFKA_EXTERNAL_PORT),),
+    "localstack": (("edge", 4566),),
+    "moto": (("http", 5000),),
+    "postgres": (("postgres", 5432),),
+    "rabbitmq": (("amqp", 5672),),
+    "mosquitto": (("mqtt", 1883),),
+}
+POSTGRES_CREDENTIALS = {"POSTGRES_USER": "testenv", "POSTGRES_PASSWORD": "testenv", "POSTGRES_DB": "testenv"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Probe:
+    kind: str  # tcpSocket | httpGet | exec
+    port: int = 0
+    path: str = ""
+    command: tuple[str, ...] = ()
+
+    def to_k8s(self) -> dict[str, Any]:
+        if self.kind == "exec":
+            handler: dict[str, Any] = {"exec": {"command": list(self.command)}}
+        elif self.kind == "httpGet":
+            handler = {"httpGet": {"path": self.path, "port": self.port}}
+        else:
+            handler = {"tcpSocket": {"port": self.port}}
+        return {**handler, "periodSeconds": 2, "failureThreshold": 3, "timeoutSeconds": 2}
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceContext:
+    """What a service's configuration may depend on besides its own spec."""
+
+    namespace: str
+    #: Planned local ports of this service in this worker, by port name.
+    local_ports: Mapping[str, int]
+    images: Mapping[str, str]
+
+
+@dataclasses.dataclass(frozen=True)
+class ServicePlan:
+    name: str
+    type: str
+    image: str
+    #: (name, port) the harness forwards; the first is primary. Each has a planned local port.
+    ports: tuple[tuple[str, int], ...]
+    #: Extra ports only reachable inside the cluster (Kafka's INTERNAL listener).
+    cluster_ports: tuple[tuple[str, int], ...] = ()
+    command: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()
+    env: tuple[dict[str, Any], ...] = ()
+    readiness: Probe | None = None
+    requests: Mapping[str, str] = dataclasses.field(default_factory=lambda: {"cpu": "50m", "memory": "64Mi"})
+    limits: Mapping[str, str] = dataclasses.field(default_factory=lambda: {"cpu": "500m", "memory": "256Mi"})
+    url_scheme: str = ""
+    secret_env: tuple[tuple[str, str, str], ...] = ()  # (variable, secret, key) copied into the worker
+
+    def url(self, local_port: int) -> str:
+        if self.type == "kafka":
+            return f"localhost:{local_port}"
+        if self.type == "postgres":
+            env = {e["name"]: e.get("value", "") for e in self.env}
+            user, password, db = env["POSTGRES_USER"], env["POSTGRES_PASSWORD"], env["POSTGRES_DB"]
+            return f"postgresql://{user}:{password}@localhost:{local_port}/{db}"
+        return f"{self.url_scheme or 'tcp'}://localhost:{local_port}"
+
+
+def _env(values: Mapping[str, str]) -> tuple[dict[str, Any], ...]:
+    return tuple({"name": k, "value": v} for k, v in values.items())
+
+
+def _redis(spec: Mapping[str, Any], ctx: ServiceContext) -> ServicePlan:
+    return ServicePlan(
+        spec["name"],
+        "redis",
+        ctx.images["redis"],
+        PORTS["redis"],
+        args=("redis-server", "--save", "", "--appendonly", "no"),
+        readiness=Probe("exec", command=("redis-cli", "ping")),
+        url_scheme="redis",
+    )
+
+
+def kafka_environment(namespace: str, service: str, external_port: int) -> dict[str, str]:
+    """KRaft combined-mode settings for one broker; EXTERNAL advertises the planned local port."""
+    return {
+        "KAFKA_NODE_ID": "1",
+        "KAFKA_PROCESS_ROLES": "broker,controller",
+        "CLUSTER_ID": KAFKA_CLUSTER_ID,
+        "KAFKA_LISTENERS": (
+            f"INTERNAL://:{KAFKA_INTERNAL_PORT},EXTERNAL://:{KAFKA_EXTERNAL_PORT},"
+            f"CONTROLLER://:{KAFKA_CONTROLLER_PORT}"
+        ),
+        "KAFKA_ADVERTISED_LISTENERS": (
+            f"INTERNAL://{service}.{namespace}.svc:{KAFKA_INTERNAL_PORT},EXTERNAL://localhost:{external_port}"
+        ),
+        "KAFKA_LISTENER_SECURITY_PROTOCOL_MAP": "INTERNAL:PLAINTEXT,EXTERNAL:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "KAFKA_CONTROLLER_LISTENER_NAMES": "CONTROLLER",
+        "KAFKA_INTER_BROKER_LISTENER_NAME": "INTERNAL",
+        "KAFKA_CONTROLLER_QUORUM_VOTERS": f"1@localhost:{KAFKA_CONTROLLER_PORT}",
+        "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR": "1",
+        "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR": "1",
+        "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR": "1",
+        "KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS": "0",
+        "KAFKA_AUTO_CREATE_TOPICS_ENABLE": "true",
+        "KAFKA_NUM_PARTITIONS": "1",
+    }
+
+
+def _kafka(spec: Mapping[str, Any], ctx: ServiceContext) -> ServicePlan:
+    external = ctx.local_ports[PORTS["kafka"][0][0]]
+    return ServicePlan(
+        spec["name"],
+        "kafka",
+        ctx.images["kafka"],
+        PORTS["kafka"],
+        cluster_ports=(("internal", KAFKA_INTERNAL_PORT),),
+        env=_env(kafka_environment(ctx.namespace, spec["name"], external)),
+        readiness=Probe("tcpSocket", port=KAFKA_INTERNAL_PORT),
+        requests={"cpu": "250m", "memory": "512Mi"},
+        limits={"cpu": "1", "memory": "1Gi"},
+    )
+
+
+def _localstack(spec: Mapping[str, Any], ctx: ServiceContext) -> ServicePlan:
+    settings = spec.get("localstack") or {}
+    env = {"EAGER_SERVICE_LOADING": "1"}
+    if settings.get("services"):
+        env["SERVICES"] = ",".join(settings["services"])
+    token = settings.get("authTokenSecretRef")
+    secret_env = (("LOCALSTACK_AUTH_TOKEN", token["name"], token["key"]),) if token else ()
+    return ServicePlan(
+        spec["name"],
+        "localstack",
+        ctx.images["localstack"],
+        PORTS["localstack"],
+        env=_env(env),
+        readiness=Probe("httpGet", port=4566, path="/_localstack/health"),
+        requests={"cpu": "250m", "memory": "512Mi"},
+        limits={"cpu": "1", "memory": "1Gi"},
+        url_scheme="http",
+        secret_env=secret_env,
+    )
+
+
+def _moto(spec: Mapping[str, Any], ctx: ServiceContext) -> ServicePlan:
+    return ServicePlan(
+        spec["name"],
+        "moto",
+        ctx.images["moto"],
+        PORTS["moto"],
+        readiness=Probe("httpGet", port=5000, path="/moto-api/"),
+        url_scheme="http",
+    )
+
+
+def _postgres(spec: Mapping[str, Any], ctx: ServiceContext) -> ServicePlan:
+    return ServicePlan(
+        spec["name"],
+        "postgres",
+        ctx.images["postgres"],
+        PORTS["postgres"],
+        env=_env(POSTGRES_CREDENTIALS),
+        readiness=Probe("exec", command=("pg_isready", "-U", POSTGRES_CREDENTIALS["POSTGRES_USER"])),
+        requests={"cpu": "100m", "memory": "128Mi"},
+        limits={"cpu": "1", "memory": "512Mi"},
+    )
+
+
+def _rabbitmq(spec: Mapping[str, Any], ctx: ServiceContext) -> ServicePlan:
+    return ServicePlan(
+        spec["name"],
+        "rabbitmq",
+        ctx.images["rabbitmq"],
+        PORTS["rabbitmq"],
+        readiness=Probe("exec", command=("rabbitmq-diagnostics", "-q", "check_port_connectivity")),
+        requests={"cpu": "100m", "memory": "256Mi"},
+        limits={"cpu": "1", "memory": "512Mi"},
+        url_scheme="amqp",
+    )
+
+
+def _mosquitto(spec: Mapping[str, Any], ctx: ServiceContext) -> ServicePlan:
+    return ServicePlan(
+        spec["name"],
+        "mosquitto",
+        ctx.images["mosquitto"],
+        PORTS["mosquitto"],
+        args=("mosquitto", "-c", "/mosquitto-no-auth.conf"),
+        readiness=Probe("tcpSocket", port=1883),
+        url_scheme="mqtt",
+    )
+
+
+def _custom(spec: Mapping[str, Any], ctx: ServiceContext) -> ServicePlan:
+    custom = spec["custom"]
+    ports = tuple((p["name"], int(p["port"])) for p in custom["ports"])
+    readiness = custom.get("readiness") or {"tcpSocket": {"port": ports[0][1]}}
+    if "exec" in readiness:
+        probe = Probe("exec", command=tuple(readiness["exec"]["command"]))
+    elif "httpGet" in readiness:
+        probe = Probe("httpGet", port=int(readiness["httpGet"]["port"]), path=readiness["httpGet"]["path"])
+    else:
+        probe = Probe("tcpSocket", port=int(readiness["tcpSocket"]["port"]))
+    return ServicePlan(
+        spec["name"],
+        "custom",
+        custom["image"],
+        ports,
+        command=tuple(custom.get("command") or ()),
+        args=tuple(custom.get("args") or ()),
+        readiness=probe,
+    )
+
+
+_RENDERERS: dict[str, Callable[[Mapping[str, Any], ServiceContext], ServicePlan]] = {
+    "redis": _redis,
+    "kafka": _kafka,
+    "localstack": _localstack,
+    "moto": _moto,
+    "postgres": _postgres,
+    "rabbitmq": _rabbitmq,
+    "mosquitto": _mosquitto,
+    "custom": _custom,
+}
+
+
+def port_names(spec: Mapping[str, Any]) -> list[tuple[str, int]]:
+    """The forwarded ports of one service, known before anything else is decided."""
+    if spec["type"] == "custom":
+        return [(p["name"], int(p["port"])) for p in spec["custom"]["ports"]]
+    return list(PORTS[spec["type"]])
+
+
+def render_service(spec: Mapping[str, Any], ctx: ServiceContext) -> ServicePlan:
+    """Defaults of the type, then the spec's image, resources and env on top."""
+    plan = _RENDERERS[spec["type"]](spec, ctx)
+    overrides: dict[str, Any] = {}
+    if spec.get("image"):
+        overrides["image"] = spec["image"]
+    resources = spec.get("resources") or {}
+    if resources.get("requests"):
+        overrides["requests"] = {**plan.requests, **{k: str(v) for k, v in resources["requests"].items()}}
+    if resources.get("limits"):
+        overrides["limits"] = {**plan.limits, **{k: str(v) for k, v in resources["limits"].items()}}
+    if spec.get("env"):
+        mine = {e["name"] for e in spec["env"]}
+        overrides["env"] = tuple(e for e in plan.env if e["name"] not in mine) + tuple(spec["env"])
+    return dataclasses.replace(plan, **overrides) if overrides else plan

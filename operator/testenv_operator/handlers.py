@@ -1,0 +1,309 @@
+"""kopf handlers: the thin layer between cluster events and the reconciler.
+
+- create/resume/spec change: apply every worker at once (`provision`).
+- a daemon per environment keeps it converged: readiness, drift repair, expiry (`keep_converged`).
+- Deployment and Namespace events of owned objects wake that daemon at once.
+- deletion: a finalizer deletes the owned namespaces and waits until they are gone.
+- a background sweep deletes managed namespaces whose owner no longer exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, cast
+
+import kopf
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from testenv_api import (
+    FINALIZER,
+    GROUP,
+    LABEL_MANAGED_BY,
+    LABEL_OWNER_NAME,
+    LABEL_OWNER_NAMESPACE,
+    LABEL_OWNER_UID,
+    MANAGED_BY,
+    PLURAL,
+    VERSION,
+    Phase,
+)
+from testenv_operator import kubeio
+from testenv_operator.reconciler import Outcome, Reconciler, expiry_reason
+from testenv_operator.settings import Settings
+
+log = logging.getLogger("testenv_operator")
+
+
+class _State:
+    """Process-wide objects made once at start-up."""
+
+    api: client.ApiClient
+    settings: Settings
+    reconciler: Reconciler
+    wakers: dict[str, asyncio.Event]
+    sweeper: asyncio.Task[None] | None = None
+
+
+STATE = _State()
+STATE.wakers = {}
+
+
+def _api_client() -> client.ApiClient:
+    try:
+        config.load_incluster_config()
+        return client.ApiClient()
+    except config.ConfigException:
+        return config.new_client_from_config()
+
+
+class _QuietWakeups(logging.Filter):
+    """Drop the per-event success lines of the wake-up handlers: one per Deployment change."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not (text.startswith("Handler 'owned_") and text.endswith("succeeded."))
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    STATE.settings = Settings.from_env()
+    logging.getLogger().setLevel(STATE.settings.log_level)
+    logging.getLogger("kopf.objects").addFilter(_QuietWakeups())
+    settings.persistence.finalizer = FINALIZER
+    # Our status schema is strict; keep kopf's own bookkeeping in annotations only.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.posting.level = logging.INFO
+    settings.watching.server_timeout = 270
+    settings.execution.max_workers = 16
+    STATE.api = _api_client()
+    STATE.reconciler = Reconciler(STATE.api, STATE.settings, ThreadPoolExecutor(max_workers=16))
+    STATE.sweeper = asyncio.create_task(_sweep_orphans_forever())
+    log.info("settings: %s", STATE.settings)
+
+
+@kopf.on.cleanup()
+async def stop(**_: Any) -> None:
+    if STATE.sweeper:
+        STATE.sweeper.cancel()
+
+
+@kopf.on.probe(id="environments")
+def count_environments(**_: Any) -> int:
+    return len(STATE.wakers)
+
+
+# -- status and events ---------------------------------------------------------------------------
+
+
+def _write_status(body: Mapping[str, Any], status: dict[str, Any]) -> None:
+    if status == body.get("status"):
+        return
+    meta = body["metadata"]
+    try:
+        client.CustomObjectsApi(STATE.api).patch_namespaced_custom_object_status(
+            GROUP,
+            VERSION,
+            meta["namespace"],
+            PLURAL,
+            meta["name"],
+            {"status": status},
+            _content_type="application/merge-patch+json",
+            _preload_content=False,
+        )
+    except ApiException as exc:
+        if exc.status != 404:  # deleted meanwhile: nothing to report on
+            raise
+
+
+def _siblings(namespace: str) -> list[str]:
+    listing = client.CustomObjectsApi(STATE.api).list_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL
+    )
+    items = sorted(
+        listing["items"], key=lambda o: (o["metadata"]["creationTimestamp"], o["metadata"]["name"])
+    )
+    return [o["metadata"]["name"] for o in items if not o["metadata"].get("deletionTimestamp")]
+
+
+def _event(body: Mapping[str, Any], reason: str, message: str, warning: bool = False) -> None:
+    """Post a Kubernetes Event on the TestEnvironment (kopf only reads its metadata)."""
+    post = kopf.warn if warning else kopf.info
+    post(cast(kopf.Body, body), reason=reason, message=message)
+
+
+def _report(body: Mapping[str, Any], outcome: Outcome, before: Mapping[str, Any]) -> None:
+    """Kubernetes Events for what changed, so `kubectl describe te` tells the story."""
+    if outcome.problems and before.get("message") != outcome.status.get("message"):
+        _event(
+            body,
+            warning=True,
+            reason=outcome.status["conditions"][-1]["reason"],
+            message=outcome.status["message"],
+        )
+    if outcome.created:
+        _event(body, reason="Provisioning", message=f"created the namespaces of workers {outcome.created}")
+    if outcome.repaired:
+        _event(body, reason="Repaired", message=f"re-applied missing objects of workers {outcome.repaired}")
+    if outcome.removed_namespaces:
+        _event(body, reason="ScaledDown", message=f"deleting {', '.join(outcome.removed_namespaces)}")
+    for ns in outcome.foreign:
+        if ns not in str(before.get("message", "")):
+            _event(body, warning=True, reason="NamespaceConflict", message=outcome.status["message"])
+    phase = outcome.status.get("phase")
+    if phase != before.get("phase") and phase in (Phase.READY, Phase.DEGRADED):
+        _event(body, reason=str(phase), message=outcome.status.get("message", ""))
+
+
+def _converge(body: Mapping[str, Any], apply_all: bool, full: bool) -> Outcome:
+    before = dict(body.get("status") or {})
+    siblings = _siblings(body["metadata"]["namespace"])
+    outcome = STATE.reconciler.converge(body, apply_all=apply_all, full=full, siblings=siblings)
+    _write_status(body, outcome.status)
+    _report(body, outcome, before)
+    return outcome
+
+
+# -- the environment's lifecycle ----------------------------------------------------------------
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+async def provision(body: kopf.Body, **_: Any) -> None:
+    await asyncio.to_thread(_converge, dict(body), True, True)
+    _wake(body["metadata"]["uid"])
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=5.0)
+async def keep_converged(stopped: kopf.DaemonStopped, body: kopf.Body, **_: Any) -> None:
+    uid = body["metadata"]["uid"]
+    waker = STATE.wakers.setdefault(uid, asyncio.Event())
+    last_full = 0.0
+    try:
+        while not stopped:
+            snapshot = dict(body)
+            reason = expiry_reason(snapshot)
+            if reason:
+                await asyncio.to_thread(_expire, snapshot, reason)
+                return
+            ready = (snapshot.get("status") or {}).get("phase") == Phase.READY
+            # Namespaces and Deployments are checked every pass; the other kinds every resync.
+            full = time.monotonic() - last_full >= STATE.settings.resync_seconds
+            await asyncio.to_thread(_converge, snapshot, False, full)
+            if full:
+                last_full = time.monotonic()
+            waker.clear()
+            # Poll fast while provisioning; when ready, rely on events plus a slow resync.
+            timeout = STATE.settings.resync_seconds if ready else 1.0
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waker.wait(), timeout=timeout)
+    finally:
+        STATE.wakers.pop(uid, None)
+
+
+def _expire(body: Mapping[str, Any], reason: str) -> None:
+    meta = body["metadata"]
+    _event(body, reason="Expired", message=f"deleting this TestEnvironment: {reason}")
+    try:
+        client.CustomObjectsApi(STATE.api).delete_namespaced_custom_object(
+            GROUP, VERSION, meta["namespace"], PLURAL, meta["name"]
+        )
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+
+
+def _wake(uid: str | None) -> None:
+    waker = STATE.wakers.get(uid or "")
+    if waker:
+        waker.set()
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={LABEL_OWNER_UID: kopf.PRESENT})
+async def owned_deployment_changed(labels: Mapping[str, str], **_: Any) -> None:
+    _wake(labels.get(LABEL_OWNER_UID))
+
+
+@kopf.on.event("", "v1", "namespaces", labels={LABEL_OWNER_UID: kopf.PRESENT})
+async def owned_namespace_changed(labels: Mapping[str, str], **_: Any) -> None:
+    _wake(labels.get(LABEL_OWNER_UID))
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL)
+async def tear_down(body: kopf.Body, **_: Any) -> None:
+    await asyncio.to_thread(_tear_down, dict(body))
+
+
+def _tear_down(body: Mapping[str, Any]) -> None:
+    uid = body["metadata"]["uid"]
+    owned = kubeio.list_labelled(STATE.api, "Namespace", f"{LABEL_OWNER_UID}={uid}")
+    if (body.get("status") or {}).get("phase") != Phase.TERMINATING:
+        _write_status(
+            body,
+            {
+                **(body.get("status") or {}),
+                "phase": Phase.TERMINATING.value,
+                "message": f"deleting {len(owned)} worker namespaces",
+            },
+        )
+        _event(body, reason="Deleting", message=f"deleting {len(owned)} worker namespaces")
+    for ns in owned:
+        if not ns["metadata"].get("deletionTimestamp"):
+            kubeio.delete(STATE.api, "Namespace", ns["metadata"]["name"])
+        # Test services hold nothing worth a graceful stop, and pods still in their grace period
+        # make the namespace controller back off for many seconds per namespace.
+        kubeio.delete_pods_now(STATE.api, ns["metadata"]["name"])
+    if owned:
+        names = ", ".join(sorted(n["metadata"]["name"] for n in owned))
+        raise kopf.TemporaryError(f"waiting for {len(owned)} namespaces to go: {names}", delay=1)
+
+
+# -- orphans ------------------------------------------------------------------------------------
+
+
+def sweep_orphans(api: client.ApiClient) -> list[str]:
+    """Delete managed namespaces whose owning TestEnvironment (by UID) no longer exists."""
+    objects = client.CustomObjectsApi(api)
+    removed = []
+    for ns in kubeio.list_labelled(api, "Namespace", f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_OWNER_UID}"):
+        meta = ns["metadata"]
+        labels = meta.get("labels") or {}
+        if meta.get("deletionTimestamp"):
+            continue
+        try:
+            owner = objects.get_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                labels.get(LABEL_OWNER_NAMESPACE, ""),
+                PLURAL,
+                labels.get(LABEL_OWNER_NAME, ""),
+            )
+            alive = owner["metadata"]["uid"] == labels[LABEL_OWNER_UID]
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            alive = False
+        if not alive:
+            kubeio.delete(api, "Namespace", meta["name"])
+            removed.append(meta["name"])
+    if removed:
+        log.info("deleted orphaned namespaces: %s", ", ".join(removed))
+    return removed
+
+
+async def _sweep_orphans_forever() -> None:
+    while True:
+        try:
+            await asyncio.to_thread(sweep_orphans, STATE.api)
+        except Exception:  # a failed sweep must not stop the next one
+            log.exception("orphan sweep failed")
+        await asyncio.sleep(STATE.settings.sweep_seconds)

@@ -1,0 +1,198 @@
+"""Kubernetes objects for one worker namespace, as plain dicts ready for server-side apply."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from testenv_api import (
+    LABEL_MANAGED_BY,
+    LABEL_OWNER_NAME,
+    LABEL_OWNER_NAMESPACE,
+    LABEL_OWNER_UID,
+    LABEL_SERVICE,
+    LABEL_WORKER,
+    MANAGED_BY,
+)
+from testenv_operator.catalog import ServicePlan
+
+Obj = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Owner:
+    """The TestEnvironment a worker namespace belongs to."""
+
+    namespace: str
+    name: str
+    uid: str
+
+    def labels(self) -> dict[str, str]:
+        return {
+            LABEL_MANAGED_BY: MANAGED_BY,
+            LABEL_OWNER_UID: self.uid,
+            LABEL_OWNER_NAME: self.name[:63],
+            LABEL_OWNER_NAMESPACE: self.namespace,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class Quota:
+    cpu: str
+    memory: str
+
+
+def _meta(name: str, labels: Mapping[str, str], namespace: str | None = None) -> Obj:
+    meta: Obj = {"name": name, "labels": dict(labels)}
+    if namespace:
+        meta["namespace"] = namespace
+    return meta
+
+
+def namespace(owner: Owner, name: str, index: int) -> Obj:
+    labels = {
+        **owner.labels(),
+        LABEL_WORKER: str(index),
+        # Official service images run as root, so `baseline` is the strictest level they pass.
+        "pod-security.kubernetes.io/enforce": "baseline",
+        "pod-security.kubernetes.io/audit": "restricted",
+    }
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": _meta(name, labels)}
+
+
+def guards(owner: Owner, ns: str, index: int, services: int, quota: Quota) -> list[Obj]:
+    """Quota, default limits and the network fence every worker namespace gets."""
+    labels = {**owner.labels(), LABEL_WORKER: str(index)}
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "ResourceQuota",
+            "metadata": _meta("testenv-worker", labels, ns),
+            "spec": {
+                "hard": {
+                    "limits.cpu": quota.cpu,
+                    "limits.memory": quota.memory,
+                    "requests.cpu": quota.cpu,
+                    "requests.memory": quota.memory,
+                    # Room for a Recreate rollout of every service at once.
+                    "pods": str(2 * services + 2),
+                }
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "LimitRange",
+            "metadata": _meta("testenv-worker", labels, ns),
+            "spec": {
+                "limits": [
+                    {
+                        "type": "Container",
+                        "default": {"cpu": "500m", "memory": "256Mi"},
+                        "defaultRequest": {"cpu": "50m", "memory": "64Mi"},
+                    }
+                ]
+            },
+        },
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": _meta("testenv-same-namespace-only", labels, ns),
+            "spec": {
+                "podSelector": {},
+                "policyTypes": ["Ingress"],
+                # Pods of this worker may talk to each other; other namespaces are refused.
+                "ingress": [{"from": [{"podSelector": {}}]}],
+            },
+        },
+    ]
+
+
+def _container(plan: ServicePlan) -> Obj:
+    container: Obj = {
+        "name": plan.name,
+        "image": plan.image,
+        "ports": [
+            {"name": n, "containerPort": p, "protocol": "TCP"} for n, p in plan.ports + plan.cluster_ports
+        ],
+        "env": [dict(e) for e in plan.env],
+        "resources": {"requests": dict(plan.requests), "limits": dict(plan.limits)},
+        "securityContext": {"allowPrivilegeEscalation": False},
+    }
+    if plan.command:
+        container["command"] = list(plan.command)
+    if plan.args:
+        container["args"] = list(plan.args)
+    if plan.readiness:
+        container["readinessProbe"] = plan.readiness.to_k8s()
+    for variable, secret, key in plan.secret_env:
+        container["env"].append(
+            {"name": variable, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+        )
+    return container
+
+
+def workload(owner: Owner, ns: str, index: int, plan: ServicePlan) -> list[Obj]:
+    """A one-replica Deployment and its Service."""
+    labels = {**owner.labels(), LABEL_WORKER: str(index), LABEL_SERVICE: plan.name}
+    selector = {LABEL_SERVICE: plan.name, LABEL_OWNER_UID: owner.uid}
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta(plan.name, labels, ns),
+        "spec": {
+            "replicas": 1,
+            # Two copies of a stateful test service must never run side by side.
+            "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {"labels": labels, "annotations": {"testenv.dev/service-type": plan.type}},
+                "spec": {
+                    # A Service named kafka would inject KAFKA_PORT, which the image reads as a setting.
+                    "enableServiceLinks": False,
+                    "automountServiceAccountToken": False,
+                    "terminationGracePeriodSeconds": 2,
+                    "containers": [_container(plan)],
+                },
+            },
+        },
+    }
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(plan.name, labels, ns),
+        "spec": {
+            "selector": selector,
+            "ports": [
+                {"name": n, "port": p, "targetPort": n, "protocol": "TCP"}
+                for n, p in plan.ports + plan.cluster_ports
+            ],
+        },
+    }
+    return [deployment, service]
+
+
+def copied_secret(owner: Owner, ns: str, index: int, source: Obj) -> Obj:
+    """A copy of a Secret from the environment's namespace, for env valueFrom references."""
+    labels = {**owner.labels(), LABEL_WORKER: str(index)}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _meta(source["metadata"]["name"], labels, ns),
+        "type": source.get("type", "Opaque"),
+        "data": dict(source.get("data") or {}),
+    }
+
+
+def referenced_secrets(service_specs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Secrets in the environment's namespace that the spec reads (env valueFrom, auth tokens)."""
+    names: list[str] = []
+    for spec in service_specs:
+        for env in spec.get("env") or []:
+            ref = (env.get("valueFrom") or {}).get("secretKeyRef")
+            if ref:
+                names.append(ref["name"])
+        token = (spec.get("localstack") or {}).get("authTokenSecretRef")
+        if token:
+            names.append(token["name"])
+    return sorted(set(names))

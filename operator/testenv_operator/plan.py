@@ -1,0 +1,50 @@
+"""From a TestEnvironment spec to the desired state of every worker: pure, no API calls."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from testenv_operator import manifests, naming
+from testenv_operator.catalog import DEFAULT_IMAGES, ServiceContext, ServicePlan, port_names, render_service
+from testenv_operator.manifests import Obj, Owner, Quota
+from testenv_operator.ports import PlannedPort, plan_ports
+from testenv_operator.settings import Settings
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerPlan:
+    index: int
+    namespace: str
+    services: tuple[ServicePlan, ...]
+    ports: tuple[PlannedPort, ...]
+
+    def local_port(self, service: str, port: str) -> int:
+        return next(p.local_port for p in self.ports if p.service == service and p.name == port)
+
+    def objects(self, owner: Owner, quota: Quota, secrets: list[Obj]) -> list[Obj]:
+        """Every namespaced object of this worker (the Namespace itself is applied first, apart)."""
+        objects = manifests.guards(owner, self.namespace, self.index, len(self.services), quota)
+        objects += [manifests.copied_secret(owner, self.namespace, self.index, s) for s in secrets]
+        for service in self.services:
+            objects += manifests.workload(owner, self.namespace, self.index, service)
+        return objects
+
+
+def plan_environment(owner: Owner, spec: Mapping[str, Any], settings: Settings) -> list[WorkerPlan]:
+    services = spec["services"]
+    workers = int(spec.get("workers", 1))
+    port_plan = plan_ports(
+        int(spec.get("portBase", 20000)), workers, [(s["name"], port_names(s)) for s in services]
+    )
+    images = {**DEFAULT_IMAGES, **settings.images}
+    plans = []
+    for index, ports in enumerate(port_plan):
+        ns = naming.worker_namespace(owner.namespace, owner.name, owner.uid, index)
+        rendered = []
+        for service in services:
+            local = {p.name: p.local_port for p in ports if p.service == service["name"]}
+            rendered.append(render_service(service, ServiceContext(ns, local, images)))
+        plans.append(WorkerPlan(index, ns, tuple(rendered), tuple(ports)))
+    return plans

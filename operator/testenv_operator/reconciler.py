@@ -1,0 +1,276 @@
+"""One pass of convergence for one TestEnvironment: validate, plan, observe, apply, prune, report.
+
+Blocking (the official client is synchronous); the kopf handlers run it in a thread. Workers are
+applied in parallel, so time-to-ready is the slowest service, never the sum.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from kubernetes import client
+
+import testenv_api
+from testenv_api import LABEL_OWNER_UID, Phase
+from testenv_operator import kubeio, manifests, readiness
+from testenv_operator.manifests import Obj, Owner, Quota
+from testenv_operator.plan import WorkerPlan, plan_environment
+from testenv_operator.readiness import NamespaceState, Observed
+from testenv_operator.settings import Settings
+from testenv_operator.validation import Problem, environments_over_limit, validate
+
+log = logging.getLogger(__name__)
+_NAMESPACED_KINDS = ("Deployment", "Service", "ResourceQuota", "LimitRange", "NetworkPolicy", "Secret")
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What one pass did and saw, for status and events."""
+
+    status: dict[str, Any]
+    problems: list[Problem]
+    created: list[int] = dataclasses.field(default_factory=list)
+    repaired: list[int] = dataclasses.field(default_factory=list)
+    removed_namespaces: list[str] = dataclasses.field(default_factory=list)
+    foreign: list[str] = dataclasses.field(default_factory=list)
+
+
+def owner_of(body: Mapping[str, Any]) -> Owner:
+    meta = body["metadata"]
+    return Owner(meta["namespace"], meta["name"], meta["uid"])
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def _parse_time(value: str) -> datetime.datetime:
+    return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def expires_at(body: Mapping[str, Any]) -> datetime.datetime:
+    ttl = int(((body.get("spec") or {}).get("lifetime") or {}).get("ttlSeconds", 21600))
+    return _parse_time(body["metadata"]["creationTimestamp"]) + datetime.timedelta(seconds=ttl)
+
+
+def expiry_reason(body: Mapping[str, Any], now: datetime.datetime | None = None) -> str | None:
+    """Why the environment should be deleted now (TTL or a stale heartbeat), or None."""
+    now = now or _now()
+    if now >= expires_at(body):
+        return f"its lifetime.ttlSeconds ran out at {expires_at(body):%Y-%m-%dT%H:%M:%SZ}"
+    timeout = ((body.get("spec") or {}).get("lifetime") or {}).get("heartbeatTimeoutSeconds")
+    beat = (body["metadata"].get("annotations") or {}).get(testenv_api.ANNOTATION_HEARTBEAT)
+    if timeout and beat:
+        try:
+            last = _parse_time(beat)
+        except ValueError:
+            return None  # an unreadable heartbeat is reported nowhere better than by not expiring on it
+        if (now - last).total_seconds() > int(timeout):
+            return f"its {testenv_api.ANNOTATION_HEARTBEAT} annotation is older than {timeout}s (last {beat})"
+    return None
+
+
+class Reconciler:
+    def __init__(self, api: client.ApiClient, settings: Settings, pool: ThreadPoolExecutor) -> None:
+        self.api = api
+        self.settings = settings
+        self.pool = pool
+        self.quota = Quota(settings.worker_cpu, settings.worker_memory)
+
+    # -- observing ----------------------------------------------------------------------------
+
+    def observe(self, uid: str, plans: Iterable[WorkerPlan], full: bool) -> Observed:
+        selector = f"{LABEL_OWNER_UID}={uid}"
+        namespaces = {
+            ns["metadata"]["name"]: NamespaceState(uid, bool(ns["metadata"].get("deletionTimestamp")))
+            for ns in kubeio.list_labelled(self.api, "Namespace", selector)
+        }
+        for plan in plans:
+            if plan.namespace not in namespaces:
+                found = kubeio.read_namespace(self.api, plan.namespace)
+                if found is not None:  # exists but is not labelled ours: never touch it
+                    labels = found["metadata"].get("labels") or {}
+                    namespaces[plan.namespace] = NamespaceState(
+                        labels.get(LABEL_OWNER_UID), bool(found["metadata"].get("deletionTimestamp"))
+                    )
+        ready: set[tuple[str, str]] = set()
+        present: set[tuple[str, str, str]] = set()
+        for kind in _NAMESPACED_KINDS if full else ("Deployment",):
+            for obj in kubeio.list_labelled(self.api, kind, selector):
+                meta = obj["metadata"]
+                present.add((kind, meta["namespace"], meta["name"]))
+                if kind == "Deployment" and _deployment_ready(obj):
+                    ready.add((meta["namespace"], meta["name"]))
+        return Observed(namespaces, frozenset(ready), frozenset(present))
+
+    # -- applying -----------------------------------------------------------------------------
+
+    def _secrets(self, owner: Owner, spec: Mapping[str, Any]) -> tuple[list[Obj], list[Problem]]:
+        found, problems = [], []
+        for name in manifests.referenced_secrets(spec["services"]):
+            secret = kubeio.read_secret(self.api, owner.namespace, name)
+            if secret is None:
+                problems.append(
+                    Problem(
+                        "spec.services[*]",
+                        f"Secret {name!r} is referenced but does not exist in namespace "
+                        f"{owner.namespace}: create it "
+                        "(provisioning continues as soon as it appears)",
+                    )
+                )
+            else:
+                found.append(secret)
+        return found, problems
+
+    def _apply_worker(
+        self, owner: Owner, plan: WorkerPlan, state: NamespaceState | None, secrets: list[Obj]
+    ) -> bool:
+        """Apply one worker's objects; False when its namespace is not ours (or not there yet)."""
+        ns = manifests.namespace(owner, plan.namespace, plan.index)
+        if state is None:
+            if not kubeio.create_namespace(self.api, ns):
+                return False
+        elif state.owner_uid != owner.uid or state.terminating:
+            return False
+        else:
+            kubeio.apply(self.api, ns)
+        for obj in plan.objects(owner, self.quota, secrets):
+            kubeio.apply(self.api, obj)
+        return True
+
+    def _incomplete(self, owner: Owner, plan: WorkerPlan, observed: Observed, full: bool) -> bool:
+        state = observed.namespaces.get(plan.namespace)
+        if state is None:
+            return True
+        if state.owner_uid != owner.uid or state.terminating:
+            return False
+        kinds = _NAMESPACED_KINDS if full else ("Deployment",)
+        wanted = {
+            (o["kind"], plan.namespace, o["metadata"]["name"])
+            for o in plan.objects(owner, self.quota, [])
+            if o["kind"] in kinds
+        }
+        return not wanted <= observed.present
+
+    def _prune(self, owner: Owner, plans: list[WorkerPlan], observed: Observed) -> list[str]:
+        wanted_namespaces = {p.namespace for p in plans}
+        removed = [
+            name
+            for name, state in observed.namespaces.items()
+            if state.owner_uid == owner.uid and name not in wanted_namespaces and not state.terminating
+        ]
+        for name in removed:
+            kubeio.delete(self.api, "Namespace", name)
+        services = {s.name for s in plans[0].services} if plans else set()
+        for kind, ns, name in observed.present:
+            if kind in ("Deployment", "Service") and ns in wanted_namespaces and name not in services:
+                kubeio.delete(self.api, kind, name, ns)
+        return removed
+
+    # -- one pass -----------------------------------------------------------------------------
+
+    def converge(self, body: Mapping[str, Any], apply_all: bool, full: bool, siblings: list[str]) -> Outcome:
+        """apply_all: the spec changed, apply every worker; otherwise only repair what is missing.
+
+        full: observe every kind (drift check) instead of just namespaces and Deployments.
+        siblings: names of the environments in this namespace, oldest first (for the limit).
+        """
+        owner = owner_of(body)
+        spec = body["spec"]
+        problems = validate(spec, self.settings)
+        over = environments_over_limit(siblings, owner.name, self.settings)
+        if over:
+            problems.append(over)
+        if problems:
+            return Outcome(self._status(body, [], problems), problems)
+        secrets, missing = self._secrets(owner, spec)
+        if missing:
+            return Outcome(self._status(body, [], missing, waiting=True), missing)
+
+        plans = plan_environment(owner, spec, self.settings)
+        observed = self.observe(owner.uid, plans, full or apply_all)
+        todo = [p for p in plans if apply_all or self._incomplete(owner, p, observed, full)]
+        outcome = Outcome({}, [])
+        if todo:
+            states = [observed.namespaces.get(p.namespace) for p in todo]
+
+            def apply_one(index: int) -> bool:
+                return self._apply_worker(owner, todo[index], states[index], secrets)
+
+            for plan, state, applied in zip(
+                todo, states, self.pool.map(apply_one, range(len(todo))), strict=True
+            ):
+                if applied:
+                    (outcome.created if state is None else outcome.repaired).append(plan.index)
+        outcome.removed_namespaces = self._prune(owner, plans, observed)
+        previous = {w.get("index"): w.get("phase") for w in (body.get("status") or {}).get("workers") or []}
+        workers = [
+            readiness.worker_status(
+                p, observed, owner.uid, previous.get(p.index) in (Phase.READY, Phase.DEGRADED)
+            )
+            for p in plans
+        ]
+        outcome.foreign = [w.namespace for w in workers if w.phase == Phase.FAILED]
+        outcome.status = self._status(body, workers, [])
+        return outcome
+
+    def _status(
+        self, body: Mapping[str, Any], workers: list[Any], problems: list[Problem], waiting: bool = False
+    ) -> dict[str, Any]:
+        old = body.get("status") or {}
+        generation = int(body["metadata"].get("generation", 1))
+        conditions = old.get("conditions") or []
+        if problems:
+            message = "; ".join(str(p) for p in problems)
+            reason = "SecretMissing" if waiting else "SpecInvalid"
+            return {
+                "observedGeneration": generation,
+                "phase": (Phase.PENDING if waiting else Phase.FAILED).value,
+                "message": message,
+                "readyWorkers": 0,
+                "expiresAt": f"{expires_at(body):%Y-%m-%dT%H:%M:%SZ}",
+                "workers": old.get("workers") or [],
+                "conditions": [
+                    readiness.condition(
+                        conditions,
+                        "SpecValid",
+                        waiting,
+                        "Valid" if waiting else reason,
+                        "" if waiting else message,
+                        generation,
+                    ),
+                    readiness.condition(conditions, "Ready", False, reason, message, generation),
+                ],
+            }
+        phase, message = readiness.environment_phase(workers, old.get("phase"))
+        ready = sum(1 for w in workers if w.phase == Phase.READY)
+        return {
+            "observedGeneration": generation,
+            "phase": phase.value,
+            "message": message,
+            "readyWorkers": ready,
+            "expiresAt": f"{expires_at(body):%Y-%m-%dT%H:%M:%SZ}",
+            "workers": [w.to_dict() for w in workers],
+            "conditions": [
+                readiness.condition(conditions, "SpecValid", True, "Valid", "", generation),
+                readiness.condition(
+                    conditions,
+                    "Ready",
+                    phase == Phase.READY,
+                    "AllWorkersReady" if phase == Phase.READY else f"Workers{phase.value}",
+                    message,
+                    generation,
+                ),
+            ],
+        }
+
+
+def _deployment_ready(obj: Obj) -> bool:
+    status = obj.get("status") or {}
+    current = status.get("observedGeneration", 0) >= obj["metadata"].get("generation", 0)
+    return bool(current and status.get("readyReplicas", 0) >= 1 and status.get("updatedReplicas", 0) >= 1)

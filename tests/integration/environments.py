@@ -1,0 +1,109 @@
+"""Test helpers around TestEnvironment objects on the real API server."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+import testenv_api
+from testenv_api import GROUP, LABEL_OWNER_UID, PLURAL, VERSION
+
+Manifest = dict[str, Any]
+
+
+def manifest(
+    name: str, workers: int = 2, services: list[dict[str, Any]] | None = None, **spec: Any
+) -> Manifest:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": testenv_api.KIND,
+        "metadata": {"name": name},
+        "spec": {"workers": workers, "services": services or [{"name": "redis", "type": "redis"}], **spec},
+    }
+
+
+def create(api: client.ApiClient, namespace: str, body: Manifest) -> Manifest:
+    result: Manifest = client.CustomObjectsApi(api).create_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, body
+    )
+    return result
+
+
+def get(api: client.ApiClient, namespace: str, name: str) -> Manifest:
+    result: Manifest = client.CustomObjectsApi(api).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, name
+    )
+    return result
+
+
+def patch_spec(api: client.ApiClient, namespace: str, name: str, spec: dict[str, Any]) -> None:
+    client.CustomObjectsApi(api).patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, name, {"spec": spec}, _content_type="application/merge-patch+json"
+    )
+
+
+def wait_phase(
+    api: client.ApiClient, namespace: str, name: str, phase: str, timeout: float = 90, **extra: Any
+) -> Manifest:
+    """Wait until status.phase is `phase` (and status matches `extra`, e.g. readyWorkers=3)."""
+    deadline = time.monotonic() + timeout
+    status: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        body = get(api, namespace, name)
+        status = body.get("status") or {}
+        generation_seen = status.get("observedGeneration") == body["metadata"]["generation"]
+        if (
+            status.get("phase") == phase
+            and generation_seen
+            and all(status.get(k) == v for k, v in extra.items())
+        ):
+            return body
+        time.sleep(0.25)
+    raise AssertionError(
+        f"{namespace}/{name} did not reach {phase} {extra or ''} in {timeout:.0f}s; status: {status}"
+    )
+
+
+def owned_namespaces(api: client.ApiClient, uid: str) -> list[Any]:
+    return client.CoreV1Api(api).list_namespace(label_selector=f"{LABEL_OWNER_UID}={uid}").items
+
+
+def _gone(api: client.ApiClient, namespace: str, name: str) -> bool:
+    try:
+        get(api, namespace, name)
+    except ApiException as exc:
+        if exc.status == 404:
+            return True
+        raise
+    return False
+
+
+def delete(api: client.ApiClient, namespace: str, name: str, timeout: float = 120) -> None:
+    """Delete and wait until the object (and so, through the finalizer, its namespaces) is gone."""
+    delete_many(api, namespace, [name], timeout)
+
+
+def delete_many(api: client.ApiClient, namespace: str, names: list[str], timeout: float = 120) -> None:
+    """Delete all at once, then wait for all: teardown time is the slowest, not the sum."""
+    objects = client.CustomObjectsApi(api)
+    for name in names:
+        try:
+            objects.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+    deadline = time.monotonic() + timeout
+    left = list(names)
+    while left and time.monotonic() < deadline:
+        left = [n for n in left if not _gone(api, namespace, n)]
+        time.sleep(0.25)
+    if left:
+        raise AssertionError(f"{namespace}: {', '.join(left)} not deleted within {timeout:.0f}s")
+
+
+def delete_all(api: client.ApiClient, namespace: str) -> None:
+    listing = client.CustomObjectsApi(api).list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
+    delete_many(api, namespace, [item["metadata"]["name"] for item in listing["items"]])

@@ -1,0 +1,280 @@
+"""The operator, as a real process, against the real API server: the scenarios users rely on."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from testenv_api import LABEL_OWNER_UID, LABEL_WORKER
+from testenv_api.status import workers_from_status
+from testenv_harness.clusters import Cluster
+from testenv_operator.naming import worker_namespace
+
+from . import environments as te
+from .operator_process import OperatorProcess
+from .waiting import wait_for
+
+pytestmark = pytest.mark.usefixtures("running_operator")
+REDIS_KAFKA = [{"name": "redis", "type": "redis"}, {"name": "kafka", "type": "kafka"}]
+
+
+def _deployments(api: client.ApiClient, namespace: str) -> dict[str, Any]:
+    return {d.metadata.name: d for d in client.AppsV1Api(api).list_namespaced_deployment(namespace).items}
+
+
+def _gone(api: client.ApiClient, namespace: str) -> bool:
+    try:
+        client.CoreV1Api(api).read_namespace(namespace)
+    except ApiException as exc:
+        return exc.status == 404
+    return False
+
+
+def test_create_reaches_ready_with_full_status(api: client.ApiClient, tenant: str) -> None:
+    te.create(api, tenant, te.manifest("full", workers=3, services=REDIS_KAFKA, portBase=22000))
+    body = te.wait_phase(api, tenant, "full", "Ready", readyWorkers=3)
+    workers = workers_from_status(body["status"])
+    assert [w.index for w in workers] == [0, 1, 2]
+    local_ports = [p.local_port for w in workers for s in w.services for p in s.ports]
+    assert local_ports == list(range(22000, 22006))
+    conditions = {c["type"]: c["status"] for c in body["status"]["conditions"]}
+    assert conditions == {"SpecValid": "True", "Ready": "True"}
+    core = client.CoreV1Api(api)
+    for worker in workers:
+        ns = core.read_namespace(worker.namespace)
+        assert ns.metadata.labels[LABEL_OWNER_UID] == body["metadata"]["uid"]
+        assert ns.metadata.labels[LABEL_WORKER] == str(worker.index)
+        assert set(_deployments(api, worker.namespace)) == {"redis", "kafka"}
+        assert {s.metadata.name for s in core.list_namespaced_service(worker.namespace).items} == {
+            "redis",
+            "kafka",
+        }
+        assert core.list_namespaced_resource_quota(worker.namespace).items
+        assert core.list_namespaced_limit_range(worker.namespace).items
+        assert client.NetworkingV1Api(api).list_namespaced_network_policy(worker.namespace).items
+        kafka = worker.service("kafka")
+        assert kafka.url == f"localhost:{kafka.primary.local_port}"
+        env = {
+            e.name: e.value
+            for e in _deployments(api, worker.namespace)["kafka"].spec.template.spec.containers[0].env
+        }
+        assert f"EXTERNAL://localhost:{kafka.primary.local_port}" in env["KAFKA_ADVERTISED_LISTENERS"]
+    reasons = {e.reason for e in core.list_namespaced_event(tenant).items if e.involved_object.name == "full"}
+    assert {"Provisioning", "Ready"} <= reasons
+
+
+def test_scale_up_and_down(api: client.ApiClient, tenant: str) -> None:
+    uid = te.create(api, tenant, te.manifest("scale", workers=2))["metadata"]["uid"]
+    te.wait_phase(api, tenant, "scale", "Ready", readyWorkers=2)
+    te.patch_spec(api, tenant, "scale", {"workers": 4})
+    body = te.wait_phase(api, tenant, "scale", "Ready", readyWorkers=4)
+    assert len(te.owned_namespaces(api, uid)) == 4
+    te.patch_spec(api, tenant, "scale", {"workers": 1})
+    te.wait_phase(api, tenant, "scale", "Ready", readyWorkers=1)
+    removed = [w.namespace for w in workers_from_status(body["status"])[1:]]
+    assert wait_for(lambda: all(_gone(api, ns) for ns in removed), 90, "scaled-down namespaces to go")
+    assert [n.metadata.name for n in te.owned_namespaces(api, uid)] == [
+        worker_namespace(tenant, "scale", uid, 0)
+    ]
+
+
+def test_service_added_removed_and_image_rolled_out(api: client.ApiClient, tenant: str) -> None:
+    te.create(api, tenant, te.manifest("change", workers=2))
+    body = te.wait_phase(api, tenant, "change", "Ready")
+    namespaces = [w.namespace for w in workers_from_status(body["status"])]
+
+    te.patch_spec(
+        api,
+        tenant,
+        "change",
+        {"services": [{"name": "redis", "type": "redis"}, {"name": "mq", "type": "rabbitmq"}]},
+    )
+    body = te.wait_phase(api, tenant, "change", "Ready", readyWorkers=2)
+    assert [s.name for s in workers_from_status(body["status"])[0].services] == ["redis", "mq"]
+    for ns in namespaces:
+        assert set(_deployments(api, ns)) == {"redis", "mq"}
+
+    te.patch_spec(
+        api,
+        tenant,
+        "change",
+        {"services": [{"name": "redis", "type": "redis", "image": "valkey/valkey:8.1"}]},
+    )
+    te.wait_phase(api, tenant, "change", "Ready", readyWorkers=2)
+    for ns in namespaces:
+        assert wait_for(lambda ns=ns: set(_deployments(api, ns)) == {"redis"}, 30, f"mq removed from {ns}")
+        image = _deployments(api, ns)["redis"].spec.template.spec.containers[0].image
+        assert image == "valkey/valkey:8.1"
+
+
+def test_objects_deleted_by_hand_are_recreated(api: client.ApiClient, tenant: str) -> None:
+    te.create(api, tenant, te.manifest("heal", workers=2))
+    body = te.wait_phase(api, tenant, "heal", "Ready")
+    first, second = (w.namespace for w in workers_from_status(body["status"]))
+    client.AppsV1Api(api).delete_namespaced_deployment("redis", second)
+    client.CoreV1Api(api).delete_namespaced_resource_quota("testenv-worker", second)
+    client.CoreV1Api(api).delete_namespace(first)
+    wait_for(lambda: "redis" in _deployments(api, second), 30, "the deleted Deployment to come back")
+    wait_for(
+        lambda: client.CoreV1Api(api).list_namespaced_resource_quota(second).items,
+        30,
+        "the quota to come back",
+    )
+
+    def recreated() -> bool:
+        try:
+            ns = client.CoreV1Api(api).read_namespace(first)
+        except ApiException:
+            return False
+        return ns.metadata.deletion_timestamp is None and "redis" in _deployments(api, first)
+
+    assert wait_for(recreated, 120, "the deleted namespace to be recreated")
+    te.wait_phase(api, tenant, "heal", "Ready", readyWorkers=2)
+
+
+def test_deletion_removes_every_namespace_before_the_object_goes(api: client.ApiClient, tenant: str) -> None:
+    uid = te.create(api, tenant, te.manifest("bye", workers=3))["metadata"]["uid"]
+    te.wait_phase(api, tenant, "bye", "Ready")
+    te.delete(api, tenant, "bye")
+    assert te.owned_namespaces(api, uid) == [], "no namespace may be left, not even Terminating"
+
+
+def test_foreign_namespace_is_reported_and_left_alone(
+    api: client.ApiClient,
+    tenant: str,
+    local_cluster: Cluster,
+    tmp_path: Path,
+    running_operator: OperatorProcess,
+) -> None:
+    running_operator.stop()  # create the object while nobody reconciles, to learn its UID first
+    try:
+        uid = te.create(api, tenant, te.manifest("clash", workers=2))["metadata"]["uid"]
+        taken = worker_namespace(tenant, "clash", uid, 0)
+        core = client.CoreV1Api(api)
+        core.create_namespace(
+            client.V1Namespace(metadata=client.V1ObjectMeta(name=taken, labels={"team": "other"}))
+        )
+    finally:
+        running_operator.start()
+    try:
+        body = te.wait_phase(api, tenant, "clash", "Failed")
+        assert taken in body["status"]["message"]
+        assert "not owned by this TestEnvironment" in body["status"]["message"]
+        (ok,) = [w for w in workers_from_status(body["status"]) if w.index == 1]
+        assert wait_for(
+            lambda: te.get(api, tenant, "clash")["status"]["readyWorkers"] == 1, 60, "worker 1 ready"
+        )
+        te.delete(api, tenant, "clash")
+        ns = core.read_namespace(taken)
+        assert ns.metadata.deletion_timestamp is None
+        assert ns.metadata.labels == {"team": "other", "kubernetes.io/metadata.name": taken}
+        assert _deployments(api, taken) == {}
+        assert ok.namespace != taken
+    finally:
+        core.delete_namespace(taken)
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ({"workers": 33}, "spec.workers"),
+        (
+            {
+                "services": [
+                    {
+                        "name": "api",
+                        "type": "custom",
+                        "custom": {"image": "Not A/Ref", "ports": [{"name": "h", "port": 80}]},
+                    }
+                ]
+            },
+            "spec.services[0].custom.image",
+        ),
+        (
+            {
+                "services": [
+                    {
+                        "name": "api",
+                        "type": "custom",
+                        "custom": {
+                            "image": "a/b:1",
+                            "ports": [{"name": "h", "port": 80}, {"name": "i", "port": 80}],
+                        },
+                    }
+                ]
+            },
+            "spec.services[0].custom.ports",
+        ),
+        (
+            {"services": [{"name": "k", "type": "kafka", "resources": {"limits": {"memory": "64Gi"}}}]},
+            "spec.services[*].resources.limits",
+        ),
+    ],
+    ids=["too many workers", "bad image", "port clash", "quota too small"],
+)
+def test_invalid_spec_becomes_a_condition_not_a_crash(
+    api: client.ApiClient, tenant: str, running_operator: OperatorProcess, spec: dict[str, Any], field: str
+) -> None:
+    name = f"bad-{uuid.uuid4().hex[:4]}"
+    body = te.manifest(name)
+    body["spec"].update(spec)
+    te.create(api, tenant, body)
+    failed = te.wait_phase(api, tenant, name, "Failed")
+    spec_valid = next(c for c in failed["status"]["conditions"] if c["type"] == "SpecValid")
+    assert spec_valid["status"] == "False"
+    assert spec_valid["reason"] == "SpecInvalid"
+    assert field in spec_valid["message"]
+    assert running_operator.healthy()
+    te.create(api, tenant, te.manifest("neighbour", workers=1))
+    te.wait_phase(api, tenant, "neighbour", "Ready")
+
+
+def test_missing_secret_waits_then_provisions(api: client.ApiClient, tenant: str) -> None:
+    services = [
+        {
+            "name": "aws",
+            "type": "localstack",
+            "localstack": {"authTokenSecretRef": {"name": "ls", "key": "token"}},
+        }
+    ]
+    te.create(api, tenant, te.manifest("token", workers=1, services=services))
+    pending = te.wait_phase(api, tenant, "token", "Pending")
+    assert "Secret 'ls'" in pending["status"]["message"]
+    client.CoreV1Api(api).create_namespaced_secret(
+        tenant, client.V1Secret(metadata=client.V1ObjectMeta(name="ls"), string_data={"token": "t0k3n"})
+    )
+    body = te.wait_phase(api, tenant, "token", "Ready")
+    ns = workers_from_status(body["status"])[0].namespace
+    copied = client.CoreV1Api(api).read_namespaced_secret("ls", ns)
+    assert copied.metadata.labels[LABEL_OWNER_UID] == body["metadata"]["uid"]
+
+
+def test_stale_heartbeat_expires_the_environment(api: client.ApiClient, tenant: str) -> None:
+    body = te.manifest("stale", workers=1, lifetime={"ttlSeconds": 3600, "heartbeatTimeoutSeconds": 30})
+    body["metadata"]["annotations"] = {"testenv.dev/heartbeat": "2020-01-01T00:00:00Z"}
+    uid = te.create(api, tenant, body)["metadata"]["uid"]
+
+    def deleted() -> bool:
+        try:
+            te.get(api, tenant, "stale")
+        except ApiException as exc:
+            return exc.status == 404
+        return False
+
+    assert wait_for(deleted, 60, "the expired environment to delete itself")
+    assert te.owned_namespaces(api, uid) == []
+    reasons = {e.reason for e in client.CoreV1Api(api).list_namespaced_event(tenant).items}
+    assert "Expired" in reasons
+
+
+def test_twenty_environments_at_once_all_reach_ready(api: client.ApiClient, tenant: str) -> None:
+    names = [f"many-{i:02d}" for i in range(20)]
+    for i, name in enumerate(names):
+        te.create(api, tenant, te.manifest(name, workers=2, portBase=30000 + 10 * i))
+    for name in names:
+        te.wait_phase(api, tenant, name, "Ready", timeout=180, readyWorkers=2)

@@ -1,0 +1,88 @@
+"""Operator crashes and leftovers: these tests start (and kill) their own operator processes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from testenv_api import LABEL_MANAGED_BY, LABEL_OWNER_NAME, LABEL_OWNER_NAMESPACE, LABEL_OWNER_UID, MANAGED_BY
+from testenv_harness.clusters import Cluster
+
+from . import environments as te
+from .operator_process import OperatorProcess
+from .waiting import wait_for
+
+pytestmark = pytest.mark.usefixtures("crd")
+
+
+@pytest.fixture
+def operators(local_cluster: Cluster, tmp_path: Path) -> Iterator[list[OperatorProcess]]:
+    started: list[OperatorProcess] = []
+    yield started
+    for process in started:
+        process.stop()
+
+
+def _start(
+    cluster: Cluster, tmp_path: Path, started: list[OperatorProcess], **settings: str
+) -> OperatorProcess:
+    process = OperatorProcess(
+        cluster.kubeconfig, tmp_path / f"operator-{len(started)}.log", **settings
+    ).start()
+    started.append(process)
+    return process
+
+
+def test_killed_mid_provisioning_converges_after_restart(
+    api: client.ApiClient,
+    tenant: str,
+    local_cluster: Cluster,
+    tmp_path: Path,
+    operators: list[OperatorProcess],
+) -> None:
+    first = _start(local_cluster, tmp_path, operators)
+    uid = te.create(api, tenant, te.manifest("crash", workers=16))["metadata"]["uid"]
+    wait_for(lambda: te.owned_namespaces(api, uid), 30, "provisioning to start")
+    first.kill()
+    made = len(te.owned_namespaces(api, uid))
+    _start(local_cluster, tmp_path, operators)
+    te.wait_phase(api, tenant, "crash", "Ready", timeout=120, readyWorkers=16)
+    assert len(te.owned_namespaces(api, uid)) == 16
+    assert made >= 1
+    te.delete(api, tenant, "crash")  # while this test's operator still runs
+    assert te.owned_namespaces(api, uid) == []
+
+
+def test_orphaned_namespaces_are_swept_and_foreign_ones_are_not(
+    api: client.ApiClient, local_cluster: Cluster, tmp_path: Path, operators: list[OperatorProcess]
+) -> None:
+    core = client.CoreV1Api(api)
+    orphan_labels = {
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_OWNER_UID: "00000000-dead-beef-0000-000000000000",
+        LABEL_OWNER_NAME: "long-gone",
+        LABEL_OWNER_NAMESPACE: "default",
+    }
+    core.create_namespace(
+        client.V1Namespace(metadata=client.V1ObjectMeta(name="te-orphan-w0", labels=orphan_labels))
+    )
+    core.create_namespace(
+        client.V1Namespace(metadata=client.V1ObjectMeta(name="not-ours", labels={"team": "x"}))
+    )
+    try:
+        _start(local_cluster, tmp_path, operators, TESTENV_SWEEP_SECONDS="1")
+
+        def swept() -> bool:
+            try:
+                return core.read_namespace("te-orphan-w0").metadata.deletion_timestamp is not None
+            except ApiException as exc:
+                return exc.status == 404
+
+        assert wait_for(swept, 30, "the orphan to be deleted")
+        assert core.read_namespace("not-ours").metadata.deletion_timestamp is None
+    finally:
+        core.delete_namespace("not-ours")

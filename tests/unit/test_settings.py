@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import pytest
+
+from testenv_operator.settings import Settings, SettingsError
+
+
+def test_defaults() -> None:
+    settings = Settings.from_env({})
+    assert settings.namespaces == ()
+    assert settings.max_workers == 64
+    assert settings.images == {}
+
+
+def test_environment_overrides() -> None:
+    settings = Settings.from_env(
+        {
+            "TESTENV_NAMESPACES": "team-a, team-b",
+            "TESTENV_MAX_WORKERS": "8",
+            "TESTENV_IMAGE_REDIS": "valkey/valkey:8.1",
+            "TESTENV_LOG_LEVEL": "debug",
+        }
+    )
+    assert settings.namespaces == ("team-a", "team-b")
+    assert settings.max_workers == 8
+    assert settings.images == {"redis": "valkey/valkey:8.1"}
+    assert settings.log_level == "DEBUG"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"TESTENV_MAX_WORKERS": "many"}, "TESTENV_MAX_WORKERS='many' is not a whole number"),
+        ({"TESTENV_MAX_WORKERS": "0"}, r"out of range: use 1\.\.256"),
+        ({"TESTENV_LOG_LEVEL": "LOUD"}, "use one of DEBUG"),
+    ],
+)
+def test_bad_values_name_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        Settings.from_env(env)

@@ -1,0 +1,91 @@
+"""What the CRD cannot catch, the operator reports with the field and the fix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from testenv_operator.settings import Settings
+from testenv_operator.validation import IMAGE_REFERENCE, environments_over_limit, validate
+
+SETTINGS = Settings(max_workers=8, worker_cpu="2", worker_memory="2Gi")
+
+
+def _spec(**overrides: Any) -> dict[str, Any]:
+    return {"workers": 2, "portBase": 20000, "services": [{"name": "redis", "type": "redis"}], **overrides}
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "redis",
+        "redis:7.2.7",
+        "library/redis:7",
+        "ghcr.io/acme/api:1.4.2",
+        "localhost:5000/a/b:c",
+        "registry.example/x@sha256:" + "a" * 64,
+    ],
+)
+def test_valid_image_references(image: str) -> None:
+    assert IMAGE_REFERENCE.match(image)
+
+
+@pytest.mark.parametrize(
+    "image", ["Redis:7", "redis:", "redis::7", "-bad/x", "a b", "ghcr.io/acme/api:1.4.2@md5:x"]
+)
+def test_invalid_image_references(image: str) -> None:
+    assert not IMAGE_REFERENCE.match(image)
+
+
+def test_a_valid_spec_has_no_problems() -> None:
+    assert validate(_spec(), SETTINGS) == []
+
+
+def test_too_many_workers_names_the_operator_limit() -> None:
+    (problem,) = validate(_spec(workers=9), SETTINGS)
+    assert problem.field == "spec.workers"
+    assert "TESTENV_MAX_WORKERS" in problem.message
+    assert "lower spec.workers" in problem.message
+
+
+def test_bad_custom_image_names_the_field_and_an_example() -> None:
+    custom = {"image": "ACME/Api:1", "ports": [{"name": "http", "port": 80}]}
+    (problem,) = validate(_spec(services=[{"name": "api", "type": "custom", "custom": custom}]), SETTINGS)
+    assert problem.field == "spec.services[0].custom.image"
+    assert "for example ghcr.io/acme/api:1.4.2" in problem.message
+
+
+def test_port_clash_in_a_custom_service() -> None:
+    custom = {"image": "acme/api:1", "ports": [{"name": "a", "port": 80}, {"name": "b", "port": 80}]}
+    (problem,) = validate(_spec(services=[{"name": "api", "type": "custom", "custom": custom}]), SETTINGS)
+    assert problem.field == "spec.services[0].custom.ports"
+    assert "port 80 is listed twice" in problem.message
+
+
+def test_quota_too_small_for_the_services() -> None:
+    services = [
+        {"name": "kafka", "type": "kafka"},
+        {"name": "aws", "type": "localstack"},
+        {"name": "r", "type": "redis"},
+    ]
+    cpu, memory = validate(_spec(services=services), SETTINGS)
+    assert cpu.field == memory.field == "spec.services[*].resources.limits"
+    assert "cpu limits of 2.5, more than the worker quota of 2 (TESTENV_WORKER_CPU)" in cpu.message
+    assert (
+        "memory limits of 2304Mi, more than the worker quota of 2Gi (TESTENV_WORKER_MEMORY)" in memory.message
+    )
+
+
+def test_port_plan_overflow() -> None:
+    (problem,) = validate(_spec(workers=8, portBase=65530), SETTINGS)
+    assert problem.field == "spec.portBase"
+    assert "at most 65528" in problem.message
+
+
+def test_environment_limit_counts_oldest_first() -> None:
+    settings = Settings(max_environments_per_namespace=2)
+    assert environments_over_limit(["a", "b", "c"], "b", settings) is None
+    problem = environments_over_limit(["a", "b", "c"], "c", settings)
+    assert problem is not None
+    assert "TESTENV_MAX_ENVIRONMENTS_PER_NAMESPACE" in problem.message
