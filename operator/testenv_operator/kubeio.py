@@ -27,6 +27,7 @@ KINDS: dict[str, tuple[type, str, bool]] = {
     "Service": (client.CoreV1Api, "service", True),
     "Deployment": (client.AppsV1Api, "deployment", True),
     "NetworkPolicy": (client.NetworkingV1Api, "network_policy", True),
+    "RoleBinding": (client.RbacAuthorizationV1Api, "role_binding", True),
 }
 
 

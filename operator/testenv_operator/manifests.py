@@ -184,6 +184,27 @@ def copied_secret(owner: Owner, ns: str, index: int, source: Obj) -> Obj:
     }
 
 
+def access_binding(
+    owner: Owner, ns: str, index: int, cluster_role: str, subjects: Sequence[Mapping[str, Any]]
+) -> Obj:
+    """Lets the identities the spec names use this worker namespace, and only this one."""
+    rbac_subjects = []
+    for subject in subjects:
+        entry = {"kind": subject["kind"], "name": subject["name"]}
+        if subject["kind"] == "ServiceAccount":
+            entry["namespace"] = subject.get("namespace") or owner.namespace
+        else:
+            entry["apiGroup"] = "rbac.authorization.k8s.io"
+        rbac_subjects.append(entry)
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": _meta("testenv-access", {**owner.labels(), LABEL_WORKER: str(index)}, ns),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": cluster_role},
+        "subjects": rbac_subjects,
+    }
+
+
 def referenced_secrets(service_specs: Sequence[Mapping[str, Any]]) -> list[str]:
     """Secrets in the environment's namespace that the spec reads (env valueFrom, auth tokens)."""
     names: list[str] = []

@@ -19,6 +19,8 @@ class WorkerPlan:
     namespace: str
     services: tuple[ServicePlan, ...]
     ports: tuple[PlannedPort, ...]
+    access_subjects: tuple[Mapping[str, Any], ...] = ()
+    access_role: str = ""
 
     def local_port(self, service: str, port: str) -> int:
         return next(p.local_port for p in self.ports if p.service == service and p.name == port)
@@ -29,6 +31,12 @@ class WorkerPlan:
         objects += [manifests.copied_secret(owner, self.namespace, self.index, s) for s in secrets]
         for service in self.services:
             objects += manifests.workload(owner, self.namespace, self.index, service)
+        if self.access_subjects:
+            objects.append(
+                manifests.access_binding(
+                    owner, self.namespace, self.index, self.access_role, self.access_subjects
+                )
+            )
         return objects
 
 
@@ -46,5 +54,8 @@ def plan_environment(owner: Owner, spec: Mapping[str, Any], settings: Settings) 
         for service in services:
             local = {p.name: p.local_port for p in ports if p.service == service["name"]}
             rendered.append(render_service(service, ServiceContext(ns, local, images)))
-        plans.append(WorkerPlan(index, ns, tuple(rendered), tuple(ports)))
+        subjects = tuple((spec.get("access") or {}).get("subjects") or ())
+        plans.append(
+            WorkerPlan(index, ns, tuple(rendered), tuple(ports), subjects, settings.access_cluster_role)
+        )
     return plans

@@ -25,7 +25,15 @@ from testenv_operator.settings import Settings
 from testenv_operator.validation import Problem, environments_over_limit, validate
 
 log = logging.getLogger(__name__)
-_NAMESPACED_KINDS = ("Deployment", "Service", "ResourceQuota", "LimitRange", "NetworkPolicy", "Secret")
+_NAMESPACED_KINDS = (
+    "Deployment",
+    "Service",
+    "ResourceQuota",
+    "LimitRange",
+    "NetworkPolicy",
+    "Secret",
+    "RoleBinding",
+)
 
 
 @dataclasses.dataclass
@@ -167,8 +175,12 @@ class Reconciler:
         for name in removed:
             kubeio.delete(self.api, "Namespace", name)
         services = {s.name for s in plans[0].services} if plans else set()
+        access = bool(plans and plans[0].access_subjects)
         for kind, ns, name in observed.present:
-            if kind in ("Deployment", "Service") and ns in wanted_namespaces and name not in services:
+            if ns not in wanted_namespaces:
+                continue
+            stale_service = kind in ("Deployment", "Service") and name not in services
+            if stale_service or (kind == "RoleBinding" and not access):
                 kubeio.delete(self.api, kind, name, ns)
         return removed
 

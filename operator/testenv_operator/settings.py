@@ -8,6 +8,7 @@
 | TESTENV_WORKER_CPU | 8 | CPU quota (limits) of each worker namespace |
 | TESTENV_WORKER_MEMORY | 16Gi | memory quota (limits) of each worker namespace |
 | TESTENV_IMAGE_<TYPE> | see catalog | default image of a built-in service type, e.g. TESTENV_IMAGE_REDIS |
+| TESTENV_ACCESS_CLUSTERROLE | testenv-worker-access | ClusterRole bound to spec.access.subjects |
 | TESTENV_RESYNC_SECONDS | 10 | how often drift, expiry and readiness are re-checked |
 | TESTENV_SWEEP_SECONDS | 60 | how often namespaces whose owner is gone are looked for |
 | TESTENV_LIVENESS | http://0.0.0.0:8080/healthz | kopf liveness endpoint ("" turns it off) |
@@ -50,6 +51,7 @@ class Settings:
     worker_cpu: str = "8"
     worker_memory: str = "16Gi"
     images: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    access_cluster_role: str = "testenv-worker-access"
     resync_seconds: int = 10
     sweep_seconds: int = 60
     liveness: str = "http://0.0.0.0:8080/healthz"
@@ -73,6 +75,7 @@ class Settings:
             worker_cpu=env.get("TESTENV_WORKER_CPU", "8"),
             worker_memory=env.get("TESTENV_WORKER_MEMORY", "16Gi"),
             images=images,
+            access_cluster_role=env.get("TESTENV_ACCESS_CLUSTERROLE", "testenv-worker-access"),
             resync_seconds=_int(env, "TESTENV_RESYNC_SECONDS", 10, 1, 3600),
             sweep_seconds=_int(env, "TESTENV_SWEEP_SECONDS", 60, 1, 86400),
             liveness=env.get("TESTENV_LIVENESS", "http://0.0.0.0:8080/healthz"),

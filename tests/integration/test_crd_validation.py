@@ -80,6 +80,9 @@ VALID: dict[str, Callable[[Manifest], None]] = {
             "localstack": {"services": ["s3", "sqs"], "authTokenSecretRef": {"name": "ls", "key": "token"}},
         }
     ),
+    "access subjects": lambda m: m["spec"].update(
+        access={"subjects": [{"kind": "ServiceAccount", "name": "ci"}, {"kind": "Group", "name": "team-a"}]}
+    ),
     "max workers": lambda m: m["spec"].update(workers=256, portBase=1024),
     "lifetime": lambda m: m["spec"].update(lifetime={"ttlSeconds": 3600, "heartbeatTimeoutSeconds": 300}),
 }
@@ -210,6 +213,11 @@ INVALID: dict[str, tuple[Callable[[Manifest], None], str, str]] = {
         _set("spec.lifetime", {"ttlSeconds": 600, "heartbeatTimeoutSeconds": 3600}),
         "spec.lifetime.heartbeatTimeoutSeconds",
         "must not exceed lifetime.ttlSeconds",
+    ),
+    "namespace on a User": (
+        _set("spec.access", {"subjects": [{"kind": "User", "name": "u", "namespace": "x"}]}),
+        "spec.access.subjects[0].namespace",
+        "only meaningful for kind ServiceAccount",
     ),
     "misspelt field": (_set("spec.worker", 4), "spec.worker", "unknown field"),
 }

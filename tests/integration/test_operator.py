@@ -278,3 +278,50 @@ def test_twenty_environments_at_once_all_reach_ready(api: client.ApiClient, tena
         te.create(api, tenant, te.manifest(name, workers=2, portBase=30000 + 10 * i))
     for name in names:
         te.wait_phase(api, tenant, name, "Ready", timeout=180, readyWorkers=2)
+
+
+WORKER_ACCESS = {
+    "apiVersion": "rbac.authorization.k8s.io/v1",
+    "kind": "ClusterRole",
+    "metadata": {"name": "testenv-worker-access"},
+    "rules": [
+        {"apiGroups": [""], "resources": ["pods", "services"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["pods/portforward"], "verbs": ["create", "get"]},
+    ],
+}
+
+
+def test_access_subjects_reach_their_own_workers_only(
+    api: client.ApiClient, tenant: str, local_cluster: Cluster
+) -> None:
+    rbac = client.RbacAuthorizationV1Api(api)
+    try:
+        rbac.create_cluster_role(WORKER_ACCESS)
+    except ApiException as exc:
+        assert exc.status == 409
+    access = {"subjects": [{"kind": "ServiceAccount", "name": "pipeline-a"}]}
+    te.create(api, tenant, te.manifest("mine", workers=1, access=access))
+    te.create(api, tenant, te.manifest("theirs", workers=1))
+    mine = workers_from_status(te.wait_phase(api, tenant, "mine", "Ready")["status"])[0].namespace
+    theirs = workers_from_status(te.wait_phase(api, tenant, "theirs", "Ready")["status"])[0].namespace
+
+    from testenv_harness import kube
+
+    as_pipeline = kube.api_client(local_cluster.kubeconfig)
+    as_pipeline.default_headers["Impersonate-User"] = f"system:serviceaccount:{tenant}:pipeline-a"
+    core = client.CoreV1Api(as_pipeline)
+    assert wait_for(lambda: _can_list_pods(core, mine), 30, "the RoleBinding to take effect")
+    assert not _can_list_pods(core, theirs)
+
+    te.patch_spec(api, tenant, "mine", {"access": None})
+    assert wait_for(lambda: not _can_list_pods(core, mine), 30, "access to be withdrawn")
+
+
+def _can_list_pods(core: client.CoreV1Api, namespace: str) -> bool:
+    try:
+        core.list_namespaced_pod(namespace)
+    except ApiException as exc:
+        if exc.status == 403:
+            return False
+        raise
+    return True
