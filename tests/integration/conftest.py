@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 
@@ -14,7 +15,8 @@ from testenv_harness.clusters import Cluster, LocalProvider
 from . import environments
 from .operator_process import OperatorProcess
 
-CLUSTER_NAME = "testenv-it"
+#: Override to run two test sessions side by side without sharing (and deleting) one cluster.
+CLUSTER_NAME = os.environ.get("TESTENV_IT_CLUSTER", "testenv-it")
 
 
 @pytest.fixture(scope="session")
