@@ -9,8 +9,10 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 CLUSTER ?= testenv
 CRD := crds/testenv.dev_testenvironments.yaml
-CRD_COPIES := operator/testenv_api/crd.yaml
+CRD_COPIES := operator/testenv_api/crd.yaml charts/testenv-operator/crds/testenv.dev_testenvironments.yaml
 PYTEST_ARGS ?=
+# helm built from source assumes Kubernetes v1.20 unless told; the chart needs 1.28+.
+KUBE_VERSION := v1.36.3
 
 .PHONY: help
 help: ## List the targets.
@@ -41,6 +43,14 @@ cluster-down: venv ## Delete the local cluster and stop its processes.
 sync-crds: ## Copy the CRD from crds/ into every place that ships it.
 	for copy in $(CRD_COPIES); do cp $(CRD) $$copy; done
 
+.PHONY: chart-lint
+chart-lint: tools ## helm lint --strict the operator chart (charts/testenv-operator).
+	"$$($(PY) -m testenv_harness.cli tools --print-bin-dir)/helm" lint --strict charts/testenv-operator --kube-version $(KUBE_VERSION)
+
+.PHONY: chart-template
+chart-template: tools ## Render the operator chart with its default values to stdout.
+	"$$($(PY) -m testenv_harness.cli tools --print-bin-dir)/helm" template testenv-operator charts/testenv-operator --namespace testenv-system --kube-version $(KUBE_VERSION)
+
 .PHONY: lint
 lint: venv ## ruff (lint + format check) and mypy.
 	$(VENV)/bin/ruff check .
@@ -60,14 +70,30 @@ test-unit: venv ## Unit tests: no cluster.
 test-integration: tools ## Integration tests against a real API server (a throwaway local cluster).
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
+.PHONY: test-e2e
+test-e2e: system-deps tools ## End-to-end: the pytest plugin, operator and real services on the local cluster.
+	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
+
 .PHONY: test
-test: tools ## Every tier, as CI runs it.
+test: system-deps tools ## Every tier, as CI runs it.
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
+.PHONY: system-deps
+system-deps: ## Install the Debian packages the local data plane runs (redis-server, mosquitto, Java, Maven).
+	hack/install-system-deps.sh
+
 .PHONY: demo
-demo: cluster-up ## The main job: local cluster up, CRD installed, example TestEnvironment applied.
-	eval "$$($(PY) -m testenv_harness.cli cluster env --name $(CLUSTER))"
-	kubectl apply --server-side -f $(CRD)
-	kubectl wait --for=condition=Established --timeout=60s crd/testenvironments.testenv.dev
-	kubectl apply -f examples/testenvironment.yaml
-	kubectl get testenvironments --all-namespaces
+demo: system-deps tools cluster-up ## The main job: the example suite, 4 workers, each with its own Redis/Kafka/S3.
+	cd examples/suite && ../../$(PY) -m pytest -n 4 --testenv-cluster-name $(CLUSTER)
+
+.PHONY: bench-operator
+bench-operator: tools ## Benchmark time-to-Ready: operator vs. direct creation (own cluster testenv-bench; ~10 min).
+	$(PY) bench/operator_ready.py $(BENCH_ARGS)
+
+.PHONY: bench-portforward
+bench-portforward: system-deps tools ## Benchmark Redis via the harness's port-forward vs. kubectl port-forward vs. direct (cluster testenv-bench; ~2 min).
+	$(PY) bench/portforward_redis.py $(BENCH_ARGS)
+
+.PHONY: bench-suite
+bench-suite: system-deps tools ## Benchmark the example suite's wall time with -n 1, 2, 4, 3 runs each (cluster testenv-bench; ~15 min).
+	$(PY) bench/suite_wall_time.py $(BENCH_ARGS)

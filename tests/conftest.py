@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from testenv_harness.clusters import Cluster, LocalProvider
+
 HERE = Path(__file__).parent
+pytest_plugins = ["pytester"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -23,3 +28,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         tier = Path(item.fspath).relative_to(HERE).parts[0]
         if tier in ("integration", "e2e"):
             item.add_marker(getattr(pytest.mark, tier))
+
+
+#: Override to run two test sessions side by side without sharing (and deleting) one cluster.
+CLUSTER_NAME = os.environ.get("TESTENV_IT_CLUSTER", "testenv-it")
+
+
+@pytest.fixture(scope="session")
+def local_cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+
+    def report(line: str) -> None:
+        if reporter is not None:
+            reporter.write_line(f"[cluster] {line}")
+
+    provider = LocalProvider(CLUSTER_NAME, report=report)
+    cluster = provider.up()
+    yield cluster
+    if not request.config.getoption("--keep-cluster"):
+        provider.down()

@@ -4,5 +4,14 @@ from __future__ import annotations
 
 from testenv_harness.clusters import Cluster, LocalProvider
 from testenv_harness.errors import ClusterError, TestEnvError, ToolchainError
+from testenv_harness.testenv import NotReadyError, TestEnv
 
-__all__ = ["Cluster", "ClusterError", "LocalProvider", "TestEnvError", "ToolchainError"]
+__all__ = [
+    "Cluster",
+    "ClusterError",
+    "LocalProvider",
+    "NotReadyError",
+    "TestEnv",
+    "TestEnvError",
+    "ToolchainError",
+]

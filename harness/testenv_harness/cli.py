@@ -12,7 +12,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from testenv_harness import toolchain
+from testenv_harness import kafka_runtime, toolchain
 from testenv_harness.clusters.local import DEFAULT_NAME, LocalProvider
 from testenv_harness.errors import TestEnvError
 
@@ -37,6 +37,7 @@ def _cmd_tools(args: argparse.Namespace) -> int:
         names = ", ".join(f"{t.name} {t.version}" for t in todo)
         _say(f"building {len(todo)} tool(s) from the Go module proxy: {names}")
     path = toolchain.build_all(report=_say)
+    kafka_runtime.fetch(report=_say)
     _say(f"tools ready in {path}")
     return 0
 

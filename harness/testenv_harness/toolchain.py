@@ -30,6 +30,7 @@ HELM_VERSION = "v3.22.0"
 KIND_VERSION = "v0.33.0"
 
 _MODULES = Path(__file__).parent / "gotools"
+_KUBE_MAJOR, _KUBE_MINOR = KUBERNETES_VERSION.lstrip("v").split(".")[:2]
 
 
 def _kube_ldflags(version: str) -> tuple[str, ...]:
@@ -91,7 +92,15 @@ TOOLS: tuple[GoTool, ...] = (
         "helm",
         HELM_VERSION,
         {"helm": "helm.sh/helm/v3/cmd/helm"},
-        (f"-X helm.sh/helm/v3/internal/version.version={HELM_VERSION}",),
+        (
+            f"-X helm.sh/helm/v3/internal/version.version={HELM_VERSION}",
+            # Without these helm assumes Kubernetes 1.20 for `helm template` and `helm lint`.
+            *(
+                f"-X helm.sh/helm/v3/pkg/{pkg}.k8sVersion{part}={value}"
+                for pkg in ("chartutil", "lint/rules")
+                for part, value in (("Major", _KUBE_MAJOR), ("Minor", _KUBE_MINOR))
+            ),
+        ),
     ),
     GoTool("kind", KIND_VERSION, {"kind": "sigs.k8s.io/kind"}),
 )

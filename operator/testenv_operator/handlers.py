@@ -10,7 +10,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import contextvars
+import functools
 import logging
 import time
 from collections.abc import Mapping
@@ -47,11 +48,21 @@ class _State:
     settings: Settings
     reconciler: Reconciler
     wakers: dict[str, asyncio.Event]
+    locks: dict[str, asyncio.Lock]
+    executor: ThreadPoolExecutor
     sweeper: asyncio.Task[None] | None = None
 
 
 STATE = _State()
 STATE.wakers = {}
+STATE.locks = {}
+
+
+async def _in_thread(fn: Any, *args: Any) -> Any:
+    """Run blocking client code on the operator's own pool (asyncio's default has 6 threads on 2 CPUs)."""
+    # Copy the context as asyncio.to_thread does: kopf keeps its settings in context variables.
+    call = functools.partial(contextvars.copy_context().run, fn, *args)
+    return await asyncio.get_running_loop().run_in_executor(STATE.executor, call)
 
 
 def _api_client() -> client.ApiClient:
@@ -86,6 +97,7 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.execution.max_workers = 16
     STATE.api = _api_client()
     STATE.reconciler = Reconciler(STATE.api, STATE.settings, ThreadPoolExecutor(max_workers=16))
+    STATE.executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="converge")
     STATE.sweeper = asyncio.create_task(_sweep_orphans_forever())
     log.info("settings: %s", STATE.settings)
 
@@ -179,35 +191,42 @@ def _converge(body: Mapping[str, Any], apply_all: bool, full: bool) -> Outcome:
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 async def provision(body: kopf.Body, **_: Any) -> None:
-    await asyncio.to_thread(_converge, dict(body), True, True)
-    _wake(body["metadata"]["uid"])
+    uid = body["metadata"]["uid"]
+    async with STATE.locks.setdefault(uid, asyncio.Lock()):  # never apply alongside the daemon
+        await _in_thread(_converge, dict(body), True, True)
+    _wake(uid)
 
 
 @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=5.0)
 async def keep_converged(stopped: kopf.DaemonStopped, body: kopf.Body, **_: Any) -> None:
     uid = body["metadata"]["uid"]
     waker = STATE.wakers.setdefault(uid, asyncio.Event())
+    lock = STATE.locks.setdefault(uid, asyncio.Lock())
     last_full = 0.0
     try:
         while not stopped:
             snapshot = dict(body)
             reason = expiry_reason(snapshot)
             if reason:
-                await asyncio.to_thread(_expire, snapshot, reason)
+                await _in_thread(_expire, snapshot, reason)
                 return
             ready = (snapshot.get("status") or {}).get("phase") == Phase.READY
             # Namespaces and Deployments are checked every pass; the other kinds every resync.
             full = time.monotonic() - last_full >= STATE.settings.resync_seconds
-            await asyncio.to_thread(_converge, snapshot, False, full)
+            waker.clear()  # before the pass: an event arriving during it must wake the next one
+            async with lock:
+                await _in_thread(_converge, snapshot, False, full)
             if full:
                 last_full = time.monotonic()
-            waker.clear()
             # Poll fast while provisioning; when ready, rely on events plus a slow resync.
             timeout = STATE.settings.resync_seconds if ready else 1.0
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(waker.wait(), timeout=timeout)
+            waiters = [asyncio.ensure_future(waker.wait()), asyncio.ensure_future(stopped.wait())]
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in waiters:
+                waiter.cancel()
     finally:
         STATE.wakers.pop(uid, None)
+        STATE.locks.pop(uid, None)
 
 
 def _expire(body: Mapping[str, Any], reason: str) -> None:
@@ -240,7 +259,7 @@ async def owned_namespace_changed(labels: Mapping[str, str], **_: Any) -> None:
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
 async def tear_down(body: kopf.Body, **_: Any) -> None:
-    await asyncio.to_thread(_tear_down, dict(body))
+    await _in_thread(_tear_down, dict(body))
 
 
 def _tear_down(body: Mapping[str, Any]) -> None:
@@ -270,25 +289,28 @@ def _tear_down(body: Mapping[str, Any]) -> None:
 # -- orphans ------------------------------------------------------------------------------------
 
 
-def sweep_orphans(api: client.ApiClient) -> list[str]:
-    """Delete managed namespaces whose owning TestEnvironment (by UID) no longer exists."""
+def sweep_orphans(api: client.ApiClient, watched: tuple[str, ...] = ()) -> list[str]:
+    """Delete managed namespaces whose owning TestEnvironment (by UID) no longer exists.
+
+    With `watched` namespaces, only namespaces owned from those are judged: another operator
+    (or release) serves the rest, and this one may not even be allowed to read their owners.
+    """
     objects = client.CustomObjectsApi(api)
     removed = []
     for ns in kubeio.list_labelled(api, "Namespace", f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_OWNER_UID}"):
         meta = ns["metadata"]
         labels = meta.get("labels") or {}
-        if meta.get("deletionTimestamp"):
+        owner_namespace = labels.get(LABEL_OWNER_NAMESPACE, "")
+        if meta.get("deletionTimestamp") or (watched and owner_namespace not in watched):
             continue
         try:
             owner = objects.get_namespaced_custom_object(
-                GROUP,
-                VERSION,
-                labels.get(LABEL_OWNER_NAMESPACE, ""),
-                PLURAL,
-                labels.get(LABEL_OWNER_NAME, ""),
+                GROUP, VERSION, owner_namespace, PLURAL, labels.get(LABEL_OWNER_NAME, "")
             )
             alive = owner["metadata"]["uid"] == labels[LABEL_OWNER_UID]
         except ApiException as exc:
+            if exc.status == 403:  # not ours to judge
+                continue
             if exc.status != 404:
                 raise
             alive = False
@@ -303,7 +325,7 @@ def sweep_orphans(api: client.ApiClient) -> list[str]:
 async def _sweep_orphans_forever() -> None:
     while True:
         try:
-            await asyncio.to_thread(sweep_orphans, STATE.api)
+            await _in_thread(sweep_orphans, STATE.api, STATE.settings.namespaces)
         except Exception:  # a failed sweep must not stop the next one
             log.exception("orphan sweep failed")
         await asyncio.sleep(STATE.settings.sweep_seconds)

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 import testenv_api
 from testenv_api import LABEL_OWNER_UID, Phase
@@ -208,11 +209,21 @@ class Reconciler:
         observed = self.observe(owner.uid, plans, full or apply_all)
         todo = [p for p in plans if apply_all or self._incomplete(owner, p, observed, full)]
         outcome = Outcome({}, [])
+        refused: list[Problem] = []
         if todo:
             states = [observed.namespaces.get(p.namespace) for p in todo]
 
             def apply_one(index: int) -> bool:
-                return self._apply_worker(owner, todo[index], states[index], secrets)
+                try:
+                    return self._apply_worker(owner, todo[index], states[index], secrets)
+                except ApiException as exc:  # e.g. 403: say so instead of "Provisioning" forever
+                    refused.append(
+                        Problem(
+                            f"worker {todo[index].index}",
+                            f"the API server refused an apply: {exc.status} {exc.reason}",
+                        )
+                    )
+                    return False
 
             for plan, state, applied in zip(
                 todo, states, self.pool.map(apply_one, range(len(todo))), strict=True
@@ -228,18 +239,28 @@ class Reconciler:
             for p in plans
         ]
         outcome.foreign = [w.namespace for w in workers if w.phase == Phase.FAILED]
+        if refused:
+            outcome.problems = refused
+            outcome.status = self._status(body, [], refused, reason="ApplyRefused")
+            return outcome
         outcome.status = self._status(body, workers, [])
         return outcome
 
     def _status(
-        self, body: Mapping[str, Any], workers: list[Any], problems: list[Problem], waiting: bool = False
+        self,
+        body: Mapping[str, Any],
+        workers: list[Any],
+        problems: list[Problem],
+        waiting: bool = False,
+        reason: str = "",
     ) -> dict[str, Any]:
         old = body.get("status") or {}
         generation = int(body["metadata"].get("generation", 1))
         conditions = old.get("conditions") or []
         if problems:
             message = "; ".join(str(p) for p in problems)
-            reason = "SecretMissing" if waiting else "SpecInvalid"
+            reason = reason or ("SecretMissing" if waiting else "SpecInvalid")
+            spec_ok = waiting or reason == "ApplyRefused"
             return {
                 "observedGeneration": generation,
                 "phase": (Phase.PENDING if waiting else Phase.FAILED).value,
@@ -251,9 +272,9 @@ class Reconciler:
                     readiness.condition(
                         conditions,
                         "SpecValid",
-                        waiting,
-                        "Valid" if waiting else reason,
-                        "" if waiting else message,
+                        spec_ok,
+                        "Valid" if spec_ok else reason,
+                        "" if spec_ok else message,
                         generation,
                     ),
                     readiness.condition(conditions, "Ready", False, reason, message, generation),

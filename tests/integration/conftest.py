@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 
@@ -10,28 +9,10 @@ import pytest
 from kubernetes import client
 
 from testenv_harness import kube
-from testenv_harness.clusters import Cluster, LocalProvider
+from testenv_harness.clusters import Cluster
 
 from . import environments
 from .operator_process import OperatorProcess
-
-#: Override to run two test sessions side by side without sharing (and deleting) one cluster.
-CLUSTER_NAME = os.environ.get("TESTENV_IT_CLUSTER", "testenv-it")
-
-
-@pytest.fixture(scope="session")
-def local_cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-
-    def report(line: str) -> None:
-        if reporter is not None:
-            reporter.write_line(f"[cluster] {line}")
-
-    provider = LocalProvider(CLUSTER_NAME, report=report)
-    cluster = provider.up()
-    yield cluster
-    if not request.config.getoption("--keep-cluster"):
-        provider.down()
 
 
 @pytest.fixture(scope="session")

@@ -298,7 +298,8 @@ def test_access_subjects_reach_their_own_workers_only(
     try:
         rbac.create_cluster_role(WORKER_ACCESS)
     except ApiException as exc:
-        assert exc.status == 409
+        if exc.status != 409:  # another test (or the chart) made it already
+            raise
     access = {"subjects": [{"kind": "ServiceAccount", "name": "pipeline-a"}]}
     te.create(api, tenant, te.manifest("mine", workers=1, access=access))
     te.create(api, tenant, te.manifest("theirs", workers=1))

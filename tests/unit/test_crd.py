@@ -12,7 +12,10 @@ import testenv_api
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCE = ROOT / "crds" / "testenv.dev_testenvironments.yaml"
-COPIES = [ROOT / "operator" / "testenv_api" / "crd.yaml"]
+COPIES = [
+    ROOT / "operator" / "testenv_api" / "crd.yaml",
+    ROOT / "charts" / "testenv-operator" / "crds" / "testenv.dev_testenvironments.yaml",
+]
 
 
 def _crd() -> dict[str, Any]:

@@ -7,7 +7,9 @@ binary path is handed to kwokctl, which therefore never tries to download anythi
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -236,13 +238,24 @@ class LocalProvider:
                     continue
         return pids
 
+    def _wait_exited(self, timeout: float = 15) -> None:
+        """kwokctl returns before every process has exited: wait, then kill stragglers."""
+        deadline = time.monotonic() + timeout
+        while self.processes() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for pid in self.processes():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
     def stop(self) -> None:
         """Stop the processes but keep the state; `up` restarts them."""
         if self.exists():
             self._kwokctl("stop", "cluster")
+            self._wait_exited()
 
     def down(self) -> None:
         if not self.cluster_dir.exists():
             return
         self.report(f"deleting local cluster {self.cluster_name!r}")
         self._kwokctl("delete", "cluster")
+        self._wait_exited()

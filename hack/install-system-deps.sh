@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the local data plane runs (real Redis, Mosquitto, Java for Kafka,
+# Maven to fetch the Kafka jars) when they are missing. Safe to run again: a no-op when present.
+set -euo pipefail
+need=()
+command -v redis-server >/dev/null || [ -x /usr/bin/redis-server ] || need+=(redis-server)
+command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+command -v java >/dev/null || need+=(default-jre-headless)
+command -v mvn >/dev/null || need+=(maven)
+if [ ${#need[@]} -eq 0 ]; then
+  echo "system packages present"
+  exit 0
+fi
+echo "installing ${need[*]}"
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${need[@]}"

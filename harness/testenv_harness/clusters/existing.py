@@ -1,0 +1,36 @@
+"""The `existing` cluster: whatever the current kubeconfig points at (a shared CI cluster)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from testenv_harness.clusters.base import Cluster
+from testenv_harness.errors import ClusterError
+
+
+class ExistingProvider:
+    """Uses a cluster someone else runs; never creates or deletes it."""
+
+    name = "existing"
+
+    def __init__(self, kubeconfig: str | None = None, context: str | None = None) -> None:
+        first = (kubeconfig or os.environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")).split(
+            os.pathsep
+        )[0]
+        self.kubeconfig = Path(first).expanduser()
+        self.context = context
+
+    def exists(self) -> bool:
+        return self.kubeconfig.is_file()
+
+    def up(self) -> Cluster:
+        if not self.exists():
+            raise ClusterError(
+                f"no kubeconfig at {self.kubeconfig}: set KUBECONFIG, or use --testenv-cluster=local for a "
+                "throwaway local cluster"
+            )
+        return Cluster(self.name, self.context or "current-context", self.kubeconfig)
+
+    def down(self) -> None:
+        """An existing cluster is not ours to delete."""

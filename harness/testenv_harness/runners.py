@@ -1,0 +1,161 @@
+"""Real service processes on the host, standing in for pods the `local` cluster only simulates.
+
+Each runner gets the pod (its env, args and container ports) and a free host port for every
+container port, and starts the real program configured as the pod would be: redis-server
+from Debian, a Kafka broker from Maven Central jars using the pod's own KAFKA_* listener
+settings, moto_server for the AWS types, mosquitto from Debian.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from testenv_harness import kafka_runtime
+from testenv_harness.errors import TestEnvError
+
+
+class RunnerError(TestEnvError):
+    """A service process could not be started."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PodSpec:
+    namespace: str
+    name: str
+    service_type: str
+    env: Mapping[str, str]
+    args: tuple[str, ...]
+    #: container port -> host port the process listens on
+    ports: Mapping[int, int]
+
+
+@dataclasses.dataclass(frozen=True)
+class Launch:
+    argv: list[str]
+    env: dict[str, str]
+    #: host ports that must accept connections before the pod counts as served
+    wait_ports: tuple[int, ...]
+    prepare: Callable[[], None] | None = None
+
+
+def _need(program: str, package: str) -> str:
+    path = shutil.which(program) or (
+        f"/usr/sbin/{program}" if Path(f"/usr/sbin/{program}").exists() else None
+    )
+    if not path:
+        raise RunnerError(
+            f"{program} is not installed: `apt-get install {package}` (or run `make demo`, which does)"
+        )
+    return path
+
+
+def _redis(pod: PodSpec, workdir: Path) -> Launch:
+    (port,) = pod.ports.values()
+    argv = [_need("redis-server", "redis-server"), "--port", str(port), "--bind", "127.0.0.1"]
+    argv += ["--dir", str(workdir), "--save", "", "--appendonly", "no"]
+    return Launch(argv, dict(os.environ), (port,))
+
+
+def _moto(pod: PodSpec, workdir: Path) -> Launch:
+    (port,) = pod.ports.values()
+    if importlib.util.find_spec("moto") is None or importlib.util.find_spec("flask") is None:
+        raise RunnerError(
+            "moto_server is not installed: pip install 'moto[server]' (part of kube-testenv[examples])"
+        )
+    argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    return Launch(argv, dict(os.environ), (port,))
+
+
+def _mosquitto(pod: PodSpec, workdir: Path) -> Launch:
+    (port,) = pod.ports.values()
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    return Launch([_need("mosquitto", "mosquitto"), "-c", str(conf)], dict(os.environ), (port,))
+
+
+def _kafka(pod: PodSpec, workdir: Path) -> Launch:
+    properties = kafka_runtime.server_properties(pod.env, pod.ports, workdir / "data")
+    conf = workdir / "server.properties"
+    conf.write_text("".join(f"{k}={v}\n" for k, v in sorted(properties.items())))
+    classpath = kafka_runtime.classpath()
+    java = _need("java", "openjdk-17-jre-headless")
+    env = dict(os.environ)
+    jvm = ["-Xms128m", "-Xmx512m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Djava.awt.headless=true"]
+    log4j = kafka_runtime.log4j_config(workdir)
+
+    def format_storage() -> None:
+        result = subprocess.run(
+            [
+                java,
+                *jvm,
+                f"-Dlog4j2.configurationFile={log4j}",
+                "-cp",
+                classpath,
+                kafka_runtime.STORAGE_TOOL,
+                "format",
+                "-t",
+                properties["cluster.id"],
+                "-c",
+                str(conf),
+                "--ignore-formatted",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            env=env,
+        )
+        if result.returncode != 0:
+            raise RunnerError(
+                f"formatting Kafka storage for {pod.namespace}/{pod.name} failed: {result.stderr[-2000:]}"
+            )
+
+    argv = [java, *jvm, f"-Dlog4j2.configurationFile={log4j}", "-cp", classpath, "kafka.Kafka", str(conf)]
+    return Launch(argv, env, tuple(pod.ports.values()), prepare=format_storage)
+
+
+RUNNERS: dict[str, Callable[[PodSpec, Path], Launch]] = {
+    "redis": _redis,
+    "kafka": _kafka,
+    "localstack": _moto,  # no LocalStack image can run here; moto_server speaks the same AWS APIs
+    "moto": _moto,
+    "mosquitto": _mosquitto,
+}
+
+
+def launch_for(pod: PodSpec, workdir: Path) -> Launch:
+    runner = RUNNERS.get(pod.service_type)
+    if runner is None:
+        supported = ", ".join(sorted(RUNNERS))
+        raise RunnerError(
+            f"the local data plane cannot run a {pod.service_type!r} service "
+            f"({pod.namespace}/{pod.name}); it runs "
+            f"{supported}. Use a kind or existing cluster for this type."
+        )
+    return runner(pod, workdir)
+
+
+def pod_spec(pod: Mapping[str, Any], host_ports: Callable[[int], int]) -> PodSpec:
+    """Read what a runner needs from a pod object (a dict as the API server sends it)."""
+    meta, spec = pod["metadata"], pod["spec"]
+    (container,) = spec["containers"][:1]
+    env = {e["name"]: e.get("value", "") for e in container.get("env") or [] if "value" in e}
+    ports = {
+        int(p["containerPort"]): host_ports(int(p["containerPort"])) for p in container.get("ports") or []
+    }
+    annotations = meta.get("annotations") or {}
+    return PodSpec(
+        namespace=meta["namespace"],
+        name=meta["name"],
+        service_type=annotations.get("testenv.dev/service-type", ""),
+        env=env,
+        args=tuple(container.get("args") or ()),
+        ports=ports,
+    )

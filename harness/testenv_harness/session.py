@@ -1,0 +1,377 @@
+"""Once per run, in the pytest-xdist controller: cluster, CRD, operator, TestEnvironment, teardown.
+
+This is pytest's SynchronizedBeforeSuite. Workers never create anything; they receive a
+`Handoff` and wait for their own namespace only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import datetime
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+import testenv_api
+from testenv_api import ANNOTATION_HEARTBEAT, GROUP, LABEL_OWNER_UID, LABEL_RUN_ID, PLURAL, VERSION
+from testenv_api.status import workers_from_status
+from testenv_harness import kube
+from testenv_harness.clusters.base import Cluster, Provider
+from testenv_harness.clusters.existing import ExistingProvider
+from testenv_harness.clusters.kind import KindProvider, docker_available
+from testenv_harness.clusters.local import LocalProvider
+from testenv_harness.dataplane import DataPlane
+from testenv_harness.errors import ClusterError, TestEnvError
+from testenv_harness.handoff import Handoff
+
+PROVIDERS = ("auto", "local", "kind", "existing")
+HEARTBEAT_SECONDS = 30
+HEARTBEAT_TIMEOUT = 300
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    workers: int
+    manifest: dict[str, Any]
+    provider: str = "auto"
+    cluster_name: str = "testenv"
+    namespace: str = "default"
+    operator: str = "auto"  # subprocess | cluster | auto
+    keep: bool = False
+    timeout: float = 300.0
+
+
+def parse_services(entries: list[str]) -> list[dict[str, Any]]:
+    """`redis`, `kafka` or `name:type` entries (the testenv_services ini option) as spec.services."""
+    services = []
+    for entry in entries:
+        name, _, kind = entry.partition(":")
+        kind = kind or name
+        if kind not in testenv_api.SERVICE_TYPES or kind == "custom":
+            known = ", ".join(t for t in testenv_api.SERVICE_TYPES if t != "custom")
+            raise ValueError(f"testenv_services: {entry!r} has unknown type {kind!r}; use one of {known}")
+        services.append({"name": name, "type": kind})
+    return services
+
+
+def load_manifest(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ValueError(f"--testenv-manifest {path}: no such file")
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    found = [d for d in docs if d.get("kind") == testenv_api.KIND]
+    if len(found) != 1:
+        raise ValueError(
+            f"--testenv-manifest {path}: expected exactly one {testenv_api.KIND}, found {len(found)}"
+        )
+    manifest: dict[str, Any] = found[0]
+    return manifest
+
+
+def _free_range(count: int, start: int = 20000, stop: int = 60000) -> int:
+    """The first base from which `count` consecutive local ports can all be bound right now."""
+    base = start
+    while base + count <= stop:
+        clash = next((p for p in range(base, base + count) if not _bindable(p)), None)
+        if clash is None:
+            return base
+        base = clash + 1
+    raise ClusterError(f"no {count} consecutive free local ports between {start} and {stop}")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def ports_per_worker(spec: dict[str, Any]) -> int:
+    return sum(len((s.get("custom") or {}).get("ports") or [1]) for s in spec["services"])
+
+
+class RunSession:
+    """Sets one run up and tears it down again (also on Ctrl-C)."""
+
+    def __init__(self, options: RunOptions, report: Callable[[str], None]) -> None:
+        self.options = options
+        self.report = report
+        self.run_id = uuid.uuid4().hex[:6]
+        self.run_dir = Path(tempfile.mkdtemp(prefix=f"testenv-{self.run_id}-"))
+        self.cluster: Cluster | None = None
+        self.provider: Provider | None = None
+        self.api: client.ApiClient | None = None
+        self.operator: subprocess.Popen[bytes] | None = None
+        self.dataplane: DataPlane | None = None
+        self.name = ""
+        self.uid = ""
+        self.started = time.monotonic()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.ready_at: dict[int, float] = {}
+
+    # -- set-up -----------------------------------------------------------------------------
+
+    def _provider(self) -> Provider:
+        choice = self.options.provider
+        if choice == "auto":
+            choice = "kind" if docker_available() else "local"
+        if choice == "local":
+            return LocalProvider(self.options.cluster_name, report=self.report)
+        if choice == "kind":
+            return KindProvider(self.options.cluster_name, report=self.report)
+        if choice == "existing":
+            return ExistingProvider()
+        raise ValueError(f"--testenv-cluster={choice!r}: use one of {', '.join(PROVIDERS)}")
+
+    def start(self) -> Handoff:
+        self.provider = self._provider()
+        self.cluster = self.provider.up()
+        self.api = kube.api_client(self.cluster.kubeconfig)
+        run_operator = self.options.operator
+        if run_operator == "auto":
+            run_operator = "cluster" if self.cluster.provider == "existing" else "subprocess"
+        if run_operator == "subprocess":
+            kube.install_crd(self.api)
+            self._start_operator()
+        else:
+            self._check_operator_installed()
+        self._create_environment()
+        if self.cluster.provider == "local":
+            self.dataplane = DataPlane(self.api, self.uid, self.run_dir / "dataplane", self.report).start()
+        for target in (self._heartbeat, self._watch_progress):
+            thread = threading.Thread(target=target, daemon=True, name=target.__name__)
+            thread.start()
+            self._threads.append(thread)
+        return Handoff(
+            kubeconfig=str(self.cluster.kubeconfig),
+            namespace=self.options.namespace,
+            name=self.name,
+            run_id=self.run_id,
+            run_dir=str(self.run_dir),
+            provider=self.cluster.provider,
+            timeout=self.options.timeout,
+        )
+
+    def _check_operator_installed(self) -> None:
+        assert self.api is not None
+        try:
+            client.ApiextensionsV1Api(self.api).read_custom_resource_definition(testenv_api.CRD_NAME)
+        except ApiException as exc:
+            raise ClusterError(
+                f"the cluster has no {testenv_api.CRD_NAME} CRD, so no operator is installed: install it "
+                "with `helm install testenv-operator charts/testenv-operator`, "
+                "or pass --testenv-operator=subprocess"
+            ) from exc
+
+    def _start_operator(self) -> None:
+        assert self.cluster is not None
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.cluster.kubeconfig),
+            "TESTENV_NAMESPACES": self.options.namespace,
+            "TESTENV_LIVENESS": f"http://127.0.0.1:{port}/healthz",
+            "TESTENV_MAX_WORKERS": "256",
+            "TESTENV_RESYNC_SECONDS": "5",
+        }
+        log = (self.run_dir / "operator.log").open("ab")
+        self.operator = subprocess.Popen(
+            [sys.executable, "-m", "testenv_operator"],
+            env=env,
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1),
+            ):
+                return
+            if self.operator.poll() is not None or time.monotonic() > deadline:
+                tail = (self.run_dir / "operator.log").read_text(errors="replace")[-3000:]
+                raise ClusterError(
+                    f"the operator did not start; its log ({self.run_dir}/operator.log):\n{tail}"
+                )
+            time.sleep(0.2)
+
+    def _create_environment(self) -> None:
+        assert self.api is not None
+        body = copy.deepcopy(self.options.manifest)
+        spec = body.setdefault("spec", {})
+        spec["workers"] = self.options.workers
+        needed = self.options.workers * ports_per_worker(spec)
+        if "portBase" not in spec:
+            spec["portBase"] = _free_range(needed)
+        else:
+            busy = [p for p in range(spec["portBase"], spec["portBase"] + needed) if not _bindable(p)]
+            if busy:
+                raise ValueError(
+                    f"spec.portBase {spec['portBase']} plans local ports {spec['portBase']}-"
+                    f"{spec['portBase'] + needed - 1}, but {busy[0]} is in use (another run on this "
+                    "machine?): drop spec.portBase from the manifest to let kube-testenv pick free ports, "
+                    "or choose another base"
+                )
+        lifetime = spec.setdefault("lifetime", {})
+        lifetime.setdefault("heartbeatTimeoutSeconds", HEARTBEAT_TIMEOUT)
+        meta = body.setdefault("metadata", {})
+        self.name = f"{meta.get('name', 'run')}-{self.run_id}"[:63]
+        meta.update(name=self.name, namespace=self.options.namespace)
+        meta.setdefault("labels", {})[LABEL_RUN_ID] = self.run_id
+        meta.setdefault("annotations", {})[ANNOTATION_HEARTBEAT] = _now()
+        core = client.CoreV1Api(self.api)
+        with contextlib.suppress(ApiException):
+            core.create_namespace({"metadata": {"name": self.options.namespace}})
+        try:
+            created = client.CustomObjectsApi(self.api).create_namespaced_custom_object(
+                GROUP, VERSION, self.options.namespace, PLURAL, body, field_validation="Strict"
+            )
+        except ApiException as exc:
+            raise TestEnvError(f"the API server refused the TestEnvironment: {exc.body}") from exc
+        self.uid = created["metadata"]["uid"]
+        names = ", ".join(f"{s['name']} ({s['type']})" for s in spec["services"])
+        self.report(
+            f"environment {self.options.namespace}/{self.name}: {self.options.workers} worker(s) x {names}, "
+            f"local ports from {spec['portBase']}"
+        )
+
+    # -- while tests run --------------------------------------------------------------------
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            with contextlib.suppress(Exception):
+                assert self.api is not None
+                client.CustomObjectsApi(self.api).patch_namespaced_custom_object(
+                    GROUP,
+                    VERSION,
+                    self.options.namespace,
+                    PLURAL,
+                    self.name,
+                    {"metadata": {"annotations": {ANNOTATION_HEARTBEAT: _now()}}},
+                    _content_type="application/merge-patch+json",
+                )
+
+    def _watch_progress(self) -> None:
+        """Report each worker as it becomes ready, with how long each of its services took."""
+        assert self.api is not None
+        objects = client.CustomObjectsApi(self.api)
+        while not self._stop.wait(0.3) and len(self.ready_at) < self.options.workers:
+            with contextlib.suppress(ApiException):
+                body = objects.get_namespaced_custom_object(
+                    GROUP, VERSION, self.options.namespace, PLURAL, self.name
+                )
+                for worker in workers_from_status(body.get("status")):
+                    if (
+                        worker.index in self.ready_at
+                        or not worker.ready
+                        or not self._served(worker.namespace)
+                    ):
+                        continue
+                    took = time.monotonic() - self.started
+                    self.ready_at[worker.index] = took
+                    self.report(
+                        f"worker {worker.index} ready in {took:.1f}s{self._service_times(worker.namespace)}"
+                    )
+
+    def _served(self, namespace: str) -> bool:
+        if self.dataplane is None:
+            return True
+        mine = [s for s in list(self.dataplane.served.values()) if s.pod.namespace == namespace]
+        return bool(mine) and all(s.ready_after is not None for s in mine)
+
+    def _service_times(self, namespace: str) -> str:
+        if self.dataplane is None:
+            return ""
+        times = sorted(
+            (s.pod.name.rsplit("-", 2)[0], s.ready_after)
+            for s in list(self.dataplane.served.values())
+            if s.pod.namespace == namespace and s.ready_after is not None
+        )
+        return " (" + ", ".join(f"{name} {took:.1f}s" for name, took in times) + ")"
+
+    def wait_reported(self, timeout: float) -> None:
+        """Block until every worker was reported ready (or `timeout`): for a run without xdist,
+        whose only process runs the tests itself and whose output pytest captures meanwhile."""
+        progress = next((t for t in self._threads if t.name == "_watch_progress"), None)
+        if progress is not None:
+            progress.join(timeout)
+
+    # -- teardown ---------------------------------------------------------------------------
+
+    def stop(self) -> str:
+        """Delete the environment (unless kept) and stop what the run started; returns a summary."""
+        self._stop.set()
+        started = time.monotonic()
+        left: list[str] = []
+        try:
+            if self.api is not None and self.name and not self.options.keep:
+                left = self._delete_environment()
+        finally:
+            if self.dataplane is not None:
+                self.dataplane.close()
+            if self.operator is not None and not self.options.keep:
+                self.operator.terminate()
+                try:
+                    self.operator.wait(15)
+                except subprocess.TimeoutExpired:
+                    self.operator.kill()
+            if not self.options.keep:
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+        ready = f"{len(self.ready_at)}/{self.options.workers} workers ready"
+        if self.ready_at:
+            ready += f" (slowest {max(self.ready_at.values()):.1f}s)"
+        if self.options.keep:
+            return f"{ready}; kept {self.options.namespace}/{self.name} and its namespaces (--testenv-keep)"
+        gone = "all namespaces deleted" if not left else f"namespaces still present: {', '.join(left)}"
+        return f"{ready}; torn down in {time.monotonic() - started:.1f}s, {gone}"
+
+    def _delete_environment(self, timeout: float = 120) -> list[str]:
+        assert self.api is not None
+        with contextlib.suppress(ApiException):
+            client.CustomObjectsApi(self.api).delete_namespaced_custom_object(
+                GROUP, VERSION, self.options.namespace, PLURAL, self.name
+            )
+        core = client.CoreV1Api(self.api)
+        objects = client.CustomObjectsApi(self.api)
+        deadline = time.monotonic() + timeout
+        while True:
+            left = [
+                n.metadata.name
+                for n in core.list_namespace(label_selector=f"{LABEL_OWNER_UID}={self.uid}").items
+            ]
+            try:  # the operator must stay up until it has removed its finalizer too
+                objects.get_namespaced_custom_object(
+                    GROUP, VERSION, self.options.namespace, PLURAL, self.name
+                )
+                left.append(f"TestEnvironment {self.name}")
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+            if not left or time.monotonic() > deadline:
+                return left
+            time.sleep(0.3)

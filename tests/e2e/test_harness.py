@@ -1,0 +1,180 @@
+"""The pytest plugin as a user runs it: real cluster, real operator, real Redis/Kafka/S3."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+
+from testenv_api import LABEL_MANAGED_BY, MANAGED_BY
+from testenv_harness import kube
+from testenv_harness.clusters import Cluster
+
+from .conftest import Run
+
+SERVICE_PROCESSES = ("redis-server", "moto.server", "kafka.Kafka", "mosquitto -c", "testenv_operator")
+
+
+def _service_processes() -> set[int]:
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if any(marker in cmdline for marker in SERVICE_PROCESSES):
+                pids.add(int(entry.name))
+    return pids
+
+
+def _managed_namespaces(cluster: Cluster) -> set[str]:
+    core = client.CoreV1Api(kube.api_client(cluster.kubeconfig))
+    return {
+        n.metadata.name for n in core.list_namespace(label_selector=f"{LABEL_MANAGED_BY}={MANAGED_BY}").items
+    }
+
+
+@pytest.mark.parametrize("workers", ["0", "2", "4"])
+def test_the_example_suite_passes_and_leaves_nothing_behind(
+    run_suite: Run, example_suite: Path, local_cluster: Cluster, workers: str
+) -> None:
+    processes_before = _service_processes()
+    namespaces_before = _managed_namespaces(local_cluster)
+    result = run_suite("-n", workers)
+    result.assert_outcomes(passed=10)
+    expected_workers = max(1, int(workers))
+    result.stdout.fnmatch_lines(
+        [
+            f"*environment *: {expected_workers} worker(s) x redis (redis), kafka (kafka), aws (localstack)*",
+            "*worker 0 ready in *s (*kafka *s*redis *s)*",
+            f"*{expected_workers}/{expected_workers} workers ready*torn down in *all namespaces deleted*",
+        ]
+    )
+    assert _service_processes() <= processes_before, "a service or operator process outlived the run"
+    assert _managed_namespaces(local_cluster) <= namespaces_before
+
+
+BARRIER = '''
+import time
+
+def barrier(testenv, name, workers=2, timeout=120):
+    """Wait until every worker got here: the checks below must overlap in time."""
+    folder = testenv.handoff.run_path / "barriers" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / str(testenv.worker)).touch()
+    deadline = time.monotonic() + timeout
+    while len(list(folder.iterdir())) < workers:
+        assert time.monotonic() < deadline, f"barrier {name}: only {len(list(folder.iterdir()))} arrived"
+        time.sleep(0.1)
+'''
+
+
+def test_what_one_worker_writes_the_other_never_sees(
+    run_suite: Run, example_suite: Path, pytester: pytest.Pytester
+) -> None:
+    for test in example_suite.glob("test_*.py"):
+        test.unlink()
+    pytester.makepyfile(barrier=BARRIER)
+    pytester.makepyfile(
+        test_isolation=textwrap.dedent(
+            """
+            import os, boto3, redis
+            from confluent_kafka import Consumer, Producer
+            from barrier import barrier
+
+            def test_isolated(testenv):
+                me = str(testenv.worker)
+                r = redis.Redis.from_url(testenv.url("redis"))
+                r.set("shared-key", me)
+                s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+                s3.create_bucket(Bucket="shared")
+                s3.put_object(Bucket="shared", Key=f"from-{me}", Body=me.encode())
+                producer = Producer({"bootstrap.servers": testenv.url("kafka")})
+                producer.produce("shared-topic", value=me.encode())  # deliberately NOT namespaced
+                assert producer.flush(30) == 0
+                barrier(testenv, "written")
+                assert r.get("shared-key") == me.encode()
+                assert r.dbsize() == 1
+                keys = [o["Key"] for o in s3.list_objects_v2(Bucket="shared")["Contents"]]
+                assert keys == [f"from-{me}"]
+                consumer = Consumer({"bootstrap.servers": testenv.url("kafka"), "group.id": "g",
+                                     "auto.offset.reset": "earliest"})
+                consumer.subscribe(["shared-topic"])
+                seen = []
+                for _ in range(20):
+                    message = consumer.poll(1.0)
+                    if message is not None and not message.error():
+                        seen.append(message.value())
+                    elif seen:
+                        break
+                consumer.close()
+                assert seen == [me.encode()]
+                barrier(testenv, "checked")
+            """
+        )
+    )
+    run_suite("-n", "2", "--dist", "each").assert_outcomes(passed=2)  # the test runs once in each worker
+
+
+def test_a_restart_in_one_worker_fails_no_test_in_another(
+    run_suite: Run, example_suite: Path, pytester: pytest.Pytester
+) -> None:
+    for test in example_suite.glob("test_*.py"):
+        test.unlink()
+    pytester.makepyfile(barrier=BARRIER)
+    pytester.makepyfile(
+        test_restarts=textwrap.dedent(
+            """
+            import time, redis
+            from barrier import barrier
+
+            def test_restart_or_work(testenv):
+                r = redis.Redis.from_url(testenv.url("redis"))
+                barrier(testenv, "start")
+                if testenv.worker == 0:
+                    for _ in range(3):
+                        testenv.restart("redis")
+                    assert redis.Redis.from_url(testenv.url("redis")).ping()
+                else:
+                    deadline = time.monotonic() + 15
+                    count = 0
+                    while time.monotonic() < deadline:
+                        count += 1
+                        r.set("k", count)
+                        assert int(r.get("k")) == count
+                    assert count > 50
+                barrier(testenv, "done")
+            """
+        )
+    )
+    run_suite("-n", "2", "--dist", "each").assert_outcomes(passed=2)  # the test runs once in each worker
+
+
+@pytest.mark.parametrize(
+    ("ini", "args", "message"),
+    [
+        ("[pytest]\ntestenv = true\n", (), "say which services each worker gets"),
+        ("[pytest]\n", ("--testenv", "--testenv-manifest=missing.yaml"), "missing.yaml: no such file"),
+        ("[pytest]\ntestenv = true\ntestenv_services = redis memcached\n", (), "unknown type 'memcached'"),
+        ("[pytest]\n", ("--testenv-keep",), "kube-testenv options were given without --testenv"),
+    ],
+    ids=["no services", "missing manifest", "unknown service type", "option without --testenv"],
+)
+def test_bad_options_are_refused_with_what_to_do(
+    pytester: pytest.Pytester, ini: str, args: tuple[str, ...], message: str
+) -> None:
+    pytester.makeini(ini)
+    pytester.makepyfile(test_nothing="def test_nothing():\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*{message}*"])
+
+
+def test_the_testenv_fixture_without_the_plugin_enabled_says_how(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_x="def test_x(testenv):\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*kube-testenv is not enabled: run pytest with --testenv*"])

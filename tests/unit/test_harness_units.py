@@ -1,0 +1,213 @@
+"""Harness logic that needs no cluster: handoff, options, Kafka config, probes, helpers."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from testenv_api.status import PortStatus, ServiceStatus, WorkerStatus
+from testenv_harness import kafka_runtime, probes
+from testenv_harness.clusters.kind import KindProvider
+from testenv_harness.handoff import Handoff, worker_index
+from testenv_harness.runners import PodSpec, RunnerError, launch_for, pod_spec
+from testenv_harness.session import parse_services, ports_per_worker
+from testenv_harness.testenv import TestEnv
+from testenv_operator.catalog import kafka_environment
+
+
+@pytest.mark.parametrize(("workerid", "index"), [(None, 0), ("", 0), ("gw0", 0), ("gw13", 13)])
+def test_worker_index(workerid: str | None, index: int) -> None:
+    assert worker_index(workerid) == index
+
+
+def test_handoff_round_trips_through_json() -> None:
+    handoff = Handoff("/k", "default", "run-1", "abc123", "/tmp/r", "local", 60.0)
+    assert Handoff.from_json(handoff.to_json()) == handoff
+
+
+def test_services_from_the_ini_option() -> None:
+    assert parse_services(["redis", "events:kafka"]) == [
+        {"name": "redis", "type": "redis"},
+        {"name": "events", "type": "kafka"},
+    ]
+    with pytest.raises(ValueError, match="unknown type 'memcached'; use one of redis"):
+        parse_services(["memcached"])
+
+
+def test_ports_per_worker_counts_custom_ports() -> None:
+    spec = {"services": [{"type": "redis"}, {"type": "custom", "custom": {"ports": [{}, {}]}}]}
+    assert ports_per_worker(spec) == 3
+
+
+def test_kafka_properties_move_listeners_to_host_ports_but_keep_the_advertised_local_port() -> None:
+    env = kafka_environment("te-ns-w0", "kafka", 21001)
+    props = kafka_runtime.server_properties(env, {9094: 40001, 9092: 40002}, Path("/data"))
+    assert props["process.roles"] == "broker,controller"
+    listeners = dict(item.split("://") for item in props["listeners"].split(","))
+    assert listeners["EXTERNAL"] == "127.0.0.1:40001"
+    assert listeners["INTERNAL"] == "127.0.0.1:40002"
+    controller_port = listeners["CONTROLLER"].rsplit(":", 1)[1]
+    assert props["controller.quorum.voters"] == f"1@127.0.0.1:{controller_port}"
+    assert "EXTERNAL://localhost:21001" in props["advertised.listeners"]
+    assert "INTERNAL://127.0.0.1:40002" in props["advertised.listeners"]
+    assert props["log.dirs"] == "/data"
+    assert props["cluster.id"] == env["CLUSTER_ID"]
+
+
+def test_kafka_variable_names_map_like_the_image_does() -> None:
+    assert kafka_runtime._property_name("KAFKA_LOG_RETENTION_MS") == "log.retention.ms"
+    assert kafka_runtime._property_name("KAFKA_LISTENER_NAME_X___Y") == "listener.name.x-y"
+    assert kafka_runtime._property_name("KAFKA_SOME__UNDERSCORE") == "some_underscore"
+
+
+def _serve_once(answer: bytes) -> int:
+    server = socket.create_server(("127.0.0.1", 0))
+    port: int = server.getsockname()[1]
+
+    def handle() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(1024)
+            conn.sendall(answer)
+        server.close()
+
+    threading.Thread(target=handle, daemon=True).start()
+    return port
+
+
+@pytest.mark.parametrize(
+    ("kind", "answer", "ok"),
+    [
+        ("redis", b"+PONG\r\n", True),
+        ("redis", b"-ERR\r\n", False),
+        ("moto", b"HTTP/1.1 404 Not Found\r\n\r\n", True),
+        ("kafka", b"\x00\x00\x00\x10\x00\x00\x00\x07rest", True),
+        ("kafka", b"\x00\x00\x00\x10\x00\x00\x00\x08rest", False),
+        ("postgres", b"N", True),
+        ("mosquitto", b"\x20\x02\x00\x00", True),
+    ],
+)
+def test_protocol_pings(kind: str, answer: bytes, ok: bool) -> None:
+    assert probes.ping(kind, _serve_once(answer)) is ok
+
+
+def test_ping_of_a_closed_port_fails() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    assert probes.ping("redis", port, timeout=0.5) is False
+
+
+@pytest.fixture
+def worker(tmp_path: Path) -> TestEnv:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'https://127.0.0.1:1'}}]\n"
+        "users: [{name: u, user: {token: t}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\n"
+        "current-context: x\n"
+    )
+    env = TestEnv(Handoff(str(kubeconfig), "default", "run-1", "r1", str(tmp_path / "run"), "local", 5), 2)
+    services = (
+        ServiceStatus(
+            "redis",
+            "redis",
+            True,
+            "redis.ns.svc",
+            (PortStatus("redis", 6379, 21006),),
+            "redis://localhost:21006",
+        ),
+        ServiceStatus(
+            "events", "kafka", True, "events.ns.svc", (PortStatus("kafka", 9094, 21007),), "localhost:21007"
+        ),
+        ServiceStatus(
+            "aws",
+            "localstack",
+            True,
+            "aws.ns.svc",
+            (PortStatus("edge", 4566, 21008),),
+            "http://localhost:21008",
+        ),
+    )
+    env.status = WorkerStatus(2, "te-default-run-1-abcdef-w2", "Ready", services)
+    return env
+
+
+def test_connection_details_and_variables(worker: TestEnv) -> None:
+    assert worker.url("redis") == "redis://localhost:21006"
+    assert worker.host_port("events") == ("localhost", 21007)
+    variables = worker.environment()
+    assert variables["REDIS_URL"] == "redis://localhost:21006"
+    assert variables["KAFKA_BOOTSTRAP_SERVERS"] == "localhost:21007"
+    assert variables["EVENTS_PORT"] == "21007"
+    assert variables["AWS_ENDPOINT_URL"] == "http://localhost:21008"
+    assert variables["TESTENV_WORKER"] == "2"
+    with pytest.raises(KeyError, match="no service 'postgres'"):
+        worker.url("postgres")
+
+
+def test_topics_are_namespaced_per_run_and_worker(worker: TestEnv) -> None:
+    assert worker.topic("orders") == "r1-w2.orders"
+    assert worker.topic("camera/fire", sep="/") == "r1-w2/camera/fire"
+    assert worker.strip("r1-w2.orders") == "orders"  # noqa: B005 (TestEnv.strip, not str.strip)
+    with pytest.raises(ValueError, match="not a topic of this worker"):
+        worker.strip("r1-w3.orders")  # noqa: B005
+
+
+def test_unique_ids_never_repeat(worker: TestEnv) -> None:
+    ids = {worker.unique_id("order") for _ in range(100)}
+    assert len(ids) == 100
+    assert all(i.startswith("order-r1-w2-") for i in ids)
+
+
+def test_shared_cache_computes_once(worker: TestEnv) -> None:
+    calls: list[int] = []
+
+    def compute() -> dict[str, int]:
+        calls.append(1)
+        return {"answer": 42}
+
+    assert worker.shared_cache("key/with odd:chars", compute) == {"answer": 42}
+    assert worker.shared_cache("key/with odd:chars", compute) == {"answer": 42}
+    assert calls == [1]
+
+
+def test_tmp_path_is_per_worker(worker: TestEnv) -> None:
+    assert worker.tmp_path.name == "w2"
+    assert worker.tmp_path.is_dir()
+
+
+def test_unsupported_local_service_type_says_what_to_do(tmp_path: Path) -> None:
+    pod = PodSpec("ns", "db-0", "postgres", {}, (), {5432: 40000})
+    with pytest.raises(RunnerError, match=r"cannot run a 'postgres' service.*kind or existing cluster"):
+        launch_for(pod, tmp_path)
+
+
+def test_pod_spec_reads_type_env_and_ports() -> None:
+    pod = {
+        "metadata": {
+            "namespace": "ns",
+            "name": "redis-x",
+            "annotations": {"testenv.dev/service-type": "redis"},
+        },
+        "spec": {
+            "containers": [
+                {
+                    "env": [{"name": "A", "value": "1"}, {"name": "S", "valueFrom": {}}],
+                    "ports": [{"containerPort": 6379}],
+                    "args": ["redis-server"],
+                }
+            ]
+        },
+    }
+    spec = pod_spec(pod, lambda port: port + 30000)
+    assert (spec.service_type, spec.env, spec.ports) == ("redis", {"A": "1"}, {6379: 36379})
+
+
+def test_kind_provider_creates_with_its_own_kubeconfig_and_waits() -> None:
+    args = KindProvider("ci").create_args()
+    assert args[:4] == ["create", "cluster", "--name", "ci"]
+    assert "--wait" in args
+    assert args[args.index("--kubeconfig") + 1].endswith("kind/ci.kubeconfig")
