@@ -16,7 +16,7 @@ KUBE_VERSION := v1.36.3
 
 .PHONY: help
 help: ## List the targets.
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -95,5 +95,5 @@ bench-portforward: system-deps tools ## Benchmark Redis via the harness's port-f
 	$(PY) bench/portforward_redis.py $(BENCH_ARGS)
 
 .PHONY: bench-suite
-bench-suite: system-deps tools ## Benchmark the example suite's wall time with -n 1, 2, 4, 3 runs each (cluster testenv-bench; ~15 min).
+bench-suite: system-deps tools ## Benchmark the example suite's wall time with -n 1, 2, 4, 3 runs each (cluster testenv-bench; ~5 min).
 	$(PY) bench/suite_wall_time.py $(BENCH_ARGS)

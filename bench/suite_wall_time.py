@@ -161,8 +161,6 @@ def run_suite(workers: int, run: int, args: argparse.Namespace) -> Run:
         f"--testenv-cluster-name={CLUSTER_NAME}",
         f"--testenv-namespace={NAMESPACE}",
     ]
-    if args.manifest is not None:
-        argv.append(f"--testenv-manifest={args.manifest}")
     started_at = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     load_before = os.getloadavg()[0]
     started = time.monotonic()
@@ -373,28 +371,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--suite", type=Path, default=SUITE, help="the suite folder (its pytest.ini is used)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the .md/.csv/.log files")
     parser.add_argument(
-        "--port-base",
-        type=int,
-        default=None,
-        help="run with a copy of the suite's manifest whose spec.portBase is this (default: the manifest "
-        "as shipped); a way out when other runs on the machine race for the same free ports",
-    )
-    parser.add_argument(
         "--keep-cluster", action="store_true", help=f"leave cluster {CLUSTER_NAME!r} running afterwards"
     )
     args = parser.parse_args(argv)
-    args.out, args.suite, args.manifest = args.out.resolve(), args.suite.resolve(), None
+    args.out, args.suite = args.out.resolve(), args.suite.resolve()
     return args
-
-
-def manifest_with_port_base(manifest: Path, base: int, folder: Path) -> Path:
-    docs = [d for d in yaml.safe_load_all(manifest.read_text()) if d]
-    for doc in docs:
-        if doc.get("kind") == "TestEnvironment":
-            doc.setdefault("spec", {})["portBase"] = base
-    copy = folder / "suite_wall_time.manifest.yaml"
-    copy.write_text(yaml.safe_dump_all(docs, sort_keys=False))
-    return copy
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -404,8 +385,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     worker_counts = [int(w) for w in str(args.workers).split(",") if w.strip()]
     args.out.mkdir(parents=True, exist_ok=True)
     manifest = args.suite.parent / "testenvironment.yaml"
-    if args.port_base is not None:
-        args.manifest = manifest = manifest_with_port_base(manifest, args.port_base, args.out)
     began, began_wall, load_before = time.monotonic(), datetime.datetime.now(datetime.UTC), load()
     provider = LocalProvider(CLUSTER_NAME, report=log)
     runs: list[Run] = []
@@ -446,11 +425,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "- every worker: Redis (redis-server), Kafka (a real broker, JVM), LocalStack (served by "
         "moto_server on the local cluster); pods are simulated by kwok, the processes are real",
     ]
-    if args.manifest is not None:
-        header.append(
-            f"- **not the manifest as shipped**: `--testenv-manifest={args.manifest}`, a copy with "
-            f"`spec.portBase: {args.port_base}`"
-        )
     if clashes:
         header.append(f"- port clashes before a run: {'; '.join(clashes)}")
     report = render(runs, worker_counts, header)

@@ -31,18 +31,12 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from testenv_api import LABEL_OWNER_UID
+from testenv_harness.localports import free_port
 from testenv_harness.runners import Launch, PodSpec, RunnerError, launch_for, pod_spec
 
 log = logging.getLogger(__name__)
 KWOK_GROUP, KWOK_VERSION, PORT_FORWARDS = "kwok.x-k8s.io", "v1alpha1", "portforwards"
 _PR_SET_PDEATHSIG = 1
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _die_with_parent() -> None:
@@ -132,7 +126,7 @@ class DataPlane:
         }
         for uid, pod in live.items():
             if uid not in self.served:
-                spec = pod_spec(pod, lambda _port: _free_port())
+                spec = pod_spec(pod, lambda _port: free_port())
                 served = _Served(spec, self.root / spec.namespace / spec.name)
                 self.served[uid] = served
                 self._pool.submit(self._prepare, uid, served)

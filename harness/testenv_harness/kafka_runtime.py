@@ -18,6 +18,7 @@ from pathlib import Path
 
 from testenv_harness import toolchain
 from testenv_harness.errors import ToolchainError
+from testenv_harness.localports import free_port
 
 KAFKA_VERSION = "4.1.1"
 STORAGE_TOOL = "kafka.tools.StorageTool"
@@ -105,7 +106,7 @@ def server_properties(env: Mapping[str, str], ports: Mapping[int, int], data_dir
     host = dict(ports)
     for port in listener_ports.values():
         if port not in host:  # the controller listener is not a container port: give it one too
-            host[port] = _free_port()
+            host[port] = free_port()
     props["listeners"] = ",".join(f"{n}://127.0.0.1:{host[p]}" for n, p in listener_ports.items())
     advertised = []
     for entry in props.get("advertised.listeners", "").split(","):
@@ -120,15 +121,6 @@ def server_properties(env: Mapping[str, str], ports: Mapping[int, int], data_dir
     props["controller.quorum.voters"] = f"{node}@127.0.0.1:{host[listener_ports[controller]]}"
     props["log.dirs"] = str(data_dir)
     return props
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def log4j_config(workdir: Path) -> Path:

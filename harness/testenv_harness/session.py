@@ -12,7 +12,6 @@ import dataclasses
 import datetime
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,7 @@ from testenv_harness.clusters.local import LocalProvider
 from testenv_harness.dataplane import DataPlane
 from testenv_harness.errors import ClusterError, TestEnvError
 from testenv_harness.handoff import Handoff
+from testenv_harness.localports import bindable, free_port, release_block, reserve_block
 
 PROVIDERS = ("auto", "local", "kind", "existing")
 HEARTBEAT_SECONDS = 30
@@ -81,26 +81,6 @@ def load_manifest(path: Path) -> dict[str, Any]:
         )
     manifest: dict[str, Any] = found[0]
     return manifest
-
-
-def _free_range(count: int, start: int = 20000, stop: int = 60000) -> int:
-    """The first base from which `count` consecutive local ports can all be bound right now."""
-    base = start
-    while base + count <= stop:
-        clash = next((p for p in range(base, base + count) if not _bindable(p)), None)
-        if clash is None:
-            return base
-        base = clash + 1
-    raise ClusterError(f"no {count} consecutive free local ports between {start} and {stop}")
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def _now() -> str:
@@ -187,9 +167,7 @@ class RunSession:
 
     def _start_operator(self) -> None:
         assert self.cluster is not None
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
+        port = free_port()
         env = {
             **os.environ,
             "KUBECONFIG": str(self.cluster.kubeconfig),
@@ -227,9 +205,12 @@ class RunSession:
         spec["workers"] = self.options.workers
         needed = self.options.workers * ports_per_worker(spec)
         if "portBase" not in spec:
-            spec["portBase"] = _free_range(needed)
+            try:
+                spec["portBase"] = reserve_block(needed, self.run_id)
+            except OSError as exc:
+                raise ClusterError(str(exc)) from exc
         else:
-            busy = [p for p in range(spec["portBase"], spec["portBase"] + needed) if not _bindable(p)]
+            busy = [p for p in range(spec["portBase"], spec["portBase"] + needed) if not bindable(p)]
             if busy:
                 raise ValueError(
                     f"spec.portBase {spec['portBase']} plans local ports {spec['portBase']}-"
@@ -340,6 +321,7 @@ class RunSession:
                     self.operator.wait(15)
                 except subprocess.TimeoutExpired:
                     self.operator.kill()
+            release_block(self.run_id)
             if not self.options.keep:
                 shutil.rmtree(self.run_dir, ignore_errors=True)
         ready = f"{len(self.ready_at)}/{self.options.workers} workers ready"

@@ -87,23 +87,21 @@ def list_labelled(api: client.ApiClient, kind: str, selector: str) -> list[Obj]:
     return items
 
 
-def read_namespace(api: client.ApiClient, name: str) -> Obj | None:
+def _read(call: Callable[..., Any], *args: str) -> Obj | None:
+    """One object as a dict, or None when it does not exist."""
     try:
-        response = client.CoreV1Api(api).read_namespace(name, _preload_content=False)
+        response = call(*args, _preload_content=False)
     except ApiException as exc:
         if exc.status == 404:
             return None
         raise
     found: Obj = json.loads(response.data)
     return found
+
+
+def read_namespace(api: client.ApiClient, name: str) -> Obj | None:
+    return _read(client.CoreV1Api(api).read_namespace, name)
 
 
 def read_secret(api: client.ApiClient, namespace: str, name: str) -> Obj | None:
-    try:
-        response = client.CoreV1Api(api).read_namespaced_secret(name, namespace, _preload_content=False)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
-    found: Obj = json.loads(response.data)
-    return found
+    return _read(client.CoreV1Api(api).read_namespaced_secret, name, namespace)

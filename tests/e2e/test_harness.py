@@ -72,15 +72,22 @@ def barrier(testenv, name, workers=2, timeout=120):
 '''
 
 
+def _run_in_two_workers(run_suite: Run, example_suite: Path, pytester: pytest.Pytester, source: str) -> None:
+    """Replace the example tests with `source` and run it once in each of two workers, side by side."""
+    for test in example_suite.glob("test_*.py"):
+        test.unlink()
+    pytester.makepyfile(barrier=BARRIER, test_scenario=textwrap.dedent(source))
+    run_suite("-n", "2", "--dist", "each").assert_outcomes(passed=2)
+
+
 def test_what_one_worker_writes_the_other_never_sees(
     run_suite: Run, example_suite: Path, pytester: pytest.Pytester
 ) -> None:
-    for test in example_suite.glob("test_*.py"):
-        test.unlink()
-    pytester.makepyfile(barrier=BARRIER)
-    pytester.makepyfile(
-        test_isolation=textwrap.dedent(
-            """
+    _run_in_two_workers(
+        run_suite,
+        example_suite,
+        pytester,
+        """
             import os, boto3, redis
             from confluent_kafka import Consumer, Producer
             from barrier import barrier
@@ -113,21 +120,18 @@ def test_what_one_worker_writes_the_other_never_sees(
                 consumer.close()
                 assert seen == [me.encode()]
                 barrier(testenv, "checked")
-            """
-        )
+            """,
     )
-    run_suite("-n", "2", "--dist", "each").assert_outcomes(passed=2)  # the test runs once in each worker
 
 
 def test_a_restart_in_one_worker_fails_no_test_in_another(
     run_suite: Run, example_suite: Path, pytester: pytest.Pytester
 ) -> None:
-    for test in example_suite.glob("test_*.py"):
-        test.unlink()
-    pytester.makepyfile(barrier=BARRIER)
-    pytester.makepyfile(
-        test_restarts=textwrap.dedent(
-            """
+    _run_in_two_workers(
+        run_suite,
+        example_suite,
+        pytester,
+        """
             import time, redis
             from barrier import barrier
 
@@ -147,10 +151,8 @@ def test_a_restart_in_one_worker_fails_no_test_in_another(
                         assert int(r.get("k")) == count
                     assert count > 50
                 barrier(testenv, "done")
-            """
-        )
+            """,
     )
-    run_suite("-n", "2", "--dist", "each").assert_outcomes(passed=2)  # the test runs once in each worker
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from testenv_api.status import PortStatus, ServiceStatus, WorkerStatus
-from testenv_harness import kafka_runtime, probes
+from testenv_harness import kafka_runtime, localports, probes
 from testenv_harness.clusters.kind import KindProvider
 from testenv_harness.handoff import Handoff, worker_index
 from testenv_harness.runners import PodSpec, RunnerError, launch_for, pod_spec
@@ -211,3 +211,29 @@ def test_kind_provider_creates_with_its_own_kubeconfig_and_waits() -> None:
     assert args[:4] == ["create", "cluster", "--name", "ci"]
     assert "--wait" in args
     assert args[args.index("--kubeconfig") + 1].endswith("kind/ci.kubeconfig")
+
+
+def test_two_runs_never_plan_the_same_ports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KUBE_TESTENV_CACHE", str(tmp_path))
+    first = localports.reserve_block(12, "run-a", start=41000, stop=42000)
+    second = localports.reserve_block(12, "run-b", start=41000, stop=42000)
+    assert second >= first + 12, "the second run skips the block the first one holds"
+    localports.release_block("run-a")
+    assert localports.reserve_block(12, "run-c", start=41000, stop=42000) == first
+
+
+def test_a_dead_runs_reservation_is_dropped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KUBE_TESTENV_CACHE", str(tmp_path))
+    folder = tmp_path / "port-reservations"
+    folder.mkdir()
+    (folder / "gone.block").write_text("999999999 41000 100")  # no such process
+    assert localports.reserve_block(4, "run-d", start=41000, stop=42000) == 41000
+    assert not (folder / "gone.block").exists()
+
+
+def test_busy_ports_are_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KUBE_TESTENV_CACHE", str(tmp_path))
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        base = localports.reserve_block(3, "run-e", start=port - 1, stop=port + 100)
+        assert base > port

@@ -1,0 +1,89 @@
+"""Ports on this machine's loopback interface, and blocks of them reserved for one run.
+
+A run plans its local ports when it starts, but its workers bind them seconds later. So that
+two runs on one machine never plan the same block, each block is written to a reservation file
+(under a lock) for as long as the run's process lives.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+from pathlib import Path
+
+from testenv_harness import toolchain
+
+
+def free_port() -> int:
+    """A port nothing listens on right now (the kernel's pick)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def bindable(port: int) -> bool:
+    """Whether a listener could bind `port` now (a port only in TIME_WAIT counts as free)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _reservations() -> Path:
+    folder = toolchain.cache_root() / "port-reservations"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _taken(folder: Path) -> list[tuple[int, int]]:
+    """Blocks reserved by runs that are still alive; stale reservations are removed."""
+    blocks = []
+    for entry in folder.glob("*.block"):
+        with contextlib.suppress(OSError, ValueError):
+            pid, base, count = (int(x) for x in entry.read_text().split())
+            if _alive(pid):
+                blocks.append((base, base + count))
+            else:
+                entry.unlink()
+    return blocks
+
+
+def reserve_block(count: int, run_id: str, start: int = 20000, stop: int = 60000) -> int:
+    """The first base of `count` ports, all bindable and reserved by no live run; reserved now."""
+    folder = _reservations()
+    with (folder / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        taken = _taken(folder)
+        base = start
+        while base + count <= stop:
+            overlap = next((end for low, end in taken if low < base + count and base < end), None)
+            if overlap is not None:
+                base = overlap
+                continue
+            busy = next((p for p in range(base, base + count) if not bindable(p)), None)
+            if busy is None:
+                (folder / f"{run_id}.block").write_text(f"{os.getpid()} {base} {count}")
+                return base
+            base = busy + 1
+    raise OSError(f"no {count} consecutive free local ports between {start} and {stop}")
+
+
+def release_block(run_id: str) -> None:
+    with contextlib.suppress(OSError):
+        (_reservations() / f"{run_id}.block").unlink()
