@@ -25,7 +25,6 @@ import datetime
 import importlib
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,9 +40,11 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from hostinfo import load, machine  # bench/ is on sys.path when a script runs
 from testenv_api import GROUP, KIND, LABEL_OWNER_UID, PLURAL, VERSION, Phase
 from testenv_harness import kube, toolchain
 from testenv_harness.clusters import LocalProvider
+from testenv_harness.localports import free_port
 from testenv_operator import kubeio, manifests
 from testenv_operator.plan import WorkerPlan, plan_environment
 from testenv_operator.settings import Settings
@@ -141,13 +142,6 @@ def poll_until(
 
 
 # -- the operator process ------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class OperatorProcess:
@@ -426,19 +420,6 @@ def summarise(values: Sequence[float | None]) -> tuple[float | None, float | Non
 
 def ratio(a: float | None, b: float | None) -> str:
     return "n/a" if a is None or b is None or b == 0 else f"{a / b:.2f}"
-
-
-def machine() -> str:
-    memory = "?"
-    with open("/proc/meminfo") as meminfo:
-        for line in meminfo:
-            if line.startswith("MemTotal:"):
-                memory = f"{int(line.split()[1]) / 2**20:.0f} GiB"
-    return f"{os.cpu_count()} CPUs, {memory} RAM"
-
-
-def load() -> str:
-    return ", ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
 def render(

@@ -43,6 +43,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hostinfo import load, machine  # bench/ is on sys.path when a script runs
+from testenv_harness.localports import free_port
+
 if TYPE_CHECKING:
     from testenv_harness import TestEnv
 
@@ -207,13 +210,6 @@ def direct_redis_port() -> int:
     if len(found) != 1:
         raise RuntimeError(f"expected one redis-server child of pid {me}, found ports {found}")
     return found[0]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class KubectlForward:
@@ -395,19 +391,6 @@ def fmt(value: float | None, unit: str) -> str:
     if unit == "ops/s":
         return f"{value:,.0f}"
     return f"{value:.3f}" if value < 10 else f"{value:.1f}"
-
-
-def machine() -> str:
-    memory = "?"
-    with open("/proc/meminfo") as meminfo:
-        for line in meminfo:
-            if line.startswith("MemTotal:"):
-                memory = f"{int(line.split()[1]) / 2**20:.0f} GiB"
-    return f"{os.cpu_count()} CPUs, {memory} RAM"
-
-
-def load() -> str:
-    return ", ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
 def render(documents: Sequence[Json], params: Json, header: Sequence[str]) -> tuple[str, list[list[str]]]:

@@ -34,6 +34,8 @@ from pathlib import Path
 
 import yaml
 
+from hostinfo import load, machine  # bench/ is on sys.path when a script runs
+
 CLUSTER_NAME = "testenv-bench"
 NAMESPACE = "bench"
 ROOT = Path(__file__).resolve().parent.parent
@@ -348,19 +350,6 @@ def csv_row(r: Run) -> list[str]:
         r.teardown_note,
         str(r.concurrent_runs),
     ]
-
-
-def machine() -> str:
-    memory = "?"
-    with open("/proc/meminfo") as meminfo:
-        for line in meminfo:
-            if line.startswith("MemTotal:"):
-                memory = f"{int(line.split()[1]) / 2**20:.0f} GiB"
-    return f"{os.cpu_count()} CPUs, {memory} RAM"
-
-
-def load() -> str:
-    return ", ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

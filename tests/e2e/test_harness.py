@@ -67,7 +67,8 @@ def barrier(testenv, name, workers=2, timeout=120):
     (folder / str(testenv.worker)).touch()
     deadline = time.monotonic() + timeout
     while len(list(folder.iterdir())) < workers:
-        assert time.monotonic() < deadline, f"barrier {name}: only {len(list(folder.iterdir()))} arrived"
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"barrier {name}: {len(list(folder.iterdir()))} of {workers} arrived")
         time.sleep(0.1)
 '''
 
