@@ -207,7 +207,9 @@ async def keep_converged(stopped: kopf.DaemonStopped, body: kopf.Body, **_: Any)
         while not stopped:
             snapshot = dict(body)
             reason = expiry_reason(snapshot)
-            if reason:
+            # Only once our finalizer is on: deleting earlier would skip tear_down, and a namespace
+            # the create handler is making right now would be left behind.
+            if reason and FINALIZER in (snapshot["metadata"].get("finalizers") or []):
                 await _in_thread(_expire, snapshot, reason)
                 return
             ready = (snapshot.get("status") or {}).get("phase") == Phase.READY
@@ -225,8 +227,7 @@ async def keep_converged(stopped: kopf.DaemonStopped, body: kopf.Body, **_: Any)
             for waiter in waiters:
                 waiter.cancel()
     finally:
-        STATE.wakers.pop(uid, None)
-        STATE.locks.pop(uid, None)
+        STATE.wakers.pop(uid, None)  # the lock stays: tear_down must wait for a converge in flight
 
 
 def _expire(body: Mapping[str, Any], reason: str) -> None:
@@ -259,7 +260,12 @@ async def owned_namespace_changed(labels: Mapping[str, str], **_: Any) -> None:
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
 async def tear_down(body: kopf.Body, **_: Any) -> None:
-    await _in_thread(_tear_down, dict(body))
+    uid = body["metadata"]["uid"]
+    # A converge still applying (create handler, daemon) could otherwise make a namespace after
+    # the list below, leaving it behind once the finalizer is gone.
+    async with STATE.locks.setdefault(uid, asyncio.Lock()):
+        await _in_thread(_tear_down, dict(body))
+    STATE.locks.pop(uid, None)
 
 
 def _tear_down(body: Mapping[str, Any]) -> None:
