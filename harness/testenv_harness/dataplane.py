@@ -233,13 +233,6 @@ class DataPlane:
             )
         shutil.rmtree(served.workdir, ignore_errors=True)
 
-    def pids(self) -> list[int]:
-        return [s.process.pid for s in self.served.values() if s.process and s.process.poll() is None]
-
-    def problem(self, namespace: str) -> str:
-        """Why a worker namespace's services are not served, if a process failed there."""
-        return "\n".join(s.error for s in self.served.values() if s.pod.namespace == namespace and s.error)
-
     def close(self) -> None:
         self._stop.set()
         if self._thread.is_alive():

@@ -16,7 +16,6 @@ import select
 import socket
 import ssl
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -206,9 +205,3 @@ class ServiceForward:
         self.drop()
         for thread in self._threads:
             thread.join(timeout=2)
-
-
-def wait_closed(forward: ServiceForward, timeout: float = 5) -> None:
-    deadline = time.monotonic() + timeout
-    while forward.tunnels and time.monotonic() < deadline:
-        time.sleep(0.05)
