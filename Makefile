@@ -8,6 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 CLUSTER ?= testenv
+KIND_CLUSTER ?= testenv-kind
 CRD := crds/testenv.dev_testenvironments.yaml
 CRD_COPIES := operator/testenv_api/crd.yaml charts/testenv-operator/crds/testenv.dev_testenvironments.yaml
 PYTEST_ARGS ?=
@@ -71,29 +72,58 @@ test-integration: tools ## Integration tests against a real API server (a throwa
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
 .PHONY: test-e2e
-test-e2e: system-deps tools ## End-to-end: the pytest plugin, operator and real services on the local cluster.
+test-e2e: local-deps tools ## End-to-end: the pytest plugin, operator and real services on the local cluster.
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
+.PHONY: test-kind
+test-kind: system-deps tools kind-images ## The kind tier: e2e scenarios, every service type and the Helm path on a real kind cluster.
+	$(PY) -m pytest tests/kind $(PYTEST_ARGS)
+
 .PHONY: test
-test: system-deps tools ## Every tier, as CI runs it.
+test: system-deps tools kind-images ## Every tier, as CI runs it (kind's only where a Docker engine answers).
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 .PHONY: system-deps
-system-deps: ## Install the Debian packages the local data plane runs (redis-server, mosquitto, Java, Maven).
+system-deps: local-deps docker-engine ## Install what every tier runs: the local data plane's packages and a Docker engine.
+
+.PHONY: local-deps
+local-deps: ## Install the Debian packages the local data plane runs (redis-server, mosquitto, Java, Maven).
 	hack/install-system-deps.sh
 
+.PHONY: docker-engine
+docker-engine: ## Make a Docker engine answer: install Debian's docker.io and start dockerd if none does (root).
+	@if [ "$$(id -u)" -eq 0 ] || command -v sudo >/dev/null; then hack/install-docker.sh; \
+	else echo "docker-engine: not root and no sudo: the kind tier will say it was not run"; fi
+
+.PHONY: kind-images
+kind-images: tools ## Build the kind node, service and operator images offline (cached by content; needs an engine).
+	@if docker info >/dev/null 2>&1; then $(PY) -m testenv_harness.cli images build; \
+	else echo "kind-images: no Docker engine answers; skipped (run make docker-engine)"; fi
+
 .PHONY: demo
-demo: system-deps tools cluster-up ## The main job: the example suite, 4 workers, each with its own Redis/Kafka/S3.
-	cd examples/suite && ../../$(PY) -m pytest -n 4 --testenv-cluster-name $(CLUSTER)
+demo: local-deps tools cluster-up ## The main job: the example suite, 4 workers, each with its own Redis/Kafka/S3.
+	cd examples/suite && ../../$(PY) -m pytest -n 4 --testenv-cluster local --testenv-cluster-name $(CLUSTER)
+
+.PHONY: demo-kind
+demo-kind: system-deps tools kind-images ## The example suite with 4 workers on a real kind cluster (real pods, real images).
+	cd examples/suite && ../../$(PY) -m pytest -n 4 --testenv-cluster kind --testenv-cluster-name $(KIND_CLUSTER)
+
+.PHONY: kind-down
+kind-down: venv ## Delete the kind cluster made by demo-kind (and its Docker network).
+	$(PY) -m testenv_harness.cli cluster down --provider kind --name $(KIND_CLUSTER)
 
 .PHONY: bench-operator
 bench-operator: tools ## Benchmark time-to-Ready: operator vs. direct creation (own cluster testenv-bench; ~10 min).
 	$(PY) bench/operator_ready.py $(BENCH_ARGS)
 
 .PHONY: bench-portforward
-bench-portforward: system-deps tools ## Benchmark Redis via the harness's port-forward vs. kubectl port-forward vs. direct (cluster testenv-bench; ~2 min).
+bench-portforward: local-deps tools ## Benchmark Redis via the harness's port-forward vs. kubectl port-forward vs. direct (cluster testenv-bench; ~2 min).
 	$(PY) bench/portforward_redis.py $(BENCH_ARGS)
 
 .PHONY: bench-suite
-bench-suite: system-deps tools ## Benchmark the example suite's wall time with -n 1, 2, 4, 3 runs each (cluster testenv-bench; ~5 min).
+bench-suite: local-deps tools ## Benchmark the example suite's wall time with -n 1, 2, 4, 3 runs each (cluster testenv-bench; ~5 min).
 	$(PY) bench/suite_wall_time.py $(BENCH_ARGS)
+
+.PHONY: bench-suite-kind
+bench-suite-kind: system-deps tools kind-images ## The same suite benchmark on a kind cluster: real pods (cluster testenv-bench; ~10 min).
+	$(PY) bench/suite_wall_time.py --cluster kind $(BENCH_ARGS)

@@ -1,4 +1,5 @@
-"""Test tiers by folder: unit (no cluster), integration (real API server), e2e (plus data plane)."""
+"""Test tiers by folder: unit (no cluster), integration (real API server), e2e (plus data plane),
+kind (the e2e scenarios and more on a real kind cluster)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         tier = Path(item.fspath).relative_to(HERE).parts[0]
-        if tier in ("integration", "e2e"):
+        if tier in ("integration", "e2e", "kind"):
             item.add_marker(getattr(pytest.mark, tier))
 
 

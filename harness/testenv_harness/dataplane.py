@@ -11,7 +11,6 @@ leave services running.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import logging
 import os
@@ -31,17 +30,12 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from testenv_api import LABEL_OWNER_UID
+from testenv_harness.children import dies_with_parent
 from testenv_harness.localports import free_port
 from testenv_harness.runners import Launch, PodSpec, RunnerError, launch_for, pod_spec
 
 log = logging.getLogger(__name__)
 KWOK_GROUP, KWOK_VERSION, PORT_FORWARDS = "kwok.x-k8s.io", "v1alpha1", "portforwards"
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _listening(port: int) -> bool:
@@ -158,7 +152,7 @@ class DataPlane:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=dies_with_parent(),
         )
         handle.close()
         self._pool.submit(self._await_ready, uid, served, launch.wait_ports)

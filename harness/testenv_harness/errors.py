@@ -15,3 +15,7 @@ class ToolchainError(TestEnvError):
 
 class ClusterError(TestEnvError):
     """A cluster could not be created, reached or deleted."""
+
+
+class ManifestError(TestEnvError, ValueError):
+    """What the user wrote (manifest, options) cannot be used: reported as a usage error."""

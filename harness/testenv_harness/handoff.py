@@ -1,11 +1,24 @@
-"""What the controller hands every worker (through xdist's workerinput): plain JSON."""
+"""What the controller hands every worker, and how: a file in the run's folder.
+
+Workers start before the controller knows whether any test will run, so the environment is
+created late and its `Handoff` published as `handoff.json` in the run folder (whose path each
+worker gets through xdist's workerinput). A set-up that failed publishes `handoff.failed`
+instead, and every worker's tests error with that cause.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import time
 from pathlib import Path
 from typing import Any
+
+from testenv_harness.errors import TestEnvError
+
+_PUBLISHED = "handoff.json"
+_FAILED = "handoff.failed"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,11 +44,65 @@ class Handoff:
         return Path(self.run_dir)
 
 
-def worker_index(workerid: str | None) -> int:
-    """pytest-xdist's gw3 is worker 3; no xdist (or -n 0) is worker 0."""
-    if not workerid:
-        return 0
-    digits = workerid.removeprefix("gw")
-    if not digits.isdigit():
-        raise ValueError(f"unexpected xdist worker id {workerid!r}")
-    return int(digits)
+class SetUpError(TestEnvError):
+    """The controller could not set the run up; the message is its cause."""
+
+
+def _write(path: Path, text: str) -> None:
+    staging = path.with_name(f".{path.name}.{os.getpid()}")
+    staging.write_text(text)
+    staging.rename(path)  # atomic: a worker never reads half a file
+
+
+def publish(run_dir: Path, handoff: Handoff) -> None:
+    _write(run_dir / _PUBLISHED, handoff.to_json())
+
+
+def publish_failure(run_dir: Path, message: str) -> None:
+    _write(run_dir / _FAILED, message)
+
+
+def receive(run_dir: Path, timeout: float) -> Handoff:
+    """The run's handoff once the controller published it; SetUpError with its cause otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if (run_dir / _FAILED).exists():
+            raise SetUpError(f"kube-testenv could not set the run up: {(run_dir / _FAILED).read_text()}")
+        if (run_dir / _PUBLISHED).exists():
+            return Handoff.from_json((run_dir / _PUBLISHED).read_text())
+        if time.monotonic() > deadline:
+            raise SetUpError(
+                f"the run's environment was not set up within {timeout:.0f}s (nothing in {run_dir}); "
+                "the controller's output says why"
+            )
+        time.sleep(0.2)
+
+
+class Slots:
+    """Worker slots: an xdist worker takes the lowest free one and frees it when it goes down.
+
+    A crashed worker's replacement (xdist names it gw2 under -n 2) takes the slot the dead one
+    freed, so it reaches an existing worker namespace; `reused` tells it to reset that
+    namespace's services first, since the dead worker may have left state behind.
+    """
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.holders: dict[int, str] = {}
+        self.used: set[int] = set()
+
+    def take(self, holder: str) -> tuple[int, bool]:
+        free = [slot for slot in range(self.count) if slot not in self.holders]
+        if not free:
+            held = ", ".join(sorted(self.holders.values()))
+            raise TestEnvError(f"no free worker slot for {holder}: all {self.count} are held by {held}")
+        slot = free[0]
+        self.holders[slot] = holder
+        reused = slot in self.used
+        self.used.add(slot)
+        return slot, reused
+
+    def release(self, holder: str) -> None:
+        for slot, name in list(self.holders.items()):
+            if name == holder:
+                del self.holders[slot]

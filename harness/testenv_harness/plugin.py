@@ -1,12 +1,14 @@
 """The pytest plugin (entry point `testenv`): inactive unless `--testenv` or `testenv = true`.
 
-The controller (or the only process, without xdist) sets the run up in `pytest_configure` and
-hands every worker a `Handoff` through `pytest_configure_node`; each worker's session fixture
-`testenv` then waits for that worker's own services only.
+The controller (or the only process, without xdist) is a plugin object, `Controller`, that sets
+the run up only once tests are going to run and tears it down at the end of the session. Each
+xdist worker gets a slot and the run's folder through `pytest_configure_node`; its session
+fixture `testenv` waits for the published `Handoff`, then for its own services only.
 """
 
 from __future__ import annotations
 
+import json
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,13 +18,14 @@ from typing import Any
 import pytest
 
 from testenv_harness.errors import TestEnvError
-from testenv_harness.handoff import Handoff, worker_index
+from testenv_harness.handoff import Slots, publish_failure, receive
 from testenv_harness.session import PROVIDERS, RunOptions, RunSession, load_manifest, parse_services
 from testenv_harness.testenv import TestEnv
 
-_HANDOFF = pytest.StashKey[Handoff]()
-_SESSION = pytest.StashKey[RunSession]()
-_WORKERINPUT_KEY = "testenv_handoff"
+_CONTROLLER = pytest.StashKey["Controller"]()
+#: On a worker: {"run_dir", "slot", "reused"} from the controller, through xdist's workerinput.
+_WORKER = pytest.StashKey[dict[str, Any]]()
+_WORKERINPUT_KEY = "testenv_worker"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -127,15 +130,96 @@ def _options(config: pytest.Config) -> RunOptions:
     )
 
 
-class _XdistHooks:
-    """Registered only when xdist is present (its hook would be unknown otherwise)."""
+def _nothing_will_run(config: pytest.Config) -> bool:
+    """Collection, plans and listings run no test: they must create nothing (IDEs collect often)."""
+    option = config.option
+    return bool(
+        getattr(option, "collectonly", False)
+        or getattr(option, "setupplan", False)
+        or getattr(option, "showfixtures", False)
+        or getattr(option, "show_fixtures_per_test", False)
+        or getattr(option, "markers", False)
+    )
 
-    def __init__(self, handoff: Handoff) -> None:
-        self.handoff = handoff
 
-    @pytest.hookimpl
+class Controller:
+    """The run's once-only part, in the xdist controller or the only process (like xdist's DSession).
+
+    Nothing is created when the plugin is configured. The environment is set up once it is
+    known that tests will run: after collection without xdist, after the first worker collected
+    a test with it. Workers wait for it in their `testenv` fixture; a set-up that failed for a
+    reason other than the user's input makes their tests error with that cause.
+    """
+
+    def __init__(self, config: pytest.Config, options: RunOptions) -> None:
+        self.config = config
+        self.options = options
+        self.session: RunSession | None = None
+        self.slots = Slots(options.workers)
+        self.started = False
+
+    def report(self, line: str) -> None:
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"testenv: {line}")
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        if _nothing_will_run(self.config):
+            return
+        self.session = RunSession(self.options, self.report)
+        signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+
+    @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:
-        node.workerinput[_WORKERINPUT_KEY] = self.handoff.to_json()
+        if self.session is None:
+            return
+        slot, reused = self.slots.take(node.gateway.id)
+        node.workerinput[_WORKERINPUT_KEY] = json.dumps(
+            {"run_dir": str(self.session.run_dir), "slot": slot, "reused": reused}
+        )
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: object) -> None:
+        self.slots.release(node.gateway.id)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        if ids:
+            self.start()
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        if session.items and not self.config.pluginmanager.hasplugin("dsession"):
+            self.start()
+            if self.session is not None and self.session.handoff is not None:
+                self.session.wait_reported(self.options.timeout)
+
+    def start(self) -> None:
+        if self.started or self.session is None:
+            return
+        self.started = True
+        try:
+            self.session.start()
+        except ValueError as exc:  # the user's manifest or options: theirs to fix
+            self.report(f"set-up failed: {exc}")
+            self.report(self.session.stop())
+            raise pytest.UsageError(f"kube-testenv could not set up the run: {exc}") from exc
+        except TestEnvError as exc:  # cluster, operator, timeouts: every test errors with the cause
+            self.report(f"set-up failed: {exc}")
+            publish_failure(self.session.run_dir, str(exc))
+            self.report(self.session.stop())
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        self.finish()
+
+    def finish(self) -> None:
+        if self.session is None:
+            return
+        current, self.session = self.session, None
+        summary = current.stop()
+        if summary and self.started:
+            self.report(summary)
+        current.remove_run_dir()
 
 
 def _interrupt_on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -147,58 +231,48 @@ def pytest_configure(config: pytest.Config) -> None:
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None:
         if _WORKERINPUT_KEY in workerinput:
-            config.stash[_HANDOFF] = Handoff.from_json(workerinput[_WORKERINPUT_KEY])
+            config.stash[_WORKER] = json.loads(workerinput[_WORKERINPUT_KEY])
         return
     if not _active(config):
         if config.getoption("testenv_keep") or config.getoption("testenv_manifest"):
             raise pytest.UsageError("kube-testenv options were given without --testenv (or `testenv = true`)")
         return
-    options = _options(config)
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-
-    def report(line: str) -> None:
-        if reporter is not None:
-            reporter.write_line(f"testenv: {line}")
-
-    session = RunSession(options, report)
-    config.stash[_SESSION] = session
-    signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
-    try:
-        handoff = session.start()
-    except BaseException as exc:
-        del config.stash[_SESSION]  # torn down here, not again in pytest_unconfigure
-        report(f"set-up failed: {exc}")
-        report(session.stop())
-        if isinstance(exc, (TestEnvError, ValueError)):
-            raise pytest.UsageError(f"kube-testenv could not set up the run: {exc}") from exc
-        raise
-    config.stash[_HANDOFF] = handoff
-    if config.pluginmanager.hasplugin("xdist"):
-        config.pluginmanager.register(_XdistHooks(handoff), "testenv-xdist")
-    if not getattr(config.option, "numprocesses", None):
-        session.wait_reported(options.timeout)
+    controller = Controller(config, _options(config))
+    config.stash[_CONTROLLER] = controller
+    config.pluginmanager.register(controller, "testenv-controller")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    session = config.stash.get(_SESSION, None)
-    if session is not None:
-        del config.stash[_SESSION]
-        summary = session.stop()
-        reporter = config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None:
-            reporter.write_line(f"testenv: {summary}")
+    controller = config.stash.get(_CONTROLLER, None)
+    if controller is not None:
+        controller.finish()  # a no-op when the session finished normally
+
+
+def _this_worker(config: pytest.Config) -> tuple[Path, int, bool]:
+    """The run folder to read the handoff from, this process's slot, and whether it was used before."""
+    worker = config.stash.get(_WORKER, None)
+    if worker is not None:
+        return Path(worker["run_dir"]), int(worker["slot"]), bool(worker["reused"])
+    controller = config.stash.get(_CONTROLLER, None)
+    if controller is None or controller.session is None:
+        raise LookupError
+    return controller.session.run_dir, 0, False
 
 
 @pytest.fixture(scope="session")
 def testenv(request: pytest.FixtureRequest) -> Iterator[TestEnv]:
     """This worker's own services: `testenv.url("redis")`, `testenv.restart("redis")`, ..."""
-    handoff = request.config.stash.get(_HANDOFF, None)
-    if handoff is None:
+    try:
+        run_dir, slot, reused = _this_worker(request.config)
+    except LookupError:
         pytest.fail(
             "kube-testenv is not enabled: run pytest with --testenv, or set `testenv = true` in the ini file"
         )
-    workerinput = getattr(request.config, "workerinput", {})
-    env = TestEnv(handoff, worker_index(workerinput.get("workerid"))).connect()
+    timeout = float(request.config.getoption("testenv_timeout") or request.config.getini("testenv_timeout"))
+    handoff = receive(run_dir, timeout)
+    env = TestEnv(handoff, slot).connect()
+    if reused:  # a crashed worker held this slot: start from clean services, not its leftovers
+        env.reset_all()
     yield env
     env.close()
 
@@ -206,5 +280,6 @@ def testenv(request: pytest.FixtureRequest) -> Iterator[TestEnv]:
 @pytest.fixture(scope="session", autouse=True)
 def _testenv_autostart(request: pytest.FixtureRequest) -> None:
     """With kube-testenv on, connect before the first test so the variables are set for all."""
-    if request.config.stash.get(_HANDOFF, None) is not None:
+    config = request.config
+    if config.stash.get(_WORKER, None) is not None or config.stash.get(_CONTROLLER, None) is not None:
         request.getfixturevalue("testenv")

@@ -42,17 +42,24 @@ def ready_pods(core: client.CoreV1Api, namespace: str, service: str) -> list[str
     return [p.metadata.name for p in ready]
 
 
+def stream_headers(api: client.ApiClient, path: str) -> dict[str, Any]:
+    """The port-forward request's headers, authenticated the way the client authenticates any call.
+
+    The client's own auth path runs the kubeconfig's credential refresh (exec plugins such as
+    EKS's and GKE's, expiring tokens) before it reads the token; client certificates and
+    proxies are applied by `create_websocket` from the same configuration.
+    """
+    headers: dict[str, Any] = {"sec-websocket-protocol": "v4.channel.k8s.io"}
+    api.update_params_for_auth(headers, [], ["BearerToken"], path, "GET", None)
+    return headers
+
+
 def open_stream(api: client.ApiClient, namespace: str, pod: str, port: int, timeout: float = 10) -> WebSocket:
     """A websocket carrying one TCP connection to `port` of `pod`, through the API server."""
     cfg = api.configuration
     host = cfg.host.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
-    url = f"{host}/api/v1/namespaces/{namespace}/pods/{pod}/portforward?ports={port}"
-    headers: dict[str, Any] = {"sec-websocket-protocol": "v4.channel.k8s.io"}
-    auth = cfg.api_key.get("BearerToken") or cfg.api_key.get("authorization")
-    if auth:
-        prefix = cfg.api_key_prefix.get("BearerToken") or cfg.api_key_prefix.get("authorization")
-        headers["authorization"] = f"{prefix} {auth}" if prefix and not auth.startswith(prefix) else auth
-    ws: WebSocket = create_websocket(cfg, url, headers)
+    path = f"/api/v1/namespaces/{namespace}/pods/{pod}/portforward"
+    ws: WebSocket = create_websocket(cfg, f"{host}{path}?ports={port}", stream_headers(api, path))
     ws.settimeout(timeout)
     # The server opens with one frame per channel naming the port: data (0) then error (1).
     for _ in range(2):

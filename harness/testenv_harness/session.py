@@ -12,6 +12,7 @@ import dataclasses
 import datetime
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -28,16 +29,25 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 import testenv_api
-from testenv_api import ANNOTATION_HEARTBEAT, GROUP, LABEL_OWNER_UID, LABEL_RUN_ID, PLURAL, VERSION
+from testenv_api import (
+    ANNOTATION_HEARTBEAT,
+    GROUP,
+    LABEL_OWNER_UID,
+    LABEL_RUN_ID,
+    LABEL_SERVICE,
+    PLURAL,
+    VERSION,
+)
 from testenv_api.status import workers_from_status
 from testenv_harness import kube
+from testenv_harness.children import dies_with_parent
 from testenv_harness.clusters.base import Cluster, Provider
 from testenv_harness.clusters.existing import ExistingProvider
-from testenv_harness.clusters.kind import KindProvider, docker_available
+from testenv_harness.clusters.kind import KindProvider, why_not_kind
 from testenv_harness.clusters.local import LocalProvider
 from testenv_harness.dataplane import DataPlane
-from testenv_harness.errors import ClusterError, TestEnvError
-from testenv_harness.handoff import Handoff
+from testenv_harness.errors import ClusterError, ManifestError
+from testenv_harness.handoff import Handoff, publish
 from testenv_harness.localports import bindable, free_port, release_block, reserve_block
 
 PROVIDERS = ("auto", "local", "kind", "existing")
@@ -110,13 +120,17 @@ class RunSession:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.ready_at: dict[int, float] = {}
+        self.handoff: Handoff | None = None
 
     # -- set-up -----------------------------------------------------------------------------
 
     def _provider(self) -> Provider:
         choice = self.options.provider
         if choice == "auto":
-            choice = "kind" if docker_available() else "local"
+            reason = why_not_kind()
+            choice = "local" if reason else "kind"
+            if reason:
+                self.report(f"using the local cluster: kind cannot start here ({reason})")
         if choice == "local":
             return LocalProvider(self.options.cluster_name, report=self.report)
         if choice == "kind":
@@ -144,7 +158,7 @@ class RunSession:
             thread = threading.Thread(target=target, daemon=True, name=target.__name__)
             thread.start()
             self._threads.append(thread)
-        return Handoff(
+        self.handoff = Handoff(
             kubeconfig=str(self.cluster.kubeconfig),
             namespace=self.options.namespace,
             name=self.name,
@@ -153,6 +167,8 @@ class RunSession:
             provider=self.cluster.provider,
             timeout=self.options.timeout,
         )
+        publish(self.run_dir, self.handoff)
+        return self.handoff
 
     def _check_operator_installed(self) -> None:
         assert self.api is not None
@@ -183,6 +199,8 @@ class RunSession:
             stdout=log,
             stderr=log,
             stdin=subprocess.DEVNULL,
+            # A controller killed with -9 takes its operator along (SIGTERM: kopf stops cleanly).
+            preexec_fn=dies_with_parent(signal.SIGTERM),
         )
         deadline = time.monotonic() + 60
         while True:
@@ -212,12 +230,13 @@ class RunSession:
         else:
             busy = [p for p in range(spec["portBase"], spec["portBase"] + needed) if not bindable(p)]
             if busy:
-                raise ValueError(
+                raise ManifestError(
                     f"spec.portBase {spec['portBase']} plans local ports {spec['portBase']}-"
                     f"{spec['portBase'] + needed - 1}, but {busy[0]} is in use (another run on this "
                     "machine?): drop spec.portBase from the manifest to let kube-testenv pick free ports, "
                     "or choose another base"
                 )
+        self._use_provider_images(spec)
         lifetime = spec.setdefault("lifetime", {})
         lifetime.setdefault("heartbeatTimeoutSeconds", HEARTBEAT_TIMEOUT)
         meta = body.setdefault("metadata", {})
@@ -233,13 +252,28 @@ class RunSession:
                 GROUP, VERSION, self.options.namespace, PLURAL, body, field_validation="Strict"
             )
         except ApiException as exc:
-            raise TestEnvError(f"the API server refused the TestEnvironment: {exc.body}") from exc
+            if exc.status in (400, 403, 422):  # the manifest, or what it asks for, is refused
+                raise ManifestError(f"the API server refused the TestEnvironment: {exc.body}") from exc
+            raise ClusterError(f"creating the TestEnvironment failed: {exc.status} {exc.reason}") from exc
         self.uid = created["metadata"]["uid"]
         names = ", ".join(f"{s['name']} ({s['type']})" for s in spec["services"])
         self.report(
             f"environment {self.options.namespace}/{self.name}: {self.options.workers} worker(s) x {names}, "
             f"local ports from {spec['portBase']}"
         )
+
+    def _use_provider_images(self, spec: dict[str, Any]) -> None:
+        """Services without an image of their own get the provider's (kind: our offline builds)."""
+        assert self.provider is not None
+        images = self.provider.service_images({s["type"] for s in spec["services"]})
+        used = set()
+        for service in spec["services"]:
+            if not service.get("image") and service["type"] in images:
+                service["image"] = images[service["type"]]
+                used.add(service["image"])
+        if used:
+            self.report(f"loading {len(used)} local image(s) into the cluster")
+            self.provider.load_images(sorted(used))
 
     # -- while tests run --------------------------------------------------------------------
 
@@ -286,14 +320,31 @@ class RunSession:
         return bool(mine) and all(s.ready_after is not None for s in mine)
 
     def _service_times(self, namespace: str) -> str:
-        if self.dataplane is None:
-            return ""
-        times = sorted(
-            (s.pod.name.rsplit("-", 2)[0], s.ready_after)
-            for s in list(self.dataplane.served.values())
-            if s.pod.namespace == namespace and s.ready_after is not None
-        )
-        return " (" + ", ".join(f"{name} {took:.1f}s" for name, took in times) + ")"
+        if self.dataplane is not None:
+            times = sorted(
+                (s.pod.name.rsplit("-", 2)[0], s.ready_after)
+                for s in list(self.dataplane.served.values())
+                if s.pod.namespace == namespace and s.ready_after is not None
+            )
+        else:
+            times = sorted(self._pod_ready_times(namespace).items())
+        return " (" + ", ".join(f"{name} {took:.1f}s" for name, took in times) + ")" if times else ""
+
+    def _pod_ready_times(self, namespace: str) -> dict[str, float]:
+        """Per service: from its pod's creation to the pod's Ready condition (real kubelets)."""
+        assert self.api is not None
+        times: dict[str, float] = {}
+        with contextlib.suppress(ApiException):
+            for pod in client.CoreV1Api(self.api).list_namespaced_pod(namespace).items:
+                service = (pod.metadata.labels or {}).get(LABEL_SERVICE)
+                ready = next(
+                    (c for c in (pod.status.conditions or []) if c.type == "Ready" and c.status == "True"),
+                    None,
+                )
+                if service and ready is not None and ready.last_transition_time is not None:
+                    took = (ready.last_transition_time - pod.metadata.creation_timestamp).total_seconds()
+                    times[service] = max(times.get(service, 0.0), took)
+        return times
 
     def wait_reported(self, timeout: float) -> None:
         """Block until every worker was reported ready (or `timeout`): for a run without xdist,
@@ -305,7 +356,13 @@ class RunSession:
     # -- teardown ---------------------------------------------------------------------------
 
     def stop(self) -> str:
-        """Delete the environment (unless kept) and stop what the run started; returns a summary."""
+        """Delete the environment (unless kept) and stop what the run started; returns a summary.
+
+        A second call does nothing and returns "". The run folder stays until `remove_run_dir`:
+        workers may still read a published set-up failure from it.
+        """
+        if self._stop.is_set():
+            return ""
         self._stop.set()
         started = time.monotonic()
         left: list[str] = []
@@ -322,8 +379,6 @@ class RunSession:
                 except subprocess.TimeoutExpired:
                     self.operator.kill()
             release_block(self.run_id)
-            if not self.options.keep:
-                shutil.rmtree(self.run_dir, ignore_errors=True)
         ready = f"{len(self.ready_at)}/{self.options.workers} workers ready"
         if self.ready_at:
             ready += f" (slowest {max(self.ready_at.values()):.1f}s)"
@@ -331,6 +386,10 @@ class RunSession:
             return f"{ready}; kept {self.options.namespace}/{self.name} and its namespaces (--testenv-keep)"
         gone = "all namespaces deleted" if not left else f"namespaces still present: {', '.join(left)}"
         return f"{ready}; torn down in {time.monotonic() - started:.1f}s, {gone}"
+
+    def remove_run_dir(self) -> None:
+        if not self.options.keep:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def _delete_environment(self, timeout: float = 120) -> list[str]:
         assert self.api is not None

@@ -171,9 +171,15 @@ class TestEnv:
         return self.service(name).url
 
     def host_port(self, name: str, port: str | None = None) -> tuple[str, int]:
+        """Where this machine reaches `name` (its primary port, or the port named `port`)."""
         service = self.service(name)
-        chosen = service.primary if port is None else next(p for p in service.ports if p.name == port)
-        return "localhost", chosen.local_port
+        if port is None:
+            return "localhost", service.primary.local_port
+        for candidate in service.ports:
+            if candidate.name == port:
+                return "localhost", candidate.local_port
+        known = ", ".join(p.name for p in service.ports)
+        raise KeyError(f"service {name!r} has no port {port!r} (its ports: {known})")
 
     def environment(self) -> dict[str, str]:
         """The variables exported for the code under test (documented in docs/harness.md)."""
@@ -262,6 +268,11 @@ class TestEnv:
             )
         except TimeoutError as exc:
             raise self._not_ready(f"{name} came back but does not answer: {exc}") from exc
+
+    def reset_all(self) -> None:
+        """Wipe every service of this worker (what a crashed worker's replacement does first)."""
+        for service in self._status().services:
+            self.reset(service.name)
 
     def reset(self, name: str) -> None:
         """Wipe `name`'s state: FLUSHALL for Redis, moto's reset API, a restart for the rest."""

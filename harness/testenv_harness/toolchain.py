@@ -12,13 +12,14 @@ import contextlib
 import dataclasses
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from testenv_harness.errors import ToolchainError
@@ -28,6 +29,8 @@ ETCD_VERSION = "v3.6.16"
 KWOK_VERSION = "v0.8.0"
 HELM_VERSION = "v3.22.0"
 KIND_VERSION = "v0.33.0"
+COREDNS_VERSION = "v1.14.2"
+CRICTL_VERSION = "v1.36.0"
 
 _MODULES = Path(__file__).parent / "gotools"
 _KUBE_MAJOR, _KUBE_MINOR = KUBERNETES_VERSION.lstrip("v").split(".")[:2]
@@ -55,10 +58,15 @@ class GoTool:
     version: str
     binaries: dict[str, str]  # output file name -> Go package path
     ldflags: tuple[str, ...] = ()
+    #: The wrapper module under gotools/, when it is not named like the tool.
+    module: str = ""
+    #: "local": what the local cluster and the chart need (`make tools`); "kind": only what the
+    #: offline kind node image needs (`make kind-images`).
+    group: str = "local"
 
     @property
     def module_dir(self) -> Path:
-        return _MODULES / self.name
+        return _MODULES / (self.module or self.name)
 
     def key(self) -> str:
         digest = hashlib.sha256()
@@ -103,6 +111,17 @@ TOOLS: tuple[GoTool, ...] = (
         ),
     ),
     GoTool("kind", KIND_VERSION, {"kind": "sigs.k8s.io/kind"}),
+    # The kind node's own binaries; same wrapper module (and build cache) as the control plane.
+    GoTool(
+        "kubernetes-node",
+        KUBERNETES_VERSION,
+        {name: f"k8s.io/kubernetes/cmd/{name}" for name in ("kubelet", "kubeadm", "kube-proxy")},
+        _kube_ldflags(KUBERNETES_VERSION),
+        module="kubernetes",
+        group="kind",
+    ),
+    GoTool("coredns", COREDNS_VERSION, {"coredns": "github.com/coredns/coredns"}, group="kind"),
+    GoTool("crictl", CRICTL_VERSION, {"crictl": "sigs.k8s.io/cri-tools/cmd/crictl"}, group="kind"),
 )
 
 #: Which `make` target or command rebuilds a binary, for error messages.
@@ -122,33 +141,74 @@ def tool_dir(tool: GoTool) -> Path:
     return cache_root() / "tools" / tool.key()
 
 
+def tools_of(group: str) -> tuple[GoTool, ...]:
+    return tuple(tool for tool in TOOLS if tool.group == group)
+
+
 def bin_dir() -> Path:
     """One folder of links to every pinned binary: what `make cluster-up` puts on PATH."""
-    combined = hashlib.sha256("".join(t.key() for t in TOOLS).encode()).hexdigest()[:12]
+    combined = hashlib.sha256("".join(t.key() for t in tools_of("local")).encode()).hexdigest()[:12]
     return cache_root() / "bin" / combined
 
 
 def binary(name: str) -> Path:
     """The path of one built binary, or a ToolchainError naming the command that builds it."""
+    tool = tool_of(name)
+    path = tool_dir(tool) / name
+    if path.exists():
+        return path
+    hint = BUILD_HINT if tool.group == "local" else "run `make kind-images` (or `testenv images build`)"
+    raise ToolchainError(f"{name} {tool.version} is not built ({path} is missing): {hint}")
+
+
+def tool_of(name: str) -> GoTool:
     for tool in TOOLS:
         if name in tool.binaries:
-            path = tool_dir(tool) / name
-            if path.exists():
-                return path
-            raise ToolchainError(f"{name} {tool.version} is not built ({path} is missing): {BUILD_HINT}")
+            return tool
     raise ToolchainError(f"unknown tool {name!r}; known: {', '.join(all_binaries())}")
+
+
+def key_of(name: str) -> str:
+    """The cache key of the build that makes binary `name` (it changes when its pins change)."""
+    return tool_of(name).key()
+
+
+def build_binaries(names: Iterable[str], report: Callable[[str], None] = print) -> dict[str, Path]:
+    """Build (if missing) the tools that make `names`; returns each binary's path."""
+    paths: dict[str, Path] = {}
+    for name in names:
+        tool = tool_of(name)
+        build_one(tool, report)
+        paths[name] = tool_dir(tool) / name
+    return paths
+
+
+def module_source(tool_name: str, module_path: str) -> Path:
+    """Where the Go module cache holds the source of `module_path` as `tool_name` pins it."""
+    tool = next(t for t in TOOLS if t.name == tool_name)
+    result = subprocess.run(
+        ["go", "mod", "download", "-json", module_path],
+        cwd=tool.module_dir,
+        env=dict(os.environ, GOFLAGS="-mod=readonly"),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise ToolchainError(f"`go mod download {module_path}` failed: {result.stderr.strip()[-2000:]}")
+    return Path(json.loads(result.stdout)["Dir"])
 
 
 def all_binaries() -> list[str]:
     return [name for tool in TOOLS for name in tool.binaries]
 
 
-def missing() -> list[GoTool]:
-    return [tool for tool in TOOLS if not tool_dir(tool).is_dir()]
+def missing(group: str = "local") -> list[GoTool]:
+    return [tool for tool in tools_of(group) if not tool_dir(tool).is_dir()]
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -196,7 +256,7 @@ def build_one(tool: GoTool, report: Callable[[str], None] = print) -> float:
         raise ToolchainError(
             "the `go` command is not on PATH; install Go 1.26+ to build the local cluster tools"
         )
-    with _locked(final.parent / f"{final.name}.lock"):
+    with locked(final.parent / f"{final.name}.lock"):
         if final.is_dir():  # another process built it while we waited
             return 0.0
         report(f"building {tool.name} {tool.version}: {', '.join(tool.binaries)}")
@@ -222,7 +282,7 @@ def link_bin_dir() -> Path:
     """(Re)create the folder of links to every built binary."""
     target = bin_dir()
     target.mkdir(parents=True, exist_ok=True)
-    for tool in TOOLS:
+    for tool in tools_of("local"):
         for name in tool.binaries:
             link = target / name
             link.unlink(missing_ok=True)
@@ -231,7 +291,16 @@ def link_bin_dir() -> Path:
 
 
 def build_all(report: Callable[[str], None] = print) -> Path:
-    """Build every missing tool (a no-op when all are cached) and return the bin folder."""
-    for tool in TOOLS:
+    """Build every missing local-cluster tool (a no-op when all are cached); returns the bin folder."""
+    for tool in tools_of("local"):
         build_one(tool, report)
     return link_bin_dir()
+
+
+def build_group(group: str, report: Callable[[str], None] = print) -> dict[str, Path]:
+    """Build every tool of `group` that is missing; returns each binary's path by name."""
+    built: dict[str, Path] = {}
+    for tool in tools_of(group):
+        build_one(tool, report)
+        built.update({name: tool_dir(tool) / name for name in tool.binaries})
+    return built

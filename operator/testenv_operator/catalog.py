@@ -78,6 +78,8 @@ class ServicePlan:
     args: tuple[str, ...] = ()
     env: tuple[dict[str, Any], ...] = ()
     readiness: Probe | None = None
+    #: Requests are what a scheduler reserves: test services idle most of the time, so they ask for
+    #: little CPU (four workers of redis, kafka and localstack then fit one 2-core kind node).
     requests: Mapping[str, str] = dataclasses.field(default_factory=lambda: {"cpu": "50m", "memory": "64Mi"})
     limits: Mapping[str, str] = dataclasses.field(default_factory=lambda: {"cpu": "500m", "memory": "256Mi"})
     url_scheme: str = ""
@@ -145,7 +147,7 @@ def _kafka(spec: Mapping[str, Any], ctx: ServiceContext) -> ServicePlan:
         cluster_ports=(("internal", KAFKA_INTERNAL_PORT),),
         env=_env(kafka_environment(ctx.namespace, spec["name"], external)),
         readiness=Probe("tcpSocket", port=KAFKA_INTERNAL_PORT),
-        requests={"cpu": "250m", "memory": "512Mi"},
+        requests={"cpu": "100m", "memory": "512Mi"},
         limits={"cpu": "1", "memory": "1Gi"},
     )
 
@@ -164,7 +166,7 @@ def _localstack(spec: Mapping[str, Any], ctx: ServiceContext) -> ServicePlan:
         PORTS["localstack"],
         env=_env(env),
         readiness=Probe("httpGet", port=4566, path="/_localstack/health"),
-        requests={"cpu": "250m", "memory": "512Mi"},
+        requests={"cpu": "100m", "memory": "512Mi"},
         limits={"cpu": "1", "memory": "1Gi"},
         url_scheme="http",
         secret_env=secret_env,

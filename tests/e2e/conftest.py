@@ -1,49 +1,19 @@
-"""Runs pytest itself (pytester, in a subprocess) with the kube-testenv plugin on the local cluster."""
+"""Runs pytest itself (pytester, in a subprocess) with the kube-testenv plugin on the local cluster.
+
+tests/kind runs the same scenarios with `e2e_cluster` overridden by a kind cluster.
+"""
 
 from __future__ import annotations
 
-import shutil
-import uuid
-from collections.abc import Callable
-from pathlib import Path
-
 import pytest
 
-from testenv_harness import toolchain
 from testenv_harness.clusters import Cluster
+from tests.suites import Run, example_suite, run_suite
 
-#: Read before pytester points HOME at a temporary folder: the inner runs need the built tools.
-CACHE = str(toolchain.cache_root())
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-Run = Callable[..., pytest.RunResult]
+__all__ = ["Run", "e2e_cluster", "example_suite", "run_suite"]
 
 
 @pytest.fixture
-def run_suite(pytester: pytest.Pytester, local_cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> Run:
-    """Run pytest in `pytester.path` with the plugin pointed at the session's local cluster."""
-    monkeypatch.setenv("KUBE_TESTENV_CACHE", CACHE)
-
-    def run(*args: str, timeout: float = 600) -> pytest.RunResult:
-        namespace = f"e2e-{uuid.uuid4().hex[:6]}"
-        return pytester.runpytest_subprocess(
-            "-p",
-            "no:cacheprovider",
-            "--testenv-cluster=local",
-            f"--testenv-cluster-name={local_cluster.name}",
-            f"--testenv-namespace={namespace}",
-            "--testenv-timeout=180",
-            *args,
-            timeout=timeout,
-        )
-
-    return run
-
-
-@pytest.fixture
-def example_suite(pytester: pytest.Pytester) -> Path:
-    """The shipped example suite and manifest, copied into the pytester folder."""
-    shutil.copy(EXAMPLES / "testenvironment.yaml", pytester.path / "testenvironment.yaml")
-    for test in (EXAMPLES / "suite").glob("test_*.py"):
-        shutil.copy(test, pytester.path / test.name)
-    pytester.makeini("[pytest]\ntestenv = true\ntestenv_manifest = testenvironment.yaml\n")
-    return pytester.path
+def e2e_cluster(local_cluster: Cluster) -> Cluster:
+    """The cluster the scenarios run on."""
+    return local_cluster

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 
@@ -18,11 +19,16 @@ SERVICE_PROCESSES = ("redis-server", "moto.server", "kafka.Kafka", "mosquitto -c
 
 
 def _service_processes() -> set[int]:
+    """Our host processes (data plane, operator). Containers' processes show in /proc too, but in
+    PID namespaces of their own (kind's pods, other Docker containers): those are not counted."""
     pids = set()
+    mine = os.readlink("/proc/self/ns/pid")
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                if os.readlink(entry / "ns" / "pid") != mine:
+                    continue
             except OSError:
                 continue
             if any(marker in cmdline for marker in SERVICE_PROCESSES):
@@ -39,10 +45,10 @@ def _managed_namespaces(cluster: Cluster) -> set[str]:
 
 @pytest.mark.parametrize("workers", ["0", "2", "4"])
 def test_the_example_suite_passes_and_leaves_nothing_behind(
-    run_suite: Run, example_suite: Path, local_cluster: Cluster, workers: str
+    run_suite: Run, example_suite: Path, e2e_cluster: Cluster, workers: str
 ) -> None:
     processes_before = _service_processes()
-    namespaces_before = _managed_namespaces(local_cluster)
+    namespaces_before = _managed_namespaces(e2e_cluster)
     result = run_suite("-n", workers)
     result.assert_outcomes(passed=10)
     expected_workers = max(1, int(workers))
@@ -54,7 +60,7 @@ def test_the_example_suite_passes_and_leaves_nothing_behind(
         ]
     )
     assert _service_processes() <= processes_before, "a service or operator process outlived the run"
-    assert _managed_namespaces(local_cluster) <= namespaces_before
+    assert _managed_namespaces(e2e_cluster) <= namespaces_before
 
 
 BARRIER = '''

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
+from testenv_harness import toolchain
 from testenv_harness.clusters import LocalProvider
 
 
-def test_up_reuse_restart_down_leaves_no_process() -> None:
+def test_up_reuse_restart_down_leaves_no_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A user's ~/.kube/config is theirs: the cluster must never be merged into it.
+    monkeypatch.setenv("KUBE_TESTENV_CACHE", str(toolchain.cache_root()))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("KUBECONFIG", raising=False)
     lines: list[str] = []
     provider = LocalProvider("testenv-lifecycle", nodes=1, report=lines.append)
     try:
@@ -24,8 +33,10 @@ def test_up_reuse_restart_down_leaves_no_process() -> None:
         provider.up()
         assert any("restarting" in line for line in lines)
         assert provider.healthy()
+        assert not (tmp_path / ".kube").exists(), "the user's kubeconfig was written"
     finally:
         provider.down()
+    assert not (tmp_path / ".kube").exists()
     assert provider.processes() == []
     assert not provider.cluster_dir.exists()
     provider.down()  # a second delete is a no-op

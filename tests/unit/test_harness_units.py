@@ -10,22 +10,34 @@ import pytest
 
 from testenv_api.status import PortStatus, ServiceStatus, WorkerStatus
 from testenv_harness import kafka_runtime, localports, probes
-from testenv_harness.clusters.kind import KindProvider
-from testenv_harness.handoff import Handoff, worker_index
+from testenv_harness.errors import TestEnvError
+from testenv_harness.handoff import Handoff, SetUpError, Slots, publish, publish_failure, receive
 from testenv_harness.runners import PodSpec, RunnerError, launch_for, pod_spec
 from testenv_harness.session import parse_services, ports_per_worker
 from testenv_harness.testenv import TestEnv
 from testenv_operator.catalog import kafka_environment
 
 
-@pytest.mark.parametrize(("workerid", "index"), [(None, 0), ("", 0), ("gw0", 0), ("gw13", 13)])
-def test_worker_index(workerid: str | None, index: int) -> None:
-    assert worker_index(workerid) == index
+def test_a_crashed_workers_replacement_takes_its_freed_slot_and_knows_it_is_reused() -> None:
+    slots = Slots(2)
+    assert slots.take("gw0") == (0, False)
+    assert slots.take("gw1") == (1, False)
+    slots.release("gw1")  # gw1 crashed
+    assert slots.take("gw2") == (1, True), "gw2 is worker 1 again, and must reset what gw1 left"
+    with pytest.raises(TestEnvError, match="no free worker slot for gw3"):
+        slots.take("gw3")
 
 
-def test_handoff_round_trips_through_json() -> None:
-    handoff = Handoff("/k", "default", "run-1", "abc123", "/tmp/r", "local", 60.0)
+def test_handoff_is_published_once_and_failures_carry_their_cause(tmp_path: Path) -> None:
+    handoff = Handoff("/k", "default", "run-1", "abc123", str(tmp_path), "local", 60.0)
     assert Handoff.from_json(handoff.to_json()) == handoff
+    with pytest.raises(SetUpError, match="not set up within 0s"):
+        receive(tmp_path, timeout=0)
+    publish(tmp_path, handoff)
+    assert receive(tmp_path, timeout=1) == handoff
+    publish_failure(tmp_path, "kind cannot start here: no Docker engine answers")
+    with pytest.raises(SetUpError, match="could not set the run up: kind cannot start here"):
+        receive(tmp_path, timeout=1)
 
 
 def test_services_from_the_ini_option() -> None:
@@ -148,6 +160,14 @@ def test_connection_details_and_variables(worker: TestEnv) -> None:
         worker.url("postgres")
 
 
+def test_a_bad_port_name_lists_the_ports_there_are(worker: TestEnv) -> None:
+    assert worker.host_port("redis", "redis") == ("localhost", 21006)
+    with pytest.raises(KeyError, match=r"service 'redis' has no port 'typo' \(its ports: redis\)"):
+        worker.host_port("redis", "typo")
+    with pytest.raises(KeyError, match=r"no service 'typo' \(services: redis, events, aws\)"):
+        worker.host_port("typo")
+
+
 def test_topics_are_namespaced_per_run_and_worker(worker: TestEnv) -> None:
     assert worker.topic("orders") == "r1-w2.orders"
     assert worker.topic("camera/fire", sep="/") == "r1-w2/camera/fire"
@@ -206,13 +226,6 @@ def test_pod_spec_reads_type_env_and_ports() -> None:
     assert (spec.service_type, spec.env, spec.ports) == ("redis", {"A": "1"}, {6379: 36379})
 
 
-def test_kind_provider_creates_with_its_own_kubeconfig_and_waits() -> None:
-    args = KindProvider("ci").create_args()
-    assert args[:4] == ["create", "cluster", "--name", "ci"]
-    assert "--wait" in args
-    assert args[args.index("--kubeconfig") + 1].endswith("kind/ci.kubeconfig")
-
-
 def test_two_runs_never_plan_the_same_ports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KUBE_TESTENV_CACHE", str(tmp_path))
     first = localports.reserve_block(12, "run-a", start=41000, stop=42000)
@@ -237,3 +250,22 @@ def test_busy_ports_are_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         port = busy.getsockname()[1]
         base = localports.reserve_block(3, "run-e", start=port - 1, stop=port + 100)
         assert base > port
+
+
+def test_port_forward_authenticates_through_the_clients_refresh_path() -> None:
+    from kubernetes import client
+
+    from testenv_harness.portforward import stream_headers
+
+    cfg = client.Configuration(host="https://cluster.example")
+    refreshed: list[int] = []
+
+    def refresh(configuration: client.Configuration) -> None:  # what an exec plugin's hook does
+        refreshed.append(1)
+        configuration.api_key["authorization"] = f"Bearer fresh-{len(refreshed)}"
+
+    cfg.api_key["authorization"] = "Bearer expired"  # what the kubeconfig loader set at start
+    cfg.refresh_api_key_hook = refresh
+    api = client.ApiClient(cfg)
+    assert stream_headers(api, "/x")["authorization"] == "Bearer fresh-1"
+    assert stream_headers(api, "/x")["authorization"] == "Bearer fresh-2", "refreshed before every stream"

@@ -63,12 +63,20 @@ def test_cache_key_changes_with_link_flags() -> None:
 def test_missing_binary_names_the_command_that_builds_it(empty_cache: Path) -> None:
     with pytest.raises(ToolchainError, match=r"kube-apiserver v1\.36\.\d+ is not built .*make tools"):
         toolchain.binary("kube-apiserver")
-    assert {t.name for t in toolchain.missing()} == {t.name for t in toolchain.TOOLS}
+    assert {t.name for t in toolchain.missing()} == {t.name for t in toolchain.tools_of("local")}
+    with pytest.raises(ToolchainError, match=r"kubelet v1\.36\.\d+ is not built .*make kind-images"):
+        toolchain.binary("kubelet")
+
+
+def test_make_tools_builds_only_what_the_local_cluster_needs() -> None:
+    local = {name for tool in toolchain.tools_of("local") for name in tool.binaries}
+    assert {"kube-apiserver", "etcd", "kwokctl", "helm", "kind"} <= local
+    assert not local & {"kubelet", "kubeadm", "kube-proxy", "coredns", "crictl"}
 
 
 def test_unknown_binary_lists_the_known_ones(empty_cache: Path) -> None:
-    with pytest.raises(ToolchainError, match=r"unknown tool 'kubelet'.*kube-apiserver"):
-        toolchain.binary("kubelet")
+    with pytest.raises(ToolchainError, match=r"unknown tool 'containerd'.*kube-apiserver"):
+        toolchain.binary("containerd")
 
 
 def test_cached_tool_is_not_rebuilt(empty_cache: Path) -> None:
@@ -84,5 +92,6 @@ def test_bin_dir_links_every_binary(empty_cache: Path) -> None:
         for name in tool.binaries:
             (folder / name).write_text("#!/bin/sh\n")
     linked = toolchain.link_bin_dir()
-    assert sorted(p.name for p in linked.iterdir()) == sorted(toolchain.all_binaries())
+    local = [name for tool in toolchain.tools_of("local") for name in tool.binaries]
+    assert sorted(p.name for p in linked.iterdir()) == sorted(local)
     assert (linked / "etcd").resolve() == (toolchain.tool_dir(toolchain.TOOLS[1]) / "etcd").resolve()

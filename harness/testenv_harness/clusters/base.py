@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence, Set
 from pathlib import Path
 from typing import Protocol
 
@@ -29,4 +30,12 @@ class Provider(Protocol):
 
     def down(self) -> None:
         """Delete the cluster and everything it runs; a no-op if there is none."""
+        ...
+
+    def service_images(self, types: Set[str]) -> Mapping[str, str]:
+        """Images this cluster must use for these service types instead of the catalog's, if any."""
+        ...
+
+    def load_images(self, images: Sequence[str]) -> None:
+        """Make locally built images available to the cluster's nodes (a no-op where not needed)."""
         ...

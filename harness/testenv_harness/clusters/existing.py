@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence, Set
 from pathlib import Path
 
 from testenv_harness.clusters.base import Cluster
@@ -34,3 +35,10 @@ class ExistingProvider:
 
     def down(self) -> None:
         """An existing cluster is not ours to delete."""
+
+    def service_images(self, types: Set[str]) -> Mapping[str, str]:
+        """Its operator's defaults (the chart's serviceImages) apply."""
+        return {}
+
+    def load_images(self, images: Sequence[str]) -> None:
+        """Its nodes pull from registries."""

@@ -12,7 +12,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence, Set
 from pathlib import Path
 
 import yaml
@@ -96,6 +96,8 @@ class LocalProvider:
             # Security labels are enforced, and a ServiceAccount only gets what it is bound to.
             KWOK_KUBE_AUTHORIZATION="true",
             KWOK_KUBE_ADMISSION="true",
+            # kubectl's discovery cache would otherwise land in the user's ~/.kube/cache.
+            KUBECACHEDIR=str(toolchain.cache_root() / "kube-cache"),
         )
 
     def _run(self, *args: str, timeout: float | None = None, stdin: str | None = None) -> str:
@@ -184,6 +186,9 @@ class LocalProvider:
                 f"{self.timeout:.0f}s",
                 "--timeout",
                 f"{self.timeout:.0f}s",
+                # Empty: kwokctl's default merges the cluster into ~/.kube/config and switches the
+                # user's current context. Ours is the cluster's own kubeconfig.yaml.
+                "--kubeconfig=",
             )
             self._wait_ready()
         except ClusterError as exc:
@@ -253,9 +258,17 @@ class LocalProvider:
             self._kwokctl("stop", "cluster")
             self._wait_exited()
 
+    def service_images(self, types: Set[str]) -> Mapping[str, str]:
+        """No container runs here: the data plane starts host programs whatever the image says."""
+        return {}
+
+    def load_images(self, images: Sequence[str]) -> None:
+        """Nothing to load: kwok's pods run no images."""
+
     def down(self) -> None:
         if not self.cluster_dir.exists():
             return
         self.report(f"deleting local cluster {self.cluster_name!r}")
-        self._kwokctl("delete", "cluster")
+        # kwokctl removes the cluster's context from this file: ours, deleted with the cluster.
+        self._kwokctl("delete", "cluster", f"--kubeconfig={self.kubeconfig}")
         self._wait_exited()

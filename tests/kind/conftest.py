@@ -1,0 +1,60 @@
+"""The kind tier: one real kind cluster per session (real kubelet, containerd, images and pods).
+
+Where kind cannot start (no Docker engine, images not built) the whole tier is skipped with the
+reason, unless TESTENV_REQUIRE_KIND=1 (CI sets it), which turns that into an error.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from testenv_harness import imagebuild
+from testenv_harness.clusters import Cluster
+from testenv_harness.clusters.kind import KindProvider, why_not_kind
+from tests.suites import Run, example_suite, run_suite
+
+__all__ = ["Run", "e2e_cluster", "example_suite", "kind_cluster", "kind_provider", "run_suite"]
+
+KIND_CLUSTER_NAME = os.environ.get("TESTENV_KIND_IT_CLUSTER", "testenv-kind-it")
+
+
+def _unavailable() -> str:
+    reason = why_not_kind()
+    if not reason:
+        missing = imagebuild.missing(list(imagebuild.DEFAULT_SET))
+        if missing:
+            reason = f"images not built: {', '.join(missing)} (run `make kind-images`)"
+    return reason
+
+
+@pytest.fixture(scope="session")
+def kind_provider(request: pytest.FixtureRequest) -> KindProvider:
+    reason = _unavailable()
+    if reason:
+        if os.environ.get("TESTENV_REQUIRE_KIND") == "1":
+            pytest.fail(f"the kind tier must run here (TESTENV_REQUIRE_KIND=1), but {reason}")
+        pytest.skip(f"kind tier not run: {reason}")
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+
+    def report(line: str) -> None:
+        if reporter is not None:
+            reporter.write_line(f"[kind] {line}")
+
+    return KindProvider(KIND_CLUSTER_NAME, report=report)
+
+
+@pytest.fixture(scope="session")
+def kind_cluster(request: pytest.FixtureRequest, kind_provider: KindProvider) -> Iterator[Cluster]:
+    cluster = kind_provider.up()
+    yield cluster
+    if not request.config.getoption("--keep-cluster"):
+        kind_provider.down()
+
+
+@pytest.fixture
+def e2e_cluster(kind_cluster: Cluster) -> Cluster:
+    """The shared scenarios (tests/e2e) run on the kind cluster here."""
+    return kind_cluster

@@ -1,0 +1,56 @@
+"""The kind cluster is the real thing: a kubelet of our pinned version on containerd, its
+control plane running as pods from images that were never pulled."""
+
+from __future__ import annotations
+
+import subprocess
+
+from kubernetes import client
+
+from testenv_harness import imagebuild, kube, toolchain
+from testenv_harness.clusters import Cluster
+from tests.integration.waiting import wait_for
+
+
+def test_the_node_is_a_real_kubelet_of_the_pinned_version_on_containerd(kind_cluster: Cluster) -> None:
+    (node,) = client.CoreV1Api(kube.api_client(kind_cluster.kubeconfig)).list_node().items
+    info = node.status.node_info
+    assert info.kubelet_version == toolchain.KUBERNETES_VERSION
+    assert info.container_runtime_version.startswith("containerd://")
+    ready = next(c for c in node.status.conditions if c.type == "Ready")
+    assert ready.status == "True", ready.message
+    wide = subprocess.run(
+        [
+            str(toolchain.binary("kubectl")),
+            "--kubeconfig",
+            str(kind_cluster.kubeconfig),
+            "get",
+            "nodes",
+            "-o",
+            "wide",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert toolchain.KUBERNETES_VERSION in wide
+    assert "containerd://" in wide
+
+
+def test_every_system_pod_runs_from_images_that_were_never_pulled(kind_cluster: Cluster) -> None:
+    core = client.CoreV1Api(kube.api_client(kind_cluster.kubeconfig))
+
+    def not_ready() -> list[str]:
+        return [
+            f"{pod.metadata.name}: {pod.status.phase}"
+            for pod in core.list_namespaced_pod("kube-system").items
+            if pod.status.phase != "Running" or not all(s.ready for s in pod.status.container_statuses or [])
+        ]
+
+    wait_for(lambda: not not_ready(), 180, "every kube-system pod to run and be ready")
+    pods = core.list_namespaced_pod("kube-system").items
+    components = {p.metadata.labels.get("component") or p.metadata.labels.get("k8s-app") for p in pods}
+    assert {"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"} <= components
+    assert {"kube-dns", "kube-proxy"} <= components
+    images = {s.image for p in pods for s in p.status.container_statuses}
+    assert all(image.startswith(f"{imagebuild.REPOSITORY}/") for image in images), images
