@@ -42,9 +42,10 @@ ROOT = Path(__file__).resolve().parent.parent
 SUITE = ROOT / "examples" / "suite"
 RESULTS = Path(__file__).resolve().parent / "results"
 
-WORKER_READY = re.compile(r"^testenv: worker (\d+) ready in ([\d.]+)s(?: \((.*)\))?$")
+# xdist's progress dots can share a line with the plugin's lines: search, not match.
+WORKER_READY = re.compile(r"testenv: worker (\d+) ready in ([\d.]+)s(?: \((.*)\))?$")
 SUMMARY = re.compile(
-    r"^testenv: (\d+)/(\d+) workers ready(?: \(slowest ([\d.]+)s\))?; torn down in ([\d.]+)s, (.*)$"
+    r"testenv: (\d+)/(\d+) workers ready(?: \(slowest ([\d.]+)s\))?; torn down in ([\d.]+)s, (.*)$"
 )
 PYTEST_SUMMARY = re.compile(r"^=+ (.+) in ([\d.]+)s(?: \([^)]*\))? =+$")
 COUNT = re.compile(r"(\d+) (passed|failed|errors?|skipped|xfailed|xpassed|deselected|warnings?)")
@@ -93,13 +94,13 @@ class Run:
 def parse_output(run: Run, output: str) -> None:
     lines = output.splitlines()
     for line in lines:
-        if match := WORKER_READY.match(line):
+        if match := WORKER_READY.search(line):
             run.worker_ready_s.append(float(match.group(2)))
             for part in (match.group(3) or "").split(", "):
                 name, _, took = part.rpartition(" ")
                 if name and took.endswith("s"):
                     run.service_s.setdefault(name, []).append(float(took[:-1]))
-        elif match := SUMMARY.match(line):
+        elif match := SUMMARY.search(line):
             run.workers_ready = int(match.group(1))
             run.ready_slowest_s = float(match.group(3)) if match.group(3) else None
             run.teardown_s = float(match.group(4))
