@@ -11,7 +11,6 @@ holding our builds under Docker Hub's names.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import os
@@ -19,9 +18,8 @@ import re
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
@@ -35,8 +33,6 @@ LOCAL_CAS = Path("/usr/local/share/ca-certificates")
 RECIPES = Path(__file__).parent / "images"
 #: The checkout this module runs from, if it is one (the operator image builds from its sources).
 CHECKOUT = Path(__file__).resolve().parents[2]
-#: Debian release of the base images; trixie where a service needs a newer Python (LocalStack).
-SUITES = {"bookworm": "bookworm", "trixie": "trixie"}
 #: Images of the control plane inside the node, under our repository with the tags kubeadm uses.
 KUBE_COMPONENTS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy")
 PAUSE_TAG = "3.10.2"
@@ -71,34 +67,15 @@ class Image:
     dockerfile: str = ""
 
 
-def _suite_image(suite: str) -> Image:
-    return Image(f"debian-{suite}", args=(("suite", SUITES[suite]),), recipe="debian")
+def _debian(suite: str) -> Image:
+    """A debootstrapped base; trixie where a service needs newer packages (Python 3.13, ...)."""
+    return Image(f"debian-{suite}", args=(("suite", suite),), recipe="debian")
 
 
 def _component(name: str, tag: str) -> Image:
     if name == "kube-proxy":
         return Image(name, base="debian-bookworm", binaries=(name,), alias=f"{name}:{tag}")
     return Image(name, binaries=(name,), alias=f"{name}:{tag}", recipe="static")
-
-
-IMAGES: dict[str, Image] = {
-    image.name: image
-    for image in (
-        _suite_image("bookworm"),
-        _suite_image("trixie"),
-        *(_component(name, toolchain.KUBERNETES_VERSION) for name in KUBE_COMPONENTS),
-        _component("etcd", toolchain.ETCD_VERSION.lstrip("v")),
-        Image("coredns", binaries=("coredns",), alias=f"coredns:{toolchain.COREDNS_VERSION}"),
-        Image("pause", alias=f"pause:{PAUSE_TAG}", go_main=True),
-        Image(
-            "node",
-            base="debian-bookworm",
-            binaries=("kubelet", "kubeadm", "kubectl", "crictl"),
-            embeds=(*KUBE_COMPONENTS, "etcd", "coredns", "pause"),
-            args=(("KUBERNETES_VERSION", toolchain.KUBERNETES_VERSION),),
-        ),
-    )
-}
 
 
 def _service(kind: str, suite: str = "bookworm", extras: tuple[str, ...] = ()) -> Image:
@@ -115,7 +92,29 @@ SERVICE_IMAGES = (
     _service("rabbitmq", suite="trixie"),
     _service("mosquitto", suite="trixie"),
 )
-IMAGES.update((image.name, image) for image in SERVICE_IMAGES)
+
+IMAGES: dict[str, Image] = {
+    image.name: image
+    for image in (
+        _debian("bookworm"),
+        _debian("trixie"),
+        *(_component(name, toolchain.KUBERNETES_VERSION) for name in KUBE_COMPONENTS),
+        _component("etcd", toolchain.ETCD_VERSION.lstrip("v")),
+        Image("coredns", binaries=("coredns",), alias=f"coredns:{toolchain.COREDNS_VERSION}"),
+        Image("pause", alias=f"pause:{PAUSE_TAG}", go_main=True),
+        Image(
+            "node",
+            base="debian-bookworm",
+            binaries=("kubelet", "kubeadm", "kubectl", "crictl"),
+            embeds=(*KUBE_COMPONENTS, "etcd", "coredns", "pause"),
+            args=(("KUBERNETES_VERSION", toolchain.KUBERNETES_VERSION),),
+        ),
+        *SERVICE_IMAGES,
+        # The operator's base, and the Helm path's operator from operator/Dockerfile on it.
+        Image("python", base="debian-bookworm"),
+        Image("operator", base="python", dockerfile="operator/Dockerfile", args=(("PYTHON_IMAGE", "@base"),)),
+    )
+}
 
 
 def _kafka_libs(report: Report) -> Path:
@@ -127,13 +126,6 @@ def _kafka_libs(report: Report) -> Path:
 _CONTEXT_SOURCES: dict[str, tuple[Callable[[Report], Path], Callable[[], str]]] = {
     "kafka-libs": (_kafka_libs, lambda: kafka_runtime.libs_dir().parent.name),
 }
-
-
-IMAGES["python"] = Image("python", base="debian-bookworm")
-#: The operator, from operator/Dockerfile on Debian's Python (the Helm path installs it).
-IMAGES["operator"] = Image(
-    "operator", base="python", dockerfile="operator/Dockerfile", args=(("PYTHON_IMAGE", "@base"),)
-)
 
 #: What `make kind-images` builds: node, services, operator (and what they are built from).
 DEFAULT_SET = ("node", *(image.name for image in SERVICE_IMAGES), "operator")
@@ -228,7 +220,7 @@ def closure(names: list[str]) -> list[str]:
 # -- the engine --------------------------------------------------------------------------------
 
 
-def docker(*args: str, timeout: float = 60, stdin: bytes | None = None) -> str:
+def docker(*args: str, timeout: float = 60) -> str:
     """Run a docker command; a ToolchainError with its output if it fails."""
     docker_bin = shutil.which("docker")
     if docker_bin is None:
@@ -237,7 +229,7 @@ def docker(*args: str, timeout: float = 60, stdin: bytes | None = None) -> str:
     env = dict(os.environ, DOCKER_BUILDKIT="0")
     try:
         result = subprocess.run(
-            [docker_bin, *args], input=stdin, capture_output=True, timeout=timeout, env=env, check=False
+            [docker_bin, *args], capture_output=True, timeout=timeout, env=env, check=False
         )
     except subprocess.TimeoutExpired as exc:
         raise ToolchainError(f"`docker {' '.join(args[:3])}` did not finish in {timeout:.0f}s") from exc
@@ -255,10 +247,6 @@ def present(ref: str) -> bool:
     except ToolchainError:
         return False
     return True
-
-
-def image_id(ref: str) -> str:
-    return docker("image", "inspect", "--format", "{{.Id}}", ref).strip()
 
 
 def missing(names: list[str]) -> list[str]:
@@ -295,22 +283,6 @@ def kind_base_files() -> Path:
     if not files.is_dir():
         raise ToolchainError(f"kind's base files are not in the module cache ({files})")
     return files
-
-
-def _heartbeat(label: str, report: Report, stop: threading.Event) -> None:
-    started = time.monotonic()
-    while not stop.wait(30):
-        report(f"  still building {label} ({time.monotonic() - started:.0f}s)")
-
-
-@contextlib.contextmanager
-def _progress(label: str, report: Report) -> Iterator[None]:
-    stop = threading.Event()
-    threading.Thread(target=_heartbeat, args=(label, report, stop), daemon=True).start()
-    try:
-        yield
-    finally:
-        stop.set()
 
 
 def _log_path(name: str) -> Path:
@@ -351,7 +323,8 @@ def _build_rootfs(image: Image, ref: str, log: Path) -> None:
             shutil.copytree(LOCAL_CAS, root / LOCAL_CAS.relative_to("/"), dirs_exist_ok=True)
             _run_logged(["chroot", str(root), "update-ca-certificates"], log, "update-ca-certificates")
         for script in sorted((RECIPES / "debian").glob("*.sh")):
-            _run_logged(["chroot", str(root), "/bin/sh", "-s"], log, script.name, stdin=script.open("rb"))
+            with script.open("rb") as commands:
+                _run_logged(["chroot", str(root), "/bin/sh", "-s"], log, script.name, stdin=commands)
         # tar, not Python's tarfile: device nodes, hard links and ownership come through as they are.
         tar = subprocess.Popen(["tar", "--numeric-owner", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
         try:
@@ -412,7 +385,7 @@ def _build_locked(image: Image, ref: str, report: Report) -> float:
     log.write_text("")
     report(f"building image {ref}")
     started = time.monotonic()
-    with _progress(name, report):
+    with toolchain.progress(name, report):
         if image.recipe == "debian":
             _build_rootfs(image, ref, log)
         else:

@@ -218,10 +218,21 @@ def locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _heartbeat(label: str, report: Callable[[str], None], stop: threading.Event) -> None:
-    started = time.monotonic()
-    while not stop.wait(30):
-        report(f"  still building {label} ({time.monotonic() - started:.0f}s)")
+@contextlib.contextmanager
+def progress(label: str, report: Callable[[str], None], every: float = 30) -> Iterator[None]:
+    """Report `still building <label> (Ns)` every `every` seconds while the block runs."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        started = time.monotonic()
+        while not stop.wait(every):
+            report(f"  still building {label} ({time.monotonic() - started:.0f}s)")
+
+    threading.Thread(target=beat, daemon=True).start()
+    try:
+        yield
+    finally:
+        stop.set()
 
 
 def _go_build(tool: GoTool, out: Path) -> None:
@@ -261,16 +272,13 @@ def build_one(tool: GoTool, report: Callable[[str], None] = print) -> float:
             return 0.0
         report(f"building {tool.name} {tool.version}: {', '.join(tool.binaries)}")
         started = time.monotonic()
-        stop = threading.Event()
-        beat = threading.Thread(target=_heartbeat, args=(tool.name, report, stop), daemon=True)
-        beat.start()
         staging = Path(tempfile.mkdtemp(prefix=f".{tool.name}-", dir=final.parent))
         try:
-            _go_build(tool, staging)
+            with progress(tool.name, report):
+                _go_build(tool, staging)
             staging.chmod(0o755)
             staging.rename(final)
         finally:
-            stop.set()
             shutil.rmtree(staging, ignore_errors=True)
         took = time.monotonic() - started
         size = sum(f.stat().st_size for f in final.iterdir()) / 2**20
