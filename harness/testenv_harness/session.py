@@ -252,9 +252,18 @@ class RunSession:
                 GROUP, VERSION, self.options.namespace, PLURAL, body, field_validation="Strict"
             )
         except ApiException as exc:
-            if exc.status in (400, 403, 422):  # the manifest, or what it asks for, is refused
+            if exc.status in (400, 422):  # the manifest itself is invalid
                 raise ManifestError(f"the API server refused the TestEnvironment: {exc.body}") from exc
-            raise ClusterError(f"creating the TestEnvironment failed: {exc.status} {exc.reason}") from exc
+            hint = (
+                ": this identity may not create TestEnvironments here; a shared cluster's admin binds "
+                "the chart's pipeline role (docs/shared-ci-cluster.md)"
+                if exc.status == 403
+                else ""
+            )
+            raise ClusterError(
+                f"creating the TestEnvironment in {self.options.namespace} failed: {exc.status} {exc.reason}"
+                f"{hint}"
+            ) from exc
         self.uid = created["metadata"]["uid"]
         names = ", ".join(f"{s['name']} ({s['type']})" for s in spec["services"])
         self.report(
