@@ -48,8 +48,18 @@ def fetch(report: Callable[[str], None] = print) -> float:
     if mvn is None:
         raise ToolchainError("Maven (`mvn`) is needed to fetch the Kafka broker jars: apt-get install maven")
     target.parent.mkdir(parents=True, exist_ok=True)
-    report(f"fetching Kafka {KAFKA_VERSION} broker jars from Maven Central")
-    started = time.monotonic()
+    with toolchain.locked(target.parent / ".fetch.lock"):
+        if target.is_dir():  # another process fetched them while we waited
+            return 0.0
+        report(f"fetching Kafka {KAFKA_VERSION} broker jars from Maven Central")
+        started = time.monotonic()
+        _fetch_into(mvn, target)
+    took = time.monotonic() - started
+    report(f"fetched Kafka {KAFKA_VERSION} jars in {took:.0f}s ({len(list(target.iterdir()))} jars)")
+    return took
+
+
+def _fetch_into(mvn: str, target: Path) -> None:
     staging = Path(tempfile.mkdtemp(prefix=".libs-", dir=target.parent))
     try:
         result = subprocess.run(
@@ -75,9 +85,6 @@ def fetch(report: Callable[[str], None] = print) -> float:
         staging.rename(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    took = time.monotonic() - started
-    report(f"fetched Kafka {KAFKA_VERSION} jars in {took:.0f}s ({len(list(target.iterdir()))} jars)")
-    return took
 
 
 def _property_name(variable: str) -> str:
