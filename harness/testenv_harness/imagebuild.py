@@ -415,6 +415,7 @@ def _build_locked(image: Image, ref: str, report: Report) -> float:
                         "docker",
                         "build",
                         "--network=host",
+                        "--force-rm",  # a failed step leaves no container behind
                         *dockerfile,
                         *build_args,
                         *labels,
