@@ -463,7 +463,7 @@ def stale() -> list[str]:
 
 
 def prune(report: Report = print) -> list[str]:
-    """Remove stale images of ours (never anything outside our repository)."""
+    """Remove stale images of ours and the untagged layers our builds left (nothing else)."""
     gone = []
     for ref in stale():
         try:
@@ -475,4 +475,6 @@ def prune(report: Report = print) -> list[str]:
             continue
         gone.append(ref)
         report(f"removed {ref}")
+    # Layers our builds left untagged (an image rebuilt under the same alias); ours by label only.
+    docker("image", "prune", "--force", "--filter", "label=dev.kube-testenv.image")
     return gone
