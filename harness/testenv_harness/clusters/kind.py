@@ -69,20 +69,26 @@ def node_image() -> NodeImage | None:
     return NodeImage(UPSTREAM_NODE_IMAGE, local=False)
 
 
-def why_not_kind() -> str:
-    """Why kind cannot start here ("" when it can): the one line `auto` prints before local."""
+def _readiness() -> tuple[NodeImage | None, str]:
+    """The node image kind would start on, or why kind cannot start here (one of the two)."""
     if not docker_available():
-        return "no Docker engine answers (`make system-deps` installs and starts one)"
+        return None, "no Docker engine answers (`make system-deps` installs and starts one)"
     try:
         toolchain.binary("kind")
     except ToolchainError:
-        return "the kind CLI is not built (`make tools`)"
-    if node_image() is None:
-        return (
+        return None, "the kind CLI is not built (`make tools`)"
+    node = node_image()
+    if node is None:
+        return None, (
             f"no node image: ours is not built (`make kind-images`) and {UPSTREAM_NODE_IMAGE.split('@')[0]} "
             "cannot be pulled"
         )
-    return ""
+    return node, ""
+
+
+def why_not_kind() -> str:
+    """Why kind cannot start here ("" when it can): the one line `auto` prints before local."""
+    return _readiness()[1]
 
 
 def cluster_config(node: NodeImage, cgroup_v1: bool) -> dict[str, Any]:
@@ -157,8 +163,8 @@ class KindProvider:
         return self.cluster_name in self._kind("get", "clusters").split()
 
     def up(self) -> Cluster:
-        reason = why_not_kind()
-        if reason:
+        node, reason = _readiness()
+        if node is None:
             raise ClusterError(f"cannot use kind here: {reason}; or use --testenv-cluster=local")
         self.state_dir.mkdir(parents=True, exist_ok=True)
         if self.exists():
@@ -167,8 +173,6 @@ class KindProvider:
                 "export", "kubeconfig", "--name", self.cluster_name, "--kubeconfig", str(self.kubeconfig)
             )
             return self._cluster()
-        node = node_image()
-        assert node is not None  # why_not_kind() said it can be had
         config = self.config_file
         config.write_text(yaml.safe_dump(cluster_config(node, _cgroup_v1_engine()), sort_keys=False))
         self.report(f"creating kind cluster {self.cluster_name!r} on {node.reference}")
