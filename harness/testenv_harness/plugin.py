@@ -80,6 +80,11 @@ def _workers(config: pytest.Config) -> int:
     return max(1, int(count))
 
 
+def _timeout(config: pytest.Config) -> float:
+    """Seconds a worker waits (ValueError for a value that is not a number)."""
+    return float(config.getoption("testenv_timeout") or config.getini("testenv_timeout"))
+
+
 def _options(config: pytest.Config) -> RunOptions:
     manifest_option = config.getoption("testenv_manifest") or config.getini("testenv_manifest")
     services = config.getini("testenv_services")
@@ -110,7 +115,7 @@ def _options(config: pytest.Config) -> RunOptions:
                 "or `testenv_services = redis kafka` "
                 "in the ini file"
             )
-        timeout = float(config.getoption("testenv_timeout") or config.getini("testenv_timeout"))
+        timeout = _timeout(config)
     except ValueError as exc:
         raise pytest.UsageError(f"kube-testenv: {exc}") from exc
     workers = _workers(config)
@@ -268,7 +273,7 @@ def testenv(request: pytest.FixtureRequest) -> Iterator[TestEnv]:
         pytest.fail(
             "kube-testenv is not enabled: run pytest with --testenv, or set `testenv = true` in the ini file"
         )
-    timeout = float(request.config.getoption("testenv_timeout") or request.config.getini("testenv_timeout"))
+    timeout = _timeout(request.config)
     handoff = receive(run_dir, timeout)
     env = TestEnv(handoff, slot).connect()
     if reused:  # a crashed worker held this slot: start from clean services, not its leftovers
