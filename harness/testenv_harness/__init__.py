@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from testenv_harness.clusters import Cluster, LocalProvider
-from testenv_harness.errors import ClusterError, TestEnvError, ToolchainError
-from testenv_harness.testenv import NotReadyError, TestEnv
+from testenv_harness.errors import ClusterError, NotReadyError, TestEnvError, ToolchainError
+from testenv_harness.testenv import TestEnv
 
 __all__ = [
     "Cluster",

@@ -19,3 +19,7 @@ class ClusterError(TestEnvError):
 
 class ManifestError(TestEnvError, ValueError):
     """What the user wrote (manifest, options) cannot be used: reported as a usage error."""
+
+
+class NotReadyError(TestEnvError):
+    """This worker's services did not become ready (or come back) in time."""
