@@ -24,14 +24,11 @@ import dataclasses
 import datetime
 import importlib
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
-import urllib.request
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,10 +38,11 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from hostinfo import load, machine  # bench/ is on sys.path when a script runs
-from testenv_api import GROUP, KIND, LABEL_OWNER_UID, PLURAL, VERSION, Phase
+from testenv_api import DEFAULT_PORT_BASE, GROUP, KIND, LABEL_OWNER_UID, MAX_WORKERS, PLURAL, VERSION, Phase
 from testenv_harness import kube, toolchain
 from testenv_harness.clusters import LocalProvider
-from testenv_harness.localports import free_port
+from testenv_harness.operator_process import OperatorProcess
+from testenv_harness.waiting import WaitTimeoutError, wait_for
 from testenv_operator import kubeio, manifests
 from testenv_operator.plan import WorkerPlan, plan_environment
 from testenv_operator.settings import Settings
@@ -57,9 +55,8 @@ SERVICES: list[dict[str, str]] = [
     {"name": "kafka", "type": "kafka"},
     {"name": "aws", "type": "localstack"},
 ]
-PORT_BASE = 20000
-#: Settings of the operator process beyond its defaults.
-OPERATOR_SETTINGS = {"TESTENV_MAX_WORKERS": "64"}
+#: Settings of the operator process beyond its defaults: any worker count the CRD allows.
+OPERATOR_SETTINGS = {"TESTENV_MAX_WORKERS": str(MAX_WORKERS)}
 #: What the operator applies per worker with its default settings (TESTENV_WORKER_CPU/MEMORY).
 QUOTA = manifests.Quota(Settings().worker_cpu, Settings().worker_memory)
 #: The operator's reconciler pool size (handlers.configure).
@@ -113,7 +110,7 @@ def manifest(name: str, workers: int) -> Json:
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": KIND,
         "metadata": {"name": name, "namespace": TENANT},
-        "spec": {"workers": workers, "portBase": PORT_BASE, "services": SERVICES},
+        "spec": {"workers": workers, "portBase": DEFAULT_PORT_BASE, "services": SERVICES},
     }
 
 
@@ -128,75 +125,19 @@ def utc_now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def poll_until(
-    check: Callable[[], bool], poll: float, timeout: float, what: Callable[[], str], started: float
-) -> None:
-    """Call `check` every `poll` seconds (start to start) until it returns True."""
-    while True:
-        began = time.monotonic()
-        if check():
-            return
-        if began - started > timeout:
-            raise BenchError(f"timed out after {timeout:.0f}s: {what()}")
-        time.sleep(max(0.0, poll - (time.monotonic() - began)))
+def left(timeout: float, started: float) -> float:
+    """What is left of a case's `timeout`, counted from its create (or delete) call."""
+    return timeout - (time.monotonic() - started)
 
 
 # -- the operator process ------------------------------------------------------------------------
 
 
-class OperatorProcess:
-    """`python -m testenv_operator`, as users run it, logging (JSON) to one file."""
-
-    def __init__(self, kubeconfig: Path, log_path: Path) -> None:
-        self.port = free_port()
-        self.log_path = log_path
-        inherited = {k: v for k, v in os.environ.items() if not k.startswith("TESTENV_")}
-        self.env = {
-            **inherited,
-            "KUBECONFIG": str(kubeconfig),
-            "TESTENV_LIVENESS": f"http://127.0.0.1:{self.port}/healthz",
-            **OPERATOR_SETTINGS,
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1) as response:
-                return bool(response.status == 200)
-        except OSError:
-            return False
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def start(self, timeout: float = 60) -> None:
-        with self.log_path.open("ab") as handle:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "testenv_operator"], env=self.env, stdout=handle, stderr=handle
-            )
-        deadline = time.monotonic() + timeout
-        while not self.healthy():
-            if not self.alive() or time.monotonic() > deadline:
-                self.stop()
-                raise BenchError(f"the operator did not become healthy; see {self.log_path}")
-            time.sleep(0.2)
-        log(f"operator running (pid {self.proc.pid}, log {self.log_path})")
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
 @contextmanager
 def running_operator(kubeconfig: Path, log_path: Path) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(kubeconfig, log_path)
-    process.start()
+    """`python -m testenv_operator`, configured by OPERATOR_SETTINGS only, logging (JSON) to one file."""
+    process = OperatorProcess(kubeconfig, log_path, clean=True, **OPERATOR_SETTINGS).start()
+    log(f"operator running (liveness {process.healthz}, log {log_path})")
     try:
         yield process
     finally:
@@ -238,7 +179,7 @@ def run_operator_case(
 
     def check() -> bool:
         if not operator.alive():
-            raise BenchError(f"the operator exited; see {operator.log_path}")
+            raise BenchError(f"the operator exited; see {operator.log}")
         items = list_environments(api)
         seen = time.monotonic() - started
         for item in items:
@@ -264,9 +205,10 @@ def run_operator_case(
         else:  # all at the same moment: one thread per environment
             with ThreadPoolExecutor(len(names)) as creators:
                 list(creators.map(create, names))
-        poll_until(check, poll, timeout, waiting_for, started)
+        what = f"{len(names)} environment(s) to be Ready"
+        wait_for(check, timeout=left(timeout, started), what=what, interval=poll, seen=waiting_for)
         ready, first = max(ready_at.values()), min(ready_at.values())
-    except BenchError as exc:
+    except (BenchError, WaitTimeoutError) as exc:
         log(f"operator {case.label} run {run}: {exc}")
     teardown = delete_environments(api, names, poll, timeout)
     return Sample(case, "operator", run, started_at, ready, first, teardown)
@@ -285,16 +227,22 @@ def delete_environments(
             if exc.status != 404:
                 raise
     wanted = set(names)
-    left: set[str] = set(wanted)
+    there: set[str] = set(wanted)
 
     def gone() -> bool:
-        nonlocal left
-        left = {item["metadata"]["name"] for item in list_environments(api)} & wanted
-        return not left
+        nonlocal there
+        there = {item["metadata"]["name"] for item in list_environments(api)} & wanted
+        return not there
 
     try:
-        poll_until(gone, poll, timeout, lambda: f"still there: {sorted(left)}", started)
-    except BenchError as exc:
+        wait_for(
+            gone,
+            timeout=left(timeout, started),
+            what="the TestEnvironments to be gone",
+            interval=poll,
+            seen=lambda: f"still there: {sorted(there)}",
+        )
+    except WaitTimeoutError as exc:
         log(f"teardown: {exc}")
         return None
     return time.monotonic() - started
@@ -353,9 +301,10 @@ def run_direct_case(
     first: float | None = None
     try:
         list(pool.map(lambda job: apply_worker(api, *job), jobs))
-        poll_until(check, poll, timeout, waiting_for, started)
+        what = "every Deployment to have a ready replica"
+        wait_for(check, timeout=left(timeout, started), what=what, interval=poll, seen=waiting_for)
         ready, first = max(ready_at.values()), min(ready_at.values())
-    except BenchError as exc:
+    except WaitTimeoutError as exc:
         log(f"direct {case.label} run {run}: {exc}")
     teardown = delete_direct(api, [plan.namespace for _, plan in jobs], selector, poll, timeout)
     return Sample(case, "direct", run, started_at, ready, first, teardown)
@@ -369,16 +318,22 @@ def delete_direct(
     for name in namespaces:
         kubeio.delete(api, "Namespace", name)
         kubeio.delete_pods_now(api, name)
-    left: list[Json] = []
+    there: list[Json] = []
 
     def gone() -> bool:
-        nonlocal left
-        left = kubeio.list_labelled(api, "Namespace", selector)
-        return not left
+        nonlocal there
+        there = kubeio.list_labelled(api, "Namespace", selector)
+        return not there
 
     try:
-        poll_until(gone, poll, timeout, lambda: f"{len(left)} namespaces left", started)
-    except BenchError as exc:
+        wait_for(
+            gone,
+            timeout=left(timeout, started),
+            what="the namespaces to be gone",
+            interval=poll,
+            seen=lambda: f"{len(there)} namespaces left",
+        )
+    except WaitTimeoutError as exc:
         log(f"teardown: {exc}")
         return None
     return time.monotonic() - started

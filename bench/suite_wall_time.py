@@ -23,7 +23,6 @@ import dataclasses
 import datetime
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,8 @@ from pathlib import Path
 import yaml
 
 from hostinfo import load, machine  # bench/ is on sys.path when a script runs
+from testenv_api import KIND, local_ports
+from testenv_harness.localports import bindable
 
 CLUSTER_NAME = "testenv-bench"
 NAMESPACE = "bench"
@@ -127,30 +128,19 @@ def parse_output(run: Run, output: str) -> None:
     run.failures = "\n".join(picked)
 
 
-def planned_ports(manifest: Path, workers: int) -> list[int]:
+def planned_ports(manifest: Path, workers: int) -> range:
     """The local ports the manifest's fixed portBase plans for `workers` workers (none if unset)."""
     for doc in yaml.safe_load_all(manifest.read_text()):
-        if doc and doc.get("kind") == "TestEnvironment":
+        if doc and doc.get("kind") == KIND:
             spec = doc.get("spec") or {}
-            base = spec.get("portBase")
-            if base is None:
-                return []
-            per_worker = sum(len((s.get("custom") or {}).get("ports") or [1]) for s in spec["services"])
-            return list(range(int(base), int(base) + per_worker * workers))
-    return []
+            if spec.get("portBase") is None:
+                return range(0)
+            return local_ports({**spec, "workers": workers})
+    return range(0)
 
 
 def busy(ports: Sequence[int]) -> list[int]:
-    taken = []
-    for port in ports:
-        with socket.socket() as sock:
-            # As the harness's listeners do: a port whose old connections linger in TIME_WAIT is free.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                taken.append(port)
-    return taken
+    return [port for port in ports if not bindable(port)]
 
 
 def run_suite(workers: int, run: int, args: argparse.Namespace) -> Run:

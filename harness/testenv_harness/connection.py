@@ -17,12 +17,13 @@ from typing import Any, Self
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from testenv_api import GROUP, PLURAL, VERSION
+from testenv_api import GROUP, PLURAL, VERSION, Phase
 from testenv_api.status import ServiceStatus, WorkerStatus, workers_from_status
 from testenv_harness import kube, probes
 from testenv_harness.errors import NotReadyError, TestEnvError
 from testenv_harness.handoff import Handoff
-from testenv_harness.portforward import ServiceForward
+from testenv_harness.portforward import Forwarder, ServiceForward
+from testenv_harness.waiting import WaitTimeoutError, wait_for
 
 #: Variables set for a service type when the environment has exactly one service of that type.
 _TYPE_VARIABLES = {
@@ -55,6 +56,7 @@ class WorkerConnection:
         self.api = kube.api_client(Path(handoff.kubeconfig))
         self.core = client.CoreV1Api(self.api)
         self.status: WorkerStatus | None = None
+        self.forwarder: Forwarder | None = None
         self.forwards: dict[str, ServiceForward] = {}
         self.timings: dict[str, float] = {}
 
@@ -64,10 +66,11 @@ class WorkerConnection:
         started = time.monotonic()
         self.status = self._wait_for_worker(self.handoff.timeout)
         try:
+            self.forwarder = Forwarder(self.api, self.status.namespace)
             for service in self.status.services:
                 for port in service.ports:
-                    self.forwards[f"{service.name}/{port.name}"] = ServiceForward(
-                        self.api, self.status.namespace, service.name, port.port, port.local_port
+                    self.forwards[f"{service.name}/{port.name}"] = self.forwarder.listen(
+                        service.name, port.port, port.local_port
                     )
             for service in self.status.services:
                 left = self.handoff.timeout - (time.monotonic() - started)
@@ -90,18 +93,29 @@ class WorkerConnection:
         return body
 
     def _wait_for_worker(self, timeout: float) -> WorkerStatus:
-        deadline = time.monotonic() + timeout
-        while True:
+        seen = "no status yet"
+
+        def ready() -> WorkerStatus | None:
+            nonlocal seen
             status = self._environment_object().get("status") or {}
             mine = [w for w in workers_from_status(status) if w.index == self.worker]
-            if mine and mine[0].phase == "Ready":
+            if mine and mine[0].phase == Phase.READY:
                 return mine[0]
-            if status.get("phase") == "Failed":
+            if status.get("phase") == Phase.FAILED:
                 raise self._not_ready(f"the environment failed: {status.get('message')}")
-            if time.monotonic() > deadline:
-                seen = mine[0].message if mine else status.get("message", "no status yet")
-                raise self._not_ready(f"worker {self.worker} not ready after {timeout:.0f}s: {seen}")
-            time.sleep(0.25)
+            seen = (mine[0].message or f"phase {mine[0].phase}") if mine else status.get("message", seen)
+            return None
+
+        try:
+            return wait_for(
+                ready,
+                timeout=timeout,
+                what=f"worker {self.worker} to be Ready",
+                interval=0.25,
+                seen=lambda: seen,
+            )
+        except WaitTimeoutError as exc:
+            raise self._not_ready(str(exc)) from exc
 
     def _not_ready(self, what: str) -> NotReadyError:
         namespace = self.status.namespace if self.status else self._namespace_guess()
@@ -132,8 +146,9 @@ class WorkerConnection:
         return "(unknown namespace)"
 
     def close(self) -> None:
-        for forward in self.forwards.values():
-            forward.close()
+        if self.forwarder is not None:
+            self.forwarder.close()
+            self.forwarder = None
         self.forwards.clear()
 
     # -- where things are -------------------------------------------------------------------

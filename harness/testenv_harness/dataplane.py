@@ -33,6 +33,7 @@ from testenv_api import LABEL_OWNER_UID
 from testenv_harness.children import dies_with_parent
 from testenv_harness.localports import free_port
 from testenv_harness.runners import Launch, PodSpec, RunnerError, launch_for, pod_spec
+from testenv_harness.waiting import WaitTimeoutError, wait_for
 
 log = logging.getLogger(__name__)
 KWOK_GROUP, KWOK_VERSION, PORT_FORWARDS = "kwok.x-k8s.io", "v1alpha1", "portforwards"
@@ -158,22 +159,34 @@ class DataPlane:
         self._pool.submit(self._await_ready, uid, served, launch.wait_ports)
 
     def _await_ready(self, uid: str, served: _Served, ports: tuple[int, ...]) -> None:
-        deadline = time.monotonic() + 180
-        while not all(_listening(p) for p in ports):
-            process = served.process
+        def settled() -> str | None:
+            """How the wait ends: "listening", "stopped" (on purpose: pod gone, run over), "exited"."""
+            if all(_listening(p) for p in ports):
+                return "listening"
             if uid not in self.served or self._stop.is_set():
-                return  # stopped on purpose (pod gone, run over): nothing to report
-            if process is None or process.poll() is not None or time.monotonic() > deadline:
-                what = "exited" if process and process.poll() is not None else "did not listen in 180s"
-                self._fail(
-                    served,
-                    f"{served.pod.service_type} for {served.pod.namespace}/{served.pod.name} {what}; "
-                    f"last lines of its log:\n{served.log_tail()}",
-                )
-                return
-            time.sleep(0.1)
-        self._forward(served)
-        served.ready_after = time.monotonic() - served.started
+                return "stopped"
+            process = served.process
+            return "exited" if process is None or process.poll() is not None else None
+
+        try:
+            outcome = wait_for(
+                settled,
+                timeout=180,
+                what=f"ports {', '.join(map(str, ports))} to accept connections",
+                interval=0.1,
+                seen=lambda: "closed: " + ", ".join(str(p) for p in ports if not _listening(p)),
+            )
+        except WaitTimeoutError as exc:
+            outcome = f"did not listen: {exc}"
+        if outcome == "listening":
+            self._forward(served)
+            served.ready_after = time.monotonic() - served.started
+        elif outcome != "stopped":
+            self._fail(
+                served,
+                f"{served.pod.service_type} for {served.pod.namespace}/{served.pod.name} {outcome}; "
+                f"last lines of its log:\n{served.log_tail()}",
+            )
 
     def _fail(self, served: _Served, message: str) -> None:
         """Record why a pod is not served where the worker's error message will find it."""

@@ -10,27 +10,31 @@ import urllib.request
 from kubernetes.client.exceptions import ApiException
 
 from testenv_harness import probes
+from testenv_harness.clusters import provider_class
 from testenv_harness.connection import WorkerConnection
 from testenv_harness.errors import TestEnvError
-from testenv_harness.portforward import ready_pods
+from testenv_harness.portforward import Forwarder
 
 
 class Faults(WorkerConnection):
+    def _forwarder(self) -> Forwarder:
+        if self.forwarder is None:
+            raise TestEnvError("TestEnv.connect() has not run")
+        return self.forwarder
+
     def restart(self, name: str, timeout: float = 120) -> None:
         """Take this worker's `name` down and bring it back; other workers never notice."""
         service = self.service(name)
-        old = set(ready_pods(self.core, self.namespace, name))
+        pods = self._forwarder().pods
+        old = set(pods.ready(name))
         for pod in old:
             with contextlib.suppress(ApiException):
                 self.core.delete_namespaced_pod(pod, self.namespace)
-        for key, forward in self.forwards.items():
-            if key.startswith(f"{name}/"):
-                forward.drop()  # clients see the server go away now, not at their next request
+        # Clients see the server go away now, not when the watch reports the deletion.
+        self._forwarder().drop_pods(lambda pod: pod in old)
         deadline = time.monotonic() + timeout
-        while not (set(ready_pods(self.core, self.namespace, name)) - old):
-            if time.monotonic() > deadline:
-                raise self._not_ready(f"{name} did not come back within {timeout:.0f}s of a restart")
-            time.sleep(0.2)
+        if not pods.wait(lambda: bool(set(pods.ready(name, timeout=0)) - old), timeout):
+            raise self._not_ready(f"{name} did not come back within {timeout:.0f}s of a restart")
         try:
             probes.wait_answering(
                 service.type, service.primary.local_port, max(1.0, deadline - time.monotonic())
@@ -44,16 +48,18 @@ class Faults(WorkerConnection):
             self.reset(service.name)
 
     def reset(self, name: str) -> None:
-        """Wipe `name`'s state: FLUSHALL for Redis, moto's reset API, a restart for the rest."""
+        """Wipe `name`'s state: FLUSHALL for Redis, the reset API this cluster's service has (moto's),
+        a restart for the rest."""
         service = self.service(name)
         port = service.primary.local_port
+        endpoint = provider_class(self.handoff.provider).reset_endpoint(service.type)
         if service.type == "redis":
             with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
                 sock.sendall(b"*1\r\n$8\r\nFLUSHALL\r\n")
                 if not sock.recv(16).startswith(b"+OK"):
                     raise TestEnvError(f"FLUSHALL on {name} did not answer +OK")
-        elif service.type == "moto" or (service.type == "localstack" and self.handoff.provider == "local"):
-            request = urllib.request.Request(f"http://127.0.0.1:{port}/moto-api/reset", method="POST")
+        elif endpoint is not None:
+            request = urllib.request.Request(f"http://127.0.0.1:{port}{endpoint}", method="POST")
             with urllib.request.urlopen(request, timeout=10):
                 pass
         else:

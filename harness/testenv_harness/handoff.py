@@ -11,11 +11,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any
 
 from testenv_harness.errors import TestEnvError
+from testenv_harness.waiting import WaitTimeoutError, wait_for
 
 _PUBLISHED = "handoff.json"
 _FAILED = "handoff.failed"
@@ -62,20 +62,25 @@ def publish_failure(run_dir: Path, message: str) -> None:
     _write(run_dir / _FAILED, message)
 
 
+def _published(run_dir: Path) -> Handoff | None:
+    if (run_dir / _FAILED).exists():
+        raise SetUpError(f"kube-testenv could not set the run up: {(run_dir / _FAILED).read_text()}")
+    if (run_dir / _PUBLISHED).exists():
+        return Handoff.from_json((run_dir / _PUBLISHED).read_text())
+    return None
+
+
 def receive(run_dir: Path, timeout: float) -> Handoff:
     """The run's handoff once the controller published it; SetUpError with its cause otherwise."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if (run_dir / _FAILED).exists():
-            raise SetUpError(f"kube-testenv could not set the run up: {(run_dir / _FAILED).read_text()}")
-        if (run_dir / _PUBLISHED).exists():
-            return Handoff.from_json((run_dir / _PUBLISHED).read_text())
-        if time.monotonic() > deadline:
-            raise SetUpError(
-                f"the run's environment was not set up within {timeout:.0f}s (nothing in {run_dir}); "
-                "the controller's output says why"
-            )
-        time.sleep(0.2)
+    try:
+        return wait_for(
+            lambda: _published(run_dir),
+            timeout=timeout,
+            what="the run's environment to be set up",
+            seen=lambda: f"nothing in {run_dir}",
+        )
+    except WaitTimeoutError as exc:
+        raise SetUpError(f"{exc}; the controller's output says why") from exc
 
 
 class Slots:

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from testenv_api import KAFKA_CLUSTER_ID
 from testenv_harness import toolchain
 from testenv_harness.errors import ToolchainError
 from testenv_harness.localports import free_port
@@ -108,7 +109,7 @@ def server_properties(env: Mapping[str, str], ports: Mapping[int, int], data_dir
     props = {
         _property_name(k): v for k, v in env.items() if k.startswith("KAFKA_") and k != "KAFKA_HEAP_OPTS"
     }
-    props["cluster.id"] = env.get("CLUSTER_ID", "dGVzdGVudi1rYWZrYS0w")
+    props["cluster.id"] = env.get("CLUSTER_ID", KAFKA_CLUSTER_ID)
     listener_ports = _listener_ports(props["listeners"])
     host = dict(ports)
     for port in listener_ports.values():

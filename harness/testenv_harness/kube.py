@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from kubernetes import client, config
@@ -10,6 +9,7 @@ from kubernetes.client.exceptions import ApiException
 
 import testenv_api
 from testenv_harness.errors import ClusterError
+from testenv_harness.waiting import WaitTimeoutError, wait_for
 
 
 def api_client(kubeconfig: Path, context: str | None = None) -> client.ApiClient:
@@ -30,14 +30,20 @@ def install_crd(api: client.ApiClient, timeout: float = 60.0) -> None:
         current = crds.read_custom_resource_definition(testenv_api.CRD_NAME)
         manifest["metadata"]["resourceVersion"] = current.metadata.resource_version
         crds.replace_custom_resource_definition(testenv_api.CRD_NAME, manifest)
-    deadline = time.monotonic() + timeout
-    while True:
+    conditions: dict[str, str] = {}
+
+    def established() -> bool:
+        nonlocal conditions
         crd = crds.read_custom_resource_definition(testenv_api.CRD_NAME)
         conditions = {c.type: c.status for c in (crd.status.conditions or [])}
-        if conditions.get("Established") == "True":
-            return
-        if time.monotonic() > deadline:
-            raise ClusterError(
-                f"CRD {testenv_api.CRD_NAME} not Established after {timeout:.0f}s (conditions: {conditions})"
-            )
-        time.sleep(0.2)
+        return conditions.get("Established") == "True"
+
+    try:
+        wait_for(
+            established,
+            timeout=timeout,
+            what=f"CRD {testenv_api.CRD_NAME} to be Established",
+            seen=lambda: f"conditions {conditions}",
+        )
+    except WaitTimeoutError as exc:
+        raise ClusterError(str(exc)) from exc

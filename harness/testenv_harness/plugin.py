@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from testenv_api import GROUP, KIND, MAX_WORKERS, VERSION
 from testenv_harness.errors import TestEnvError
 from testenv_harness.handoff import Slots, publish_failure, receive
 from testenv_harness.session import PROVIDERS, RunOptions, RunSession, load_manifest, parse_services
@@ -104,8 +105,8 @@ def _options(config: pytest.Config) -> RunOptions:
             )
         elif services:
             manifest = {
-                "apiVersion": "testenv.dev/v1alpha1",
-                "kind": "TestEnvironment",
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": KIND,
                 "metadata": {"name": "run"},
                 "spec": {"services": parse_services(services)},
             }
@@ -119,9 +120,9 @@ def _options(config: pytest.Config) -> RunOptions:
     except ValueError as exc:
         raise pytest.UsageError(f"kube-testenv: {exc}") from exc
     workers = _workers(config)
-    if workers > 256:
+    if workers > MAX_WORKERS:
         raise pytest.UsageError(
-            f"kube-testenv: {workers} xdist workers, but a TestEnvironment allows at most 256"
+            f"kube-testenv: {workers} xdist workers, but a TestEnvironment allows at most {MAX_WORKERS}"
         )
     return RunOptions(
         workers=workers,

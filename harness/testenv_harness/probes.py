@@ -11,6 +11,8 @@ import socket
 import struct
 import time
 
+from testenv_harness.waiting import wait_for
+
 # One request per protocol, and what the first bytes of a healthy answer look like.
 _REDIS = (b"*1\r\n$4\r\nPING\r\n", b"+PONG")
 _HTTP = (b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", b"HTTP/")
@@ -65,10 +67,12 @@ def ping(service_type: str, port: int, timeout: float = 2.0) -> bool:
 
 
 def wait_answering(service_type: str, port: int, timeout: float) -> float:
-    """Seconds until the service answered; TimeoutError naming the port otherwise."""
+    """Seconds until the service answered; WaitTimeoutError (a TimeoutError) naming the port otherwise."""
     started = time.monotonic()
-    while not ping(service_type, port):
-        if time.monotonic() - started > timeout:
-            raise TimeoutError(f"{service_type} on 127.0.0.1:{port} did not answer within {timeout:.0f}s")
-        time.sleep(0.2)
+    wait_for(
+        lambda: ping(service_type, port),
+        timeout=timeout,
+        what=f"{service_type} on 127.0.0.1:{port} to answer its protocol",
+        seen=lambda: "no answer, or not the protocol's",
+    )
     return time.monotonic() - started

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from testenv_api import ANNOTATION_SERVICE_TYPE
 from testenv_harness import kafka_runtime
 from testenv_harness.errors import TestEnvError
 
@@ -154,7 +155,7 @@ def pod_spec(pod: Mapping[str, Any], host_ports: Callable[[int], int]) -> PodSpe
     return PodSpec(
         namespace=meta["namespace"],
         name=meta["name"],
-        service_type=annotations.get("testenv.dev/service-type", ""),
+        service_type=annotations.get(ANNOTATION_SERVICE_TYPE, ""),
         env=env,
         args=tuple(container.get("args") or ()),
         ports=ports,

@@ -10,15 +10,10 @@ import contextlib
 import copy
 import dataclasses
 import datetime
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -35,12 +30,14 @@ from testenv_api import (
     LABEL_OWNER_UID,
     LABEL_RUN_ID,
     LABEL_SERVICE,
+    MAX_WORKERS,
     PLURAL,
     VERSION,
+    local_ports,
+    ports_needed,
 )
 from testenv_api.status import workers_from_status
 from testenv_harness import kube
-from testenv_harness.children import dies_with_parent
 from testenv_harness.clusters.base import Cluster, Provider
 from testenv_harness.clusters.existing import ExistingProvider
 from testenv_harness.clusters.kind import KindProvider, why_not_kind
@@ -48,7 +45,9 @@ from testenv_harness.clusters.local import LocalProvider
 from testenv_harness.dataplane import DataPlane
 from testenv_harness.errors import ClusterError, ManifestError
 from testenv_harness.handoff import Handoff, publish
-from testenv_harness.localports import bindable, free_port, release_block, reserve_block
+from testenv_harness.localports import bindable, release_block, reserve_block
+from testenv_harness.operator_process import OperatorProcess
+from testenv_harness.waiting import WaitTimeoutError, wait_for
 
 PROVIDERS = ("auto", "local", "kind", "existing")
 HEARTBEAT_SECONDS = 30
@@ -97,10 +96,6 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def ports_per_worker(spec: dict[str, Any]) -> int:
-    return sum(len((s.get("custom") or {}).get("ports") or [1]) for s in spec["services"])
-
-
 class RunSession:
     """Sets one run up and tears it down again (also on Ctrl-C)."""
 
@@ -112,7 +107,7 @@ class RunSession:
         self.cluster: Cluster | None = None
         self.provider: Provider | None = None
         self.api: client.ApiClient | None = None
-        self.operator: subprocess.Popen[bytes] | None = None
+        self.operator: OperatorProcess | None = None
         self.dataplane: DataPlane | None = None
         self.name = ""
         self.uid = ""
@@ -145,14 +140,14 @@ class RunSession:
         self.api = kube.api_client(self.cluster.kubeconfig)
         run_operator = self.options.operator
         if run_operator == "auto":
-            run_operator = "cluster" if self.cluster.provider == "existing" else "subprocess"
+            run_operator = self.provider.default_operator
         if run_operator == "subprocess":
             kube.install_crd(self.api)
             self._start_operator()
         else:
             self._check_operator_installed()
         self._create_environment()
-        if self.cluster.provider == "local":
+        if self.provider.simulated_pods:
             self.dataplane = DataPlane(self.api, self.uid, self.run_dir / "dataplane", self.report).start()
         for target in (self._heartbeat, self._watch_progress):
             thread = threading.Thread(target=target, daemon=True, name=target.__name__)
@@ -182,57 +177,34 @@ class RunSession:
             ) from exc
 
     def _start_operator(self) -> None:
+        """Our own operator, serving only this run's namespace; a controller killed with -9 takes it along."""
         assert self.cluster is not None
-        port = free_port()
-        env = {
-            **os.environ,
-            "KUBECONFIG": str(self.cluster.kubeconfig),
-            "TESTENV_NAMESPACES": self.options.namespace,
-            "TESTENV_LIVENESS": f"http://127.0.0.1:{port}/healthz",
-            "TESTENV_MAX_WORKERS": "256",
-            "TESTENV_RESYNC_SECONDS": "5",
-        }
-        log = (self.run_dir / "operator.log").open("ab")
-        self.operator = subprocess.Popen(
-            [sys.executable, "-m", "testenv_operator"],
-            env=env,
-            stdout=log,
-            stderr=log,
-            stdin=subprocess.DEVNULL,
-            # A controller killed with -9 takes its operator along (SIGTERM: kopf stops cleanly).
-            preexec_fn=dies_with_parent(signal.SIGTERM),
+        self.operator = OperatorProcess(
+            self.cluster.kubeconfig,
+            self.run_dir / "operator.log",
+            TESTENV_NAMESPACES=self.options.namespace,
+            TESTENV_MAX_WORKERS=str(MAX_WORKERS),
+            TESTENV_RESYNC_SECONDS="5",
         )
-        deadline = time.monotonic() + 60
-        while True:
-            with (
-                contextlib.suppress(OSError),
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1),
-            ):
-                return
-            if self.operator.poll() is not None or time.monotonic() > deadline:
-                tail = (self.run_dir / "operator.log").read_text(errors="replace")[-3000:]
-                raise ClusterError(
-                    f"the operator did not start; its log ({self.run_dir}/operator.log):\n{tail}"
-                )
-            time.sleep(0.2)
+        self.operator.start()
 
     def _create_environment(self) -> None:
         assert self.api is not None
         body = copy.deepcopy(self.options.manifest)
         spec = body.setdefault("spec", {})
         spec["workers"] = self.options.workers
-        needed = self.options.workers * ports_per_worker(spec)
         if "portBase" not in spec:
             try:
-                spec["portBase"] = reserve_block(needed, self.run_id)
+                spec["portBase"] = reserve_block(ports_needed(spec), self.run_id)
             except OSError as exc:
                 raise ClusterError(str(exc)) from exc
         else:
-            busy = [p for p in range(spec["portBase"], spec["portBase"] + needed) if not bindable(p)]
+            ports = local_ports(spec)
+            busy = [p for p in ports if not bindable(p)]
             if busy:
                 raise ManifestError(
-                    f"spec.portBase {spec['portBase']} plans local ports {spec['portBase']}-"
-                    f"{spec['portBase'] + needed - 1}, but {busy[0]} is in use (another run on this "
+                    f"spec.portBase {ports.start} plans local ports {ports.start}-{ports[-1]}, "
+                    f"but {busy[0]} is in use (another run on this "
                     "machine?): drop spec.portBase from the manifest to let kube-testenv pick free ports, "
                     "or choose another base"
                 )
@@ -382,11 +354,7 @@ class RunSession:
             if self.dataplane is not None:
                 self.dataplane.close()
             if self.operator is not None and not self.options.keep:
-                self.operator.terminate()
-                try:
-                    self.operator.wait(15)
-                except subprocess.TimeoutExpired:
-                    self.operator.kill()
+                self.operator.stop()
             release_block(self.run_id)
         ready = f"{len(self.ready_at)}/{self.options.workers} workers ready"
         if self.ready_at:
@@ -406,22 +374,29 @@ class RunSession:
             client.CustomObjectsApi(self.api).delete_namespaced_custom_object(
                 GROUP, VERSION, self.options.namespace, PLURAL, self.name
             )
+        left: list[str] = []
+
+        def gone() -> bool:
+            nonlocal left
+            left = self._left_behind()
+            return not left
+
+        with contextlib.suppress(WaitTimeoutError):
+            wait_for(gone, timeout=timeout, what=f"{self.name} and its namespaces to be gone", interval=0.3)
+        return left
+
+    def _left_behind(self) -> list[str]:
+        assert self.api is not None
         core = client.CoreV1Api(self.api)
-        objects = client.CustomObjectsApi(self.api)
-        deadline = time.monotonic() + timeout
-        while True:
-            left = [
-                n.metadata.name
-                for n in core.list_namespace(label_selector=f"{LABEL_OWNER_UID}={self.uid}").items
-            ]
-            try:  # the operator must stay up until it has removed its finalizer too
-                objects.get_namespaced_custom_object(
-                    GROUP, VERSION, self.options.namespace, PLURAL, self.name
-                )
-                left.append(f"TestEnvironment {self.name}")
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
-            if not left or time.monotonic() > deadline:
-                return left
-            time.sleep(0.3)
+        left = [
+            n.metadata.name for n in core.list_namespace(label_selector=f"{LABEL_OWNER_UID}={self.uid}").items
+        ]
+        try:  # the operator must stay up until it has removed its finalizer too
+            client.CustomObjectsApi(self.api).get_namespaced_custom_object(
+                GROUP, VERSION, self.options.namespace, PLURAL, self.name
+            )
+            left.append(f"TestEnvironment {self.name}")
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+        return left

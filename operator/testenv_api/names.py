@@ -1,4 +1,4 @@
-"""API group, resource names and the label/annotation keys on everything the operator makes."""
+"""API group, resource names, label/annotation keys, and the phases and condition types of status."""
 
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ LABEL_RUN_ID = f"{GROUP}/run-id"
 
 #: RFC 3339 time the harness renews while tests run (see spec.lifetime.heartbeatTimeoutSeconds).
 ANNOTATION_HEARTBEAT = f"{GROUP}/heartbeat"
+#: On each service pod: its spec.services type, which the local data plane runs the pod as.
+ANNOTATION_SERVICE_TYPE = f"{GROUP}/service-type"
 FINALIZER = f"{GROUP}/cleanup"
 
 
@@ -36,3 +38,10 @@ class Phase(enum.StrEnum):
     DEGRADED = "Degraded"
     FAILED = "Failed"
     TERMINATING = "Terminating"
+
+
+class ConditionType(enum.StrEnum):
+    """status.conditions[].type: the spec's validity, and whether every worker is ready."""
+
+    SPEC_VALID = "SpecValid"
+    READY = "Ready"

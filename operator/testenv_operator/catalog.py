@@ -10,6 +10,15 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from testenv_api import (
+    KAFKA_CLUSTER_ID,
+    KAFKA_CONTROLLER_PORT,
+    KAFKA_EXTERNAL_PORT,
+    KAFKA_INTERNAL_PORT,
+    SERVICE_PORTS,
+    primary_port,
+)
+
 DEFAULT_IMAGES: dict[str, str] = {
     "redis": "redis:7.2.7",
     "kafka": "apache/kafka:4.1.1",
@@ -18,22 +27,6 @@ DEFAULT_IMAGES: dict[str, str] = {
     "postgres": "postgres:17.6",
     "rabbitmq": "rabbitmq:4.1.4",
     "mosquitto": "eclipse-mosquitto:2.0.22",
-}
-
-#: Fixed KRaft cluster id: each worker's broker is a separate one-node cluster anyway.
-KAFKA_CLUSTER_ID = "dGVzdGVudi1rYWZrYS0w"
-KAFKA_EXTERNAL_PORT = 9094
-KAFKA_INTERNAL_PORT = 9092
-KAFKA_CONTROLLER_PORT = 9093
-#: The port(s) each built-in type exposes to the test machine, primary first.
-PORTS: dict[str, tuple[tuple[str, int], ...]] = {
-    "redis": (("redis", 6379),),
-    "kafka": (("kafka", KAFKA_EXTERNAL_PORT),),
-    "localstack": (("edge", 4566),),
-    "moto": (("http", 5000),),
-    "postgres": (("postgres", 5432),),
-    "rabbitmq": (("amqp", 5672),),
-    "mosquitto": (("mqtt", 1883),),
 }
 POSTGRES_CREDENTIALS = {"POSTGRES_USER": "testenv", "POSTGRES_PASSWORD": "testenv", "POSTGRES_DB": "testenv"}
 
@@ -104,7 +97,7 @@ def _redis(spec: Mapping[str, Any], ctx: ServiceContext) -> ServicePlan:
         spec["name"],
         "redis",
         ctx.images["redis"],
-        PORTS["redis"],
+        SERVICE_PORTS["redis"],
         args=("redis-server", "--save", "", "--appendonly", "no"),
         readiness=Probe("exec", command=("redis-cli", "ping")),
         url_scheme="redis",
@@ -138,12 +131,12 @@ def kafka_environment(namespace: str, service: str, external_port: int) -> dict[
 
 
 def _kafka(spec: Mapping[str, Any], ctx: ServiceContext) -> ServicePlan:
-    external = ctx.local_ports[PORTS["kafka"][0][0]]
+    external = ctx.local_ports[SERVICE_PORTS["kafka"][0][0]]
     return ServicePlan(
         spec["name"],
         "kafka",
         ctx.images["kafka"],
-        PORTS["kafka"],
+        SERVICE_PORTS["kafka"],
         cluster_ports=(("internal", KAFKA_INTERNAL_PORT),),
         env=_env(kafka_environment(ctx.namespace, spec["name"], external)),
         readiness=Probe("tcpSocket", port=KAFKA_INTERNAL_PORT),
@@ -163,9 +156,9 @@ def _localstack(spec: Mapping[str, Any], ctx: ServiceContext) -> ServicePlan:
         spec["name"],
         "localstack",
         ctx.images["localstack"],
-        PORTS["localstack"],
+        SERVICE_PORTS["localstack"],
         env=_env(env),
-        readiness=Probe("httpGet", port=4566, path="/_localstack/health"),
+        readiness=Probe("httpGet", port=primary_port("localstack"), path="/_localstack/health"),
         requests={"cpu": "100m", "memory": "512Mi"},
         limits={"cpu": "1", "memory": "1Gi"},
         url_scheme="http",
@@ -178,8 +171,8 @@ def _moto(spec: Mapping[str, Any], ctx: ServiceContext) -> ServicePlan:
         spec["name"],
         "moto",
         ctx.images["moto"],
-        PORTS["moto"],
-        readiness=Probe("httpGet", port=5000, path="/moto-api/"),
+        SERVICE_PORTS["moto"],
+        readiness=Probe("httpGet", port=primary_port("moto"), path="/moto-api/"),
         url_scheme="http",
     )
 
@@ -189,7 +182,7 @@ def _postgres(spec: Mapping[str, Any], ctx: ServiceContext) -> ServicePlan:
         spec["name"],
         "postgres",
         ctx.images["postgres"],
-        PORTS["postgres"],
+        SERVICE_PORTS["postgres"],
         env=_env(POSTGRES_CREDENTIALS),
         readiness=Probe("exec", command=("pg_isready", "-U", POSTGRES_CREDENTIALS["POSTGRES_USER"])),
         requests={"cpu": "100m", "memory": "128Mi"},
@@ -202,7 +195,7 @@ def _rabbitmq(spec: Mapping[str, Any], ctx: ServiceContext) -> ServicePlan:
         spec["name"],
         "rabbitmq",
         ctx.images["rabbitmq"],
-        PORTS["rabbitmq"],
+        SERVICE_PORTS["rabbitmq"],
         readiness=Probe("exec", command=("rabbitmq-diagnostics", "-q", "check_port_connectivity")),
         requests={"cpu": "100m", "memory": "256Mi"},
         limits={"cpu": "1", "memory": "512Mi"},
@@ -215,9 +208,9 @@ def _mosquitto(spec: Mapping[str, Any], ctx: ServiceContext) -> ServicePlan:
         spec["name"],
         "mosquitto",
         ctx.images["mosquitto"],
-        PORTS["mosquitto"],
+        SERVICE_PORTS["mosquitto"],
         args=("mosquitto", "-c", "/mosquitto-no-auth.conf"),
-        readiness=Probe("tcpSocket", port=1883),
+        readiness=Probe("tcpSocket", port=primary_port("mosquitto")),
         url_scheme="mqtt",
     )
 
@@ -253,13 +246,6 @@ _RENDERERS: dict[str, Callable[[Mapping[str, Any], ServiceContext], ServicePlan]
     "mosquitto": _mosquitto,
     "custom": _custom,
 }
-
-
-def port_names(spec: Mapping[str, Any]) -> list[tuple[str, int]]:
-    """The forwarded ports of one service, known before anything else is decided."""
-    if spec["type"] == "custom":
-        return [(p["name"], int(p["port"])) for p in spec["custom"]["ports"]]
-    return list(PORTS[spec["type"]])
 
 
 def render_service(spec: Mapping[str, Any], ctx: ServiceContext) -> ServicePlan:

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from testenv_api import (
+    ANNOTATION_SERVICE_TYPE,
     LABEL_MANAGED_BY,
     LABEL_OWNER_NAME,
     LABEL_OWNER_NAMESPACE,
@@ -146,7 +147,7 @@ def workload(owner: Owner, ns: str, index: int, plan: ServicePlan) -> list[Obj]:
             "strategy": {"type": "Recreate"},
             "selector": {"matchLabels": selector},
             "template": {
-                "metadata": {"labels": labels, "annotations": {"testenv.dev/service-type": plan.type}},
+                "metadata": {"labels": labels, "annotations": {ANNOTATION_SERVICE_TYPE: plan.type}},
                 "spec": {
                     # A Service named kafka would inject KAFKA_PORT, which the image reads as a setting.
                     "enableServiceLinks": False,

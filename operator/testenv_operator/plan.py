@@ -6,10 +6,10 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from testenv_api.ports import PlannedPort, plan_ports
 from testenv_operator import manifests, naming
-from testenv_operator.catalog import DEFAULT_IMAGES, ServiceContext, ServicePlan, port_names, render_service
+from testenv_operator.catalog import DEFAULT_IMAGES, ServiceContext, ServicePlan, render_service
 from testenv_operator.manifests import Obj, Owner, Quota
-from testenv_operator.ports import PlannedPort, plan_ports
 from testenv_operator.settings import Settings
 
 
@@ -42,10 +42,7 @@ class WorkerPlan:
 
 def plan_environment(owner: Owner, spec: Mapping[str, Any], settings: Settings) -> list[WorkerPlan]:
     services = spec["services"]
-    workers = int(spec.get("workers", 1))
-    port_plan = plan_ports(
-        int(spec.get("portBase", 20000)), workers, [(s["name"], port_names(s)) for s in services]
-    )
+    port_plan = plan_ports(spec)
     images = {**DEFAULT_IMAGES, **settings.images}
     plans = []
     for index, ports in enumerate(port_plan):

@@ -7,7 +7,7 @@ import datetime
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from testenv_api import Phase
+from testenv_api import ConditionType, Phase
 from testenv_api.status import PortStatus, ServiceStatus, WorkerStatus
 from testenv_operator.plan import WorkerPlan
 
@@ -78,7 +78,12 @@ def environment_phase(workers: Sequence[WorkerStatus], previous: str | None) -> 
 
 
 def condition(
-    previous: Sequence[Mapping[str, Any]], kind: str, ok: bool, reason: str, message: str, generation: int
+    previous: Sequence[Mapping[str, Any]],
+    kind: ConditionType,
+    ok: bool,
+    reason: str,
+    message: str,
+    generation: int,
 ) -> dict[str, Any]:
     """A metav1.Condition whose lastTransitionTime only moves when its status does."""
     status = "True" if ok else "False"
@@ -89,7 +94,7 @@ def condition(
         else datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     )
     return {
-        "type": kind,
+        "type": kind.value,
         "status": status,
         "reason": reason,
         "message": message,

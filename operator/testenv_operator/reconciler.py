@@ -17,7 +17,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 import testenv_api
-from testenv_api import LABEL_OWNER_UID, Phase
+from testenv_api import LABEL_OWNER_UID, ConditionType, Phase
 from testenv_operator import kubeio, manifests, readiness
 from testenv_operator.manifests import Obj, Owner, Quota
 from testenv_operator.plan import WorkerPlan, plan_environment
@@ -271,13 +271,13 @@ class Reconciler:
                 "conditions": [
                     readiness.condition(
                         conditions,
-                        "SpecValid",
+                        ConditionType.SPEC_VALID,
                         spec_ok,
                         "Valid" if spec_ok else reason,
                         "" if spec_ok else message,
                         generation,
                     ),
-                    readiness.condition(conditions, "Ready", False, reason, message, generation),
+                    readiness.condition(conditions, ConditionType.READY, False, reason, message, generation),
                 ],
             }
         phase, message = readiness.environment_phase(workers, old.get("phase"))
@@ -290,10 +290,10 @@ class Reconciler:
             "expiresAt": f"{expires_at(body):%Y-%m-%dT%H:%M:%SZ}",
             "workers": [w.to_dict() for w in workers],
             "conditions": [
-                readiness.condition(conditions, "SpecValid", True, "Valid", "", generation),
+                readiness.condition(conditions, ConditionType.SPEC_VALID, True, "Valid", "", generation),
                 readiness.condition(
                     conditions,
-                    "Ready",
+                    ConditionType.READY,
                     phase == Phase.READY,
                     "AllWorkersReady" if phase == Phase.READY else f"Workers{phase.value}",
                     message,

@@ -21,7 +21,7 @@ import dataclasses
 import os
 from collections.abc import Mapping
 
-from testenv_api import SERVICE_TYPES
+from testenv_api import DEFAULT_MAX_WORKERS, MAX_WORKERS, SERVICE_TYPES
 
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -46,7 +46,7 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -
 @dataclasses.dataclass(frozen=True)
 class Settings:
     namespaces: tuple[str, ...] = ()
-    max_workers: int = 64
+    max_workers: int = DEFAULT_MAX_WORKERS
     max_environments_per_namespace: int = 20
     worker_cpu: str = "8"
     worker_memory: str = "16Gi"
@@ -70,7 +70,7 @@ class Settings:
         }
         return cls(
             namespaces=tuple(n.strip() for n in env.get("TESTENV_NAMESPACES", "").split(",") if n.strip()),
-            max_workers=_int(env, "TESTENV_MAX_WORKERS", 64, 1, 256),
+            max_workers=_int(env, "TESTENV_MAX_WORKERS", DEFAULT_MAX_WORKERS, 1, MAX_WORKERS),
             max_environments_per_namespace=_int(env, "TESTENV_MAX_ENVIRONMENTS_PER_NAMESPACE", 20, 1, 1000),
             worker_cpu=env.get("TESTENV_WORKER_CPU", "8"),
             worker_memory=env.get("TESTENV_WORKER_MEMORY", "16Gi"),

@@ -15,8 +15,9 @@ from typing import Any
 
 from kubernetes.utils import parse_quantity
 
-from testenv_operator.catalog import DEFAULT_IMAGES, ServiceContext, port_names, render_service
-from testenv_operator.ports import PortPlanError, plan_ports
+from testenv_api.ports import PortPlanError, plan_ports
+from testenv_api.services import service_ports
+from testenv_operator.catalog import DEFAULT_IMAGES, ServiceContext, render_service
 from testenv_operator.settings import Settings
 
 _DOMAIN_PART = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
@@ -98,7 +99,7 @@ def _fmt(value: Decimal, resource: str) -> str:
 
 
 def _dummy_ports(spec: Mapping[str, Any]) -> dict[str, int]:
-    return {name: 1 for service in spec["services"] for name, _ in port_names(service)}
+    return {name: 1 for service in spec["services"] for name, _ in service_ports(service)}
 
 
 def validate(spec: Mapping[str, Any], settings: Settings) -> list[Problem]:
@@ -116,9 +117,7 @@ def validate(spec: Mapping[str, Any], settings: Settings) -> list[Problem]:
     problems += _images(spec)
     problems += _custom_ports(spec)
     try:
-        plan_ports(
-            int(spec.get("portBase", 20000)), workers, [(s["name"], port_names(s)) for s in spec["services"]]
-        )
+        plan_ports(spec)
     except PortPlanError as exc:
         problems.append(Problem("spec.portBase", str(exc)))
     if not problems:

@@ -15,7 +15,7 @@ from kubernetes.client.exceptions import ApiException
 from testenv_api import FINALIZER, GROUP, LABEL_OWNER_NAMESPACE, PLURAL, VERSION
 from testenv_harness import kube
 from testenv_harness.clusters import Cluster
-from tests.integration.waiting import wait_for
+from testenv_harness.waiting import wait_for
 from tests.suites import CACHE
 
 
@@ -69,13 +69,15 @@ def test_kill_9_of_the_controller_takes_its_operator_along(
             operator[:] = [p for p, cmd in _children(controller.pid).items() if "testenv_operator" in cmd]
             return bool(operator)
 
-        wait_for(operator_started, 120, "the run's operator subprocess")
+        wait_for(operator_started, timeout=120, what="the run's operator subprocess")
         owned = f"{LABEL_OWNER_NAMESPACE}={namespace}"
         core = client.CoreV1Api(api)
-        wait_for(lambda: core.list_namespace(label_selector=owned).items, 120, "the worker namespace")
+        wait_for(
+            lambda: core.list_namespace(label_selector=owned).items, timeout=120, what="the worker namespace"
+        )
         os.kill(controller.pid, signal.SIGKILL)
         controller.wait(10)
-        wait_for(lambda: not _alive(operator[0]), 20, f"operator pid {operator[0]} to exit")
+        wait_for(lambda: not _alive(operator[0]), timeout=20, what=f"operator pid {operator[0]} to exit")
     finally:
         if controller.poll() is None:
             controller.kill()

@@ -64,18 +64,20 @@ def test_the_example_suite_passes_and_leaves_nothing_behind(
 
 
 BARRIER = '''
-import time
+from testenv_harness.waiting import wait_for
 
 def barrier(testenv, name, workers=2, timeout=120):
     """Wait until every worker got here: the checks below must overlap in time."""
     folder = testenv.handoff.run_path / "barriers" / name
     folder.mkdir(parents=True, exist_ok=True)
     (folder / str(testenv.worker)).touch()
-    deadline = time.monotonic() + timeout
-    while len(list(folder.iterdir())) < workers:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"barrier {name}: {len(list(folder.iterdir()))} of {workers} arrived")
-        time.sleep(0.1)
+    wait_for(
+        lambda: len(list(folder.iterdir())) >= workers,
+        timeout=timeout,
+        what=f"all {workers} workers at barrier {name}",
+        interval=0.1,
+        seen=lambda: f"{len(list(folder.iterdir()))} arrived",
+    )
 '''
 
 
@@ -187,3 +189,24 @@ def test_the_testenv_fixture_without_the_plugin_enabled_says_how(pytester: pytes
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*kube-testenv is not enabled: run pytest with --testenv*"])
+
+
+def test_new_connections_share_the_pods_sessions(run_suite: Run, pytester: pytest.Pytester) -> None:
+    """A hundred connections in a row go through the pod's SPDY sessions (no handshake each)."""
+    pytester.makeini("[pytest]\ntestenv = true\ntestenv_services = redis\n")
+    pytester.makepyfile(
+        test_connections="""
+            import socket
+
+            def test_connections(testenv):
+                for _ in range(100):
+                    with socket.create_connection(testenv.host_port("redis"), timeout=10) as sock:
+                        sock.sendall(b"*1\\r\\n$4\\r\\nPING\\r\\n")
+                        assert sock.recv(64) == b"+PONG\\r\\n"
+                forwarder = testenv.forwarder
+                assert not forwarder.channels_only, "this API server tunnels SPDY"
+                (pod,) = forwarder.pods.ready("redis")
+                assert 1 <= forwarder.open_sessions(pod) <= 4
+            """
+    )
+    run_suite("-n", "0").assert_outcomes(passed=1)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.stream import portforward
 
 from testenv_harness import kube, toolchain
+from testenv_harness.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "testenv-operator"
@@ -100,11 +100,12 @@ def install(
         "pod-security.kubernetes.io/enforce": "restricted",
         "pod-security.kubernetes.io/warn": "restricted",
     }
-    deadline = time.monotonic() + 120
-    while True:
+
+    def labelled() -> bool:
+        """Create the namespace, or label the one there; False while it is still Terminating."""
         try:
             core.create_namespace({"metadata": {"name": namespace, "labels": labels}})
-            break
+            return True
         except ApiException as exc:
             if exc.status != 409:
                 raise
@@ -112,14 +113,14 @@ def install(
             existing = core.read_namespace(namespace)
         except ApiException as exc:
             if exc.status == 404:
-                continue  # gone meanwhile
+                return False  # gone meanwhile: create it next time
             raise
-        if not existing.metadata.deletion_timestamp:
-            core.patch_namespace(namespace, {"metadata": {"labels": labels}})
-            break
-        if time.monotonic() > deadline:  # still Terminating from an earlier run
-            raise AssertionError(f"namespace {namespace} did not finish terminating")
-        time.sleep(0.5)
+        if existing.metadata.deletion_timestamp:  # still Terminating from an earlier run
+            return False
+        core.patch_namespace(namespace, {"metadata": {"labels": labels}})
+        return True
+
+    wait_for(labelled, timeout=120, what=f"namespace {namespace} to finish terminating", interval=0.5)
     # A release left over from an interrupted run of a kept cluster would make install refuse.
     helm(kubeconfig, "uninstall", name, "-n", namespace, "--wait", "--ignore-not-found")
     with tempfile.NamedTemporaryFile("w", suffix=".yaml") as file:

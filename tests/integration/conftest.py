@@ -10,9 +10,9 @@ from kubernetes import client
 
 from testenv_harness import kube
 from testenv_harness.clusters import Cluster
+from testenv_harness.operator_process import OperatorProcess
 
 from . import environments
-from .operator_process import OperatorProcess
 
 
 @pytest.fixture(scope="session")
@@ -40,7 +40,12 @@ def running_operator(
 ) -> Iterator[OperatorProcess]:
     """One operator process for a module's tests (tests that kill it start their own)."""
     log = tmp_path_factory.mktemp("operator") / "operator.log"
-    process = OperatorProcess(local_cluster.kubeconfig, log, TESTENV_MAX_WORKERS="32").start()
+    process = OperatorProcess(
+        local_cluster.kubeconfig,
+        log,
+        **environments.OPERATOR_SETTINGS,
+        TESTENV_MAX_WORKERS=str(environments.MAX_WORKERS_UNDER_TEST),
+    ).start()
     yield process
     process.stop()
 

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 import testenv_api
-from testenv_api import GROUP, LABEL_OWNER_UID, PLURAL, VERSION
+from testenv_api import GROUP, LABEL_OWNER_UID, PLURAL, VERSION, Phase
+from testenv_harness.waiting import wait_for
 
 Manifest = dict[str, Any]
+#: TESTENV_MAX_WORKERS of the tests' operator: below the CRD's ceiling, so that asking for one
+#: worker more is refused by the operator's own check, not by the API server.
+MAX_WORKERS_UNDER_TEST = 32
+#: Settings of the tests' operator processes: a short resync repairs drift within seconds.
+OPERATOR_SETTINGS = {"TESTENV_RESYNC_SECONDS": "2"}
 
 
 def manifest(
@@ -46,24 +51,25 @@ def patch_spec(api: client.ApiClient, namespace: str, name: str, spec: dict[str,
 
 
 def wait_phase(
-    api: client.ApiClient, namespace: str, name: str, phase: str, timeout: float = 90, **extra: Any
+    api: client.ApiClient, namespace: str, name: str, phase: Phase, timeout: float = 90, **extra: Any
 ) -> Manifest:
     """Wait until status.phase is `phase` (and status matches `extra`, e.g. readyWorkers=3)."""
-    deadline = time.monotonic() + timeout
     status: dict[str, Any] = {}
-    while time.monotonic() < deadline:
+
+    def reached() -> Manifest | None:
+        nonlocal status
         body = get(api, namespace, name)
         status = body.get("status") or {}
         generation_seen = status.get("observedGeneration") == body["metadata"]["generation"]
-        if (
-            status.get("phase") == phase
-            and generation_seen
-            and all(status.get(k) == v for k, v in extra.items())
-        ):
-            return body
-        time.sleep(0.25)
-    raise AssertionError(
-        f"{namespace}/{name} did not reach {phase} {extra or ''} in {timeout:.0f}s; status: {status}"
+        wanted = status.get("phase") == phase and all(status.get(k) == v for k, v in extra.items())
+        return body if wanted and generation_seen else None
+
+    return wait_for(
+        reached,
+        timeout=timeout,
+        what=f"{namespace}/{name} to reach {phase} {extra or ''}",
+        interval=0.25,
+        seen=lambda: f"status {status}",
     )
 
 
@@ -95,13 +101,20 @@ def delete_many(api: client.ApiClient, namespace: str, names: list[str], timeout
         except ApiException as exc:
             if exc.status != 404:
                 raise
-    deadline = time.monotonic() + timeout
     left = list(names)
-    while left and time.monotonic() < deadline:
+
+    def all_gone() -> bool:
+        nonlocal left
         left = [n for n in left if not _gone(api, namespace, n)]
-        time.sleep(0.25)
-    if left:
-        raise AssertionError(f"{namespace}: {', '.join(left)} not deleted within {timeout:.0f}s")
+        return not left
+
+    wait_for(
+        all_gone,
+        timeout=timeout,
+        what=f"{namespace}: {', '.join(names)} to be deleted",
+        interval=0.25,
+        seen=lambda: f"still there: {', '.join(left)}",
+    )
 
 
 def delete_all(api: client.ApiClient, namespace: str) -> None:

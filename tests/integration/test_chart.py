@@ -37,15 +37,18 @@ from testenv_api import (
     MANAGED_BY,
     PLURAL,
     VERSION,
+    Phase,
+    primary_port,
 )
 from testenv_api.status import workers_from_status
 from testenv_harness import toolchain
 from testenv_harness.clusters import Cluster
+from testenv_harness.localports import free_port
+from testenv_harness.operator_process import OperatorProcess
+from testenv_harness.waiting import wait_for
 
 from . import chart_support as chart
 from . import environments as te
-from .operator_process import OperatorProcess, free_port
-from .waiting import wait_for
 
 RELEASE = "testenv-operator"
 SYSTEM_NAMESPACE = "testenv-system"
@@ -139,8 +142,8 @@ def teams(
             )
             wait_for(
                 lambda: chart.allowed(api, user, "create", PLURAL, namespace, group=GROUP),
-                10,
-                "the pipeline RoleBinding to take effect",
+                timeout=10,
+                what="the pipeline RoleBinding to take effect",
             )
         kubeconfig = chart.token_kubeconfig(
             api, local_cluster.kubeconfig, namespace, "pipeline", tmp_path / f"{namespace}.kubeconfig"
@@ -197,7 +200,7 @@ def _notes_manifest(notes: str, account: str) -> dict[str, Any]:
 
 
 def _worker_pod(api: client.ApiClient, team: Team, name: str) -> tuple[str, str]:
-    body = te.wait_phase(team.api, team.namespace, name, "Ready")
+    body = te.wait_phase(team.api, team.namespace, name, Phase.READY)
     namespace = workers_from_status(body["status"])[0].namespace
     (pod,) = client.CoreV1Api(api).list_namespaced_pod(namespace).items
     return namespace, pod.metadata.name
@@ -242,8 +245,8 @@ def test_install_makes_the_operator_deployment_ready(api: client.ApiClient, rele
             == 1
             and d
         ),
-        60,
-        "the operator Deployment to be Ready",
+        timeout=60,
+        what="the operator Deployment to be Ready",
     )
     assert deployment.spec.replicas == 1
     assert deployment.spec.strategy.type == "Recreate"
@@ -295,7 +298,7 @@ def test_the_chart_identity_runs_the_operators_main_scenario(
     # Create: the first TestEnvironment exactly as NOTES.txt has a user write it, by the pipeline.
     first = _notes_manifest(release.install_output, team.account)
     uid = te.create(team.api, team.namespace, first)["metadata"]["uid"]
-    body = te.wait_phase(team.api, team.namespace, "hello", "Ready", readyWorkers=2)
+    body = te.wait_phase(team.api, team.namespace, "hello", Phase.READY, readyWorkers=2)
     for worker in workers_from_status(body["status"]):
         binding = rbac.read_namespaced_role_binding("testenv-access", worker.namespace)
         assert binding.role_ref.name == release.worker_access_role
@@ -311,7 +314,7 @@ def test_the_chart_identity_runs_the_operators_main_scenario(
         {"name": "mq", "type": "rabbitmq"},
     ]
     te.patch_spec(team.api, team.namespace, "hello", {"workers": 3, "services": services})
-    body = te.wait_phase(team.api, team.namespace, "hello", "Ready", readyWorkers=3)
+    body = te.wait_phase(team.api, team.namespace, "hello", Phase.READY, readyWorkers=3)
     workers = [w.namespace for w in workers_from_status(body["status"])]
     assert len(te.owned_namespaces(api, uid)) == 3
     for namespace in workers:
@@ -322,10 +325,12 @@ def test_the_chart_identity_runs_the_operators_main_scenario(
     # the RoleBinding are deleted one by one.
     smaller = {"workers": 1, "services": [{"name": "redis", "type": "redis"}], "access": None}
     te.patch_spec(team.api, team.namespace, "hello", smaller)
-    te.wait_phase(team.api, team.namespace, "hello", "Ready", readyWorkers=1)
+    te.wait_phase(team.api, team.namespace, "hello", Phase.READY, readyWorkers=1)
     kept = workers[0]
     assert wait_for(
-        lambda: all(_namespace_gone(api, ns) for ns in workers[1:]), 90, "scaled-down namespaces to go"
+        lambda: all(_namespace_gone(api, ns) for ns in workers[1:]),
+        timeout=90,
+        what="scaled-down namespaces to go",
     )
     assert wait_for(
         lambda: (
@@ -333,8 +338,8 @@ def test_the_chart_identity_runs_the_operators_main_scenario(
             and _services(api, kept) == {"redis"}
             and "testenv-access" not in _role_bindings(api, kept)
         ),
-        30,
-        "the dropped service and access grant to go",
+        timeout=30,
+        what="the dropped service and access grant to go",
     )
 
     # The orphan sweep deletes a worker namespace whose owner does not exist.
@@ -348,8 +353,8 @@ def test_the_chart_identity_runs_the_operators_main_scenario(
     core.create_namespace({"metadata": {"name": orphan, "labels": orphan_labels}})
     assert wait_for(
         lambda: _namespace_gone(api, orphan) or core.read_namespace(orphan).metadata.deletion_timestamp,
-        30,
-        "the orphan sweep to delete the namespace",
+        timeout=30,
+        what="the orphan sweep to delete the namespace",
     )
 
     # An environment whose heartbeat stopped is deleted by the operator itself.
@@ -357,7 +362,9 @@ def test_the_chart_identity_runs_the_operators_main_scenario(
     stale["metadata"]["annotations"] = {ANNOTATION_HEARTBEAT: "2020-01-01T00:00:00Z"}
     te.create(team.api, team.namespace, stale)
     assert wait_for(
-        lambda: _environment_gone(team.api, team.namespace, "stale"), 60, "the expired environment to go"
+        lambda: _environment_gone(team.api, team.namespace, "stale"),
+        timeout=60,
+        what="the expired environment to go",
     )
 
     # Delete: every worker namespace goes before the object does.
@@ -402,25 +409,26 @@ def test_a_tenant_cannot_port_forward_into_another_tenants_workers(
         te.create(team.api, team.namespace, te.manifest("suite", workers=1, access=team.access))
     worker_a, pod_a = _worker_pod(api, a, "suite")
     worker_b, pod_b = _worker_pod(api, b, "suite")
+    redis = primary_port("redis")
 
     # A real port-forward through the API server: A into its own worker is upgraded ...
     assert wait_for(
-        lambda: chart.port_forward_refusal(a.api, worker_a, pod_a, 6379) is None,
-        30,
-        "A's port-forward into its own worker to be allowed",
+        lambda: chart.port_forward_refusal(a.api, worker_a, pod_a, redis) is None,
+        timeout=30,
+        what="A's port-forward into its own worker to be allowed",
     )
     # ... B into A's worker, and A into B's, are refused by RBAC.
-    refusal = chart.port_forward_refusal(b.api, worker_a, pod_a, 6379)
+    refusal = chart.port_forward_refusal(b.api, worker_a, pod_a, redis)
     assert refusal is not None
     assert "403 Forbidden" in refusal
     assert b.user in refusal
     assert "pods/portforward" in refusal
-    assert "403 Forbidden" in (chart.port_forward_refusal(a.api, worker_b, pod_b, 6379) or "")
+    assert "403 Forbidden" in (chart.port_forward_refusal(a.api, worker_b, pod_b, redis) or "")
 
     # The same with kubectl, as a CI job runs it.
-    forwarding, said = _kubectl_port_forward(a.kubeconfig, worker_a, pod_a, 6379)
+    forwarding, said = _kubectl_port_forward(a.kubeconfig, worker_a, pod_a, redis)
     assert forwarding, said
-    forwarding, said = _kubectl_port_forward(b.kubeconfig, worker_a, pod_a, 6379)
+    forwarding, said = _kubectl_port_forward(b.kubeconfig, worker_a, pod_a, redis)
     assert not forwarding
     assert "forbidden" in said
 
@@ -520,7 +528,7 @@ def test_a_release_with_watch_namespaces_serves_only_those(
         process = _start_operator(api, scoped, tmp_path)
         te.create(ignored.api, ignored.namespace, te.manifest("not-served", workers=1))
         te.create(served.api, served.namespace, te.manifest("served", workers=1))
-        te.wait_phase(served.api, served.namespace, "served", "Ready")
+        te.wait_phase(served.api, served.namespace, "served", Phase.READY)
         time.sleep(3)  # a resync and more: time enough to touch the other one, were it served
         untouched = te.get(api, ignored.namespace, "not-served")
         assert not untouched.get("status")
@@ -566,7 +574,7 @@ def test_uninstall_leaves_no_operator_made_object_behind(
         ]
         spec = te.manifest("suite", workers=2, services=services, access=team.access)
         uid = te.create(team.api, team.namespace, spec)["metadata"]["uid"]
-        te.wait_phase(team.api, team.namespace, "suite", "Ready", readyWorkers=2)
+        te.wait_phase(team.api, team.namespace, "suite", Phase.READY, readyWorkers=2)
         owner = f"{LABEL_OWNER_NAMESPACE}={team.namespace}"
         made = {kind: len(lister(api, owner).items) for kind, lister in chart.OPERATOR_MADE.items()}
         assert all(made.values()), f"the scenario should make every kind: {made}"
@@ -594,8 +602,8 @@ def test_uninstall_leaves_no_operator_made_object_behind(
         assert apps.list_namespaced_deployment(bye.namespace, label_selector=selector).items == []
         assert wait_for(
             lambda: not core.list_namespaced_pod(bye.namespace, label_selector=selector).items,
-            60,
-            "the operator pod to go",
+            timeout=60,
+            what="the operator pod to go",
         )
         releases = chart.helm(bye.kubeconfig, "list", "-n", bye.namespace, "-q").stdout.split()
         assert bye.name not in releases

@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 import testenv_operator.settings as settings_module
-from testenv_api import GROUP, PLURAL, VERSION
+from testenv_api import GROUP, KIND, PLURAL, VERSION
 from testenv_harness import toolchain
 from testenv_operator import kubeio, reconciler
 from testenv_operator.catalog import DEFAULT_IMAGES
@@ -607,7 +607,7 @@ def test_notes_show_a_first_testenvironment_the_operator_accepts() -> None:
     heredoc = notes.split("<<'YAML'\n", 1)[1].split("\nYAML\n", 1)[0]
     manifest = yaml.safe_load(heredoc.replace("YOUR-PIPELINE-SA", "pipeline"))
     assert manifest["apiVersion"] == f"{GROUP}/{VERSION}"
-    assert manifest["kind"] == "TestEnvironment"
+    assert manifest["kind"] == KIND
     assert validate(manifest["spec"], Settings()) == []
     assert "--clusterrole=testenv-operator-pipeline" in notes
     assert "kubectl -n testenv-system rollout status deployment/testenv-operator" in notes

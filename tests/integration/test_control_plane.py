@@ -12,8 +12,7 @@ from kubernetes.client.exceptions import ApiException
 
 from testenv_harness import toolchain
 from testenv_harness.clusters import Cluster
-
-from .waiting import wait_for
+from testenv_harness.waiting import wait_for
 
 
 def test_server_reports_the_pinned_version(api: client.ApiClient, local_cluster: Cluster) -> None:
@@ -58,7 +57,7 @@ def test_a_deployment_gets_scheduled_ready_pods(api: client.ApiClient, namespace
     def ready() -> int:
         return apps.read_namespaced_deployment("web", namespace).status.ready_replicas or 0
 
-    assert wait_for(lambda: ready() == 3, 60, "3 ready replicas")
+    assert wait_for(lambda: ready() == 3, timeout=60, what="3 ready replicas")
     pods = core.list_namespaced_pod(namespace, label_selector="app=web").items
     assert len(pods) == 3
     for pod in pods:
@@ -72,7 +71,7 @@ def test_a_deleted_namespace_really_goes_away(api: client.ApiClient) -> None:
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     apps.create_namespaced_deployment(name, _deployment("web", 2))
     core.create_namespaced_config_map(name, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="c")))
-    wait_for(lambda: len(core.list_namespaced_pod(name).items) == 2, 60, "pods to exist")
+    wait_for(lambda: len(core.list_namespaced_pod(name).items) == 2, timeout=60, what="pods to exist")
     core.delete_namespace(name)
 
     def gone() -> bool:
@@ -82,7 +81,7 @@ def test_a_deleted_namespace_really_goes_away(api: client.ApiClient) -> None:
             return exc.status == 404
         return False
 
-    assert wait_for(gone, 90, f"namespace {name} to be deleted by the namespace controller")
+    assert wait_for(gone, timeout=90, what=f"namespace {name} to be deleted by the namespace controller")
 
 
 def test_authorization_is_enforced(local_cluster: Cluster, namespace: str) -> None:

@@ -83,7 +83,7 @@ VALID: dict[str, Callable[[Manifest], None]] = {
     "access subjects": lambda m: m["spec"].update(
         access={"subjects": [{"kind": "ServiceAccount", "name": "ci"}, {"kind": "Group", "name": "team-a"}]}
     ),
-    "max workers": lambda m: m["spec"].update(workers=256, portBase=1024),
+    "max workers": lambda m: m["spec"].update(workers=testenv_api.MAX_WORKERS, portBase=1024),
     "lifetime": lambda m: m["spec"].update(lifetime={"ttlSeconds": 3600, "heartbeatTimeoutSeconds": 300}),
 }
 
@@ -134,7 +134,11 @@ def _add_service(service: dict[str, Any]) -> Callable[[Manifest], None]:
 # (mutation, the field the error must name, words the message must contain)
 INVALID: dict[str, tuple[Callable[[Manifest], None], str, str]] = {
     "zero workers": (_set("spec.workers", 0), "spec.workers", "greater than or equal to 1"),
-    "too many workers": (_set("spec.workers", 257), "spec.workers", "less than or equal to 256"),
+    "too many workers": (
+        _set("spec.workers", testenv_api.MAX_WORKERS + 1),
+        "spec.workers",
+        f"less than or equal to {testenv_api.MAX_WORKERS}",
+    ),
     "no services": (_set("spec.services", []), "spec.services", "at least 1 items"),
     "services missing": (_delete("spec.services"), "spec.services", "Required value"),
     "duplicate names": (
@@ -242,7 +246,7 @@ def test_defaults_are_filled_in(api: client.ApiClient, namespace: str) -> None:
     del body["spec"]["workers"]
     created = _create(api, namespace, body, dry_run=False)
     assert created["spec"]["workers"] == 1
-    assert created["spec"]["portBase"] == 20000
+    assert created["spec"]["portBase"] == testenv_api.DEFAULT_PORT_BASE
     assert created["spec"]["lifetime"] == {"ttlSeconds": 21600}
 
 

@@ -10,14 +10,14 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from testenv_api import LABEL_OWNER_UID, LABEL_WORKER
+from testenv_api import ANNOTATION_HEARTBEAT, LABEL_OWNER_UID, LABEL_WORKER, ConditionType, Phase, local_ports
 from testenv_api.status import workers_from_status
 from testenv_harness.clusters import Cluster
+from testenv_harness.operator_process import OperatorProcess
+from testenv_harness.waiting import wait_for
 from testenv_operator.naming import worker_namespace
 
 from . import environments as te
-from .operator_process import OperatorProcess
-from .waiting import wait_for
 
 pytestmark = pytest.mark.usefixtures("running_operator")
 REDIS_KAFKA = [{"name": "redis", "type": "redis"}, {"name": "kafka", "type": "kafka"}]
@@ -37,13 +37,13 @@ def _gone(api: client.ApiClient, namespace: str) -> bool:
 
 def test_create_reaches_ready_with_full_status(api: client.ApiClient, tenant: str) -> None:
     te.create(api, tenant, te.manifest("full", workers=3, services=REDIS_KAFKA, portBase=22000))
-    body = te.wait_phase(api, tenant, "full", "Ready", readyWorkers=3)
+    body = te.wait_phase(api, tenant, "full", Phase.READY, readyWorkers=3)
     workers = workers_from_status(body["status"])
     assert [w.index for w in workers] == [0, 1, 2]
-    local_ports = [p.local_port for w in workers for s in w.services for p in s.ports]
-    assert local_ports == list(range(22000, 22006))
+    published = [p.local_port for w in workers for s in w.services for p in s.ports]
+    assert published == list(local_ports(body["spec"])) == list(range(22000, 22006))
     conditions = {c["type"]: c["status"] for c in body["status"]["conditions"]}
-    assert conditions == {"SpecValid": "True", "Ready": "True"}
+    assert conditions == {ConditionType.SPEC_VALID: "True", ConditionType.READY: "True"}
     core = client.CoreV1Api(api)
     for worker in workers:
         ns = core.read_namespace(worker.namespace)
@@ -70,14 +70,16 @@ def test_create_reaches_ready_with_full_status(api: client.ApiClient, tenant: st
 
 def test_scale_up_and_down(api: client.ApiClient, tenant: str) -> None:
     uid = te.create(api, tenant, te.manifest("scale", workers=2))["metadata"]["uid"]
-    te.wait_phase(api, tenant, "scale", "Ready", readyWorkers=2)
+    te.wait_phase(api, tenant, "scale", Phase.READY, readyWorkers=2)
     te.patch_spec(api, tenant, "scale", {"workers": 4})
-    body = te.wait_phase(api, tenant, "scale", "Ready", readyWorkers=4)
+    body = te.wait_phase(api, tenant, "scale", Phase.READY, readyWorkers=4)
     assert len(te.owned_namespaces(api, uid)) == 4
     te.patch_spec(api, tenant, "scale", {"workers": 1})
-    te.wait_phase(api, tenant, "scale", "Ready", readyWorkers=1)
+    te.wait_phase(api, tenant, "scale", Phase.READY, readyWorkers=1)
     removed = [w.namespace for w in workers_from_status(body["status"])[1:]]
-    assert wait_for(lambda: all(_gone(api, ns) for ns in removed), 90, "scaled-down namespaces to go")
+    assert wait_for(
+        lambda: all(_gone(api, ns) for ns in removed), timeout=90, what="scaled-down namespaces to go"
+    )
     assert [n.metadata.name for n in te.owned_namespaces(api, uid)] == [
         worker_namespace(tenant, "scale", uid, 0)
     ]
@@ -85,7 +87,7 @@ def test_scale_up_and_down(api: client.ApiClient, tenant: str) -> None:
 
 def test_service_added_removed_and_image_rolled_out(api: client.ApiClient, tenant: str) -> None:
     te.create(api, tenant, te.manifest("change", workers=2))
-    body = te.wait_phase(api, tenant, "change", "Ready")
+    body = te.wait_phase(api, tenant, "change", Phase.READY)
     namespaces = [w.namespace for w in workers_from_status(body["status"])]
 
     te.patch_spec(
@@ -94,7 +96,7 @@ def test_service_added_removed_and_image_rolled_out(api: client.ApiClient, tenan
         "change",
         {"services": [{"name": "redis", "type": "redis"}, {"name": "mq", "type": "rabbitmq"}]},
     )
-    body = te.wait_phase(api, tenant, "change", "Ready", readyWorkers=2)
+    body = te.wait_phase(api, tenant, "change", Phase.READY, readyWorkers=2)
     assert [s.name for s in workers_from_status(body["status"])[0].services] == ["redis", "mq"]
     for ns in namespaces:
         assert set(_deployments(api, ns)) == {"redis", "mq"}
@@ -105,25 +107,29 @@ def test_service_added_removed_and_image_rolled_out(api: client.ApiClient, tenan
         "change",
         {"services": [{"name": "redis", "type": "redis", "image": "valkey/valkey:8.1"}]},
     )
-    te.wait_phase(api, tenant, "change", "Ready", readyWorkers=2)
+    te.wait_phase(api, tenant, "change", Phase.READY, readyWorkers=2)
     for ns in namespaces:
-        assert wait_for(lambda ns=ns: set(_deployments(api, ns)) == {"redis"}, 30, f"mq removed from {ns}")
+        assert wait_for(
+            lambda ns=ns: set(_deployments(api, ns)) == {"redis"}, timeout=30, what=f"mq removed from {ns}"
+        )
         image = _deployments(api, ns)["redis"].spec.template.spec.containers[0].image
         assert image == "valkey/valkey:8.1"
 
 
 def test_objects_deleted_by_hand_are_recreated(api: client.ApiClient, tenant: str) -> None:
     te.create(api, tenant, te.manifest("heal", workers=2))
-    body = te.wait_phase(api, tenant, "heal", "Ready")
+    body = te.wait_phase(api, tenant, "heal", Phase.READY)
     first, second = (w.namespace for w in workers_from_status(body["status"]))
     client.AppsV1Api(api).delete_namespaced_deployment("redis", second)
     client.CoreV1Api(api).delete_namespaced_resource_quota("testenv-worker", second)
     client.CoreV1Api(api).delete_namespace(first)
-    wait_for(lambda: "redis" in _deployments(api, second), 30, "the deleted Deployment to come back")
+    wait_for(
+        lambda: "redis" in _deployments(api, second), timeout=30, what="the deleted Deployment to come back"
+    )
     wait_for(
         lambda: client.CoreV1Api(api).list_namespaced_resource_quota(second).items,
-        30,
-        "the quota to come back",
+        timeout=30,
+        what="the quota to come back",
     )
 
     def recreated() -> bool:
@@ -133,13 +139,13 @@ def test_objects_deleted_by_hand_are_recreated(api: client.ApiClient, tenant: st
             return False
         return ns.metadata.deletion_timestamp is None and "redis" in _deployments(api, first)
 
-    assert wait_for(recreated, 120, "the deleted namespace to be recreated")
-    te.wait_phase(api, tenant, "heal", "Ready", readyWorkers=2)
+    assert wait_for(recreated, timeout=120, what="the deleted namespace to be recreated")
+    te.wait_phase(api, tenant, "heal", Phase.READY, readyWorkers=2)
 
 
 def test_deletion_removes_every_namespace_before_the_object_goes(api: client.ApiClient, tenant: str) -> None:
     uid = te.create(api, tenant, te.manifest("bye", workers=3))["metadata"]["uid"]
-    te.wait_phase(api, tenant, "bye", "Ready")
+    te.wait_phase(api, tenant, "bye", Phase.READY)
     te.delete(api, tenant, "bye")
     assert te.owned_namespaces(api, uid) == [], "no namespace may be left, not even Terminating"
 
@@ -162,12 +168,14 @@ def test_foreign_namespace_is_reported_and_left_alone(
     finally:
         running_operator.start()
     try:
-        body = te.wait_phase(api, tenant, "clash", "Failed")
+        body = te.wait_phase(api, tenant, "clash", Phase.FAILED)
         assert taken in body["status"]["message"]
         assert "not owned by this TestEnvironment" in body["status"]["message"]
         (ok,) = [w for w in workers_from_status(body["status"]) if w.index == 1]
         assert wait_for(
-            lambda: te.get(api, tenant, "clash")["status"]["readyWorkers"] == 1, 60, "worker 1 ready"
+            lambda: te.get(api, tenant, "clash")["status"]["readyWorkers"] == 1,
+            timeout=60,
+            what="worker 1 ready",
         )
         te.delete(api, tenant, "clash")
         ns = core.read_namespace(taken)
@@ -182,7 +190,7 @@ def test_foreign_namespace_is_reported_and_left_alone(
 @pytest.mark.parametrize(
     ("spec", "field"),
     [
-        ({"workers": 33}, "spec.workers"),
+        ({"workers": te.MAX_WORKERS_UNDER_TEST + 1}, "spec.workers"),
         (
             {
                 "services": [
@@ -224,14 +232,14 @@ def test_invalid_spec_becomes_a_condition_not_a_crash(
     body = te.manifest(name)
     body["spec"].update(spec)
     te.create(api, tenant, body)
-    failed = te.wait_phase(api, tenant, name, "Failed")
-    spec_valid = next(c for c in failed["status"]["conditions"] if c["type"] == "SpecValid")
+    failed = te.wait_phase(api, tenant, name, Phase.FAILED)
+    spec_valid = next(c for c in failed["status"]["conditions"] if c["type"] == ConditionType.SPEC_VALID)
     assert spec_valid["status"] == "False"
     assert spec_valid["reason"] == "SpecInvalid"
     assert field in spec_valid["message"]
     assert running_operator.healthy()
     te.create(api, tenant, te.manifest("neighbour", workers=1))
-    te.wait_phase(api, tenant, "neighbour", "Ready")
+    te.wait_phase(api, tenant, "neighbour", Phase.READY)
 
 
 def test_missing_secret_waits_then_provisions(api: client.ApiClient, tenant: str) -> None:
@@ -243,12 +251,12 @@ def test_missing_secret_waits_then_provisions(api: client.ApiClient, tenant: str
         }
     ]
     te.create(api, tenant, te.manifest("token", workers=1, services=services))
-    pending = te.wait_phase(api, tenant, "token", "Pending")
+    pending = te.wait_phase(api, tenant, "token", Phase.PENDING)
     assert "Secret 'ls'" in pending["status"]["message"]
     client.CoreV1Api(api).create_namespaced_secret(
         tenant, client.V1Secret(metadata=client.V1ObjectMeta(name="ls"), string_data={"token": "t0k3n"})
     )
-    body = te.wait_phase(api, tenant, "token", "Ready")
+    body = te.wait_phase(api, tenant, "token", Phase.READY)
     ns = workers_from_status(body["status"])[0].namespace
     copied = client.CoreV1Api(api).read_namespaced_secret("ls", ns)
     assert copied.metadata.labels[LABEL_OWNER_UID] == body["metadata"]["uid"]
@@ -256,7 +264,7 @@ def test_missing_secret_waits_then_provisions(api: client.ApiClient, tenant: str
 
 def test_stale_heartbeat_expires_the_environment(api: client.ApiClient, tenant: str) -> None:
     body = te.manifest("stale", workers=1, lifetime={"ttlSeconds": 3600, "heartbeatTimeoutSeconds": 30})
-    body["metadata"]["annotations"] = {"testenv.dev/heartbeat": "2020-01-01T00:00:00Z"}
+    body["metadata"]["annotations"] = {ANNOTATION_HEARTBEAT: "2020-01-01T00:00:00Z"}
     uid = te.create(api, tenant, body)["metadata"]["uid"]
 
     def deleted() -> bool:
@@ -266,7 +274,7 @@ def test_stale_heartbeat_expires_the_environment(api: client.ApiClient, tenant: 
             return exc.status == 404
         return False
 
-    assert wait_for(deleted, 60, "the expired environment to delete itself")
+    assert wait_for(deleted, timeout=60, what="the expired environment to delete itself")
     assert te.owned_namespaces(api, uid) == []
     reasons = {e.reason for e in client.CoreV1Api(api).list_namespaced_event(tenant).items}
     assert "Expired" in reasons
@@ -277,7 +285,7 @@ def test_twenty_environments_at_once_all_reach_ready(api: client.ApiClient, tena
     for i, name in enumerate(names):
         te.create(api, tenant, te.manifest(name, workers=2, portBase=30000 + 10 * i))
     for name in names:
-        te.wait_phase(api, tenant, name, "Ready", timeout=180, readyWorkers=2)
+        te.wait_phase(api, tenant, name, Phase.READY, timeout=180, readyWorkers=2)
 
 
 WORKER_ACCESS = {
@@ -303,19 +311,19 @@ def test_access_subjects_reach_their_own_workers_only(
     access = {"subjects": [{"kind": "ServiceAccount", "name": "pipeline-a"}]}
     te.create(api, tenant, te.manifest("mine", workers=1, access=access))
     te.create(api, tenant, te.manifest("theirs", workers=1))
-    mine = workers_from_status(te.wait_phase(api, tenant, "mine", "Ready")["status"])[0].namespace
-    theirs = workers_from_status(te.wait_phase(api, tenant, "theirs", "Ready")["status"])[0].namespace
+    mine = workers_from_status(te.wait_phase(api, tenant, "mine", Phase.READY)["status"])[0].namespace
+    theirs = workers_from_status(te.wait_phase(api, tenant, "theirs", Phase.READY)["status"])[0].namespace
 
     from testenv_harness import kube
 
     as_pipeline = kube.api_client(local_cluster.kubeconfig)
     as_pipeline.default_headers["Impersonate-User"] = f"system:serviceaccount:{tenant}:pipeline-a"
     core = client.CoreV1Api(as_pipeline)
-    assert wait_for(lambda: _can_list_pods(core, mine), 30, "the RoleBinding to take effect")
+    assert wait_for(lambda: _can_list_pods(core, mine), timeout=30, what="the RoleBinding to take effect")
     assert not _can_list_pods(core, theirs)
 
     te.patch_spec(api, tenant, "mine", {"access": None})
-    assert wait_for(lambda: not _can_list_pods(core, mine), 30, "access to be withdrawn")
+    assert wait_for(lambda: not _can_list_pods(core, mine), timeout=30, what="access to be withdrawn")
 
 
 def _can_list_pods(core: client.CoreV1Api, namespace: str) -> bool:

@@ -9,12 +9,19 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from testenv_api import LABEL_MANAGED_BY, LABEL_OWNER_NAME, LABEL_OWNER_NAMESPACE, LABEL_OWNER_UID, MANAGED_BY
+from testenv_api import (
+    LABEL_MANAGED_BY,
+    LABEL_OWNER_NAME,
+    LABEL_OWNER_NAMESPACE,
+    LABEL_OWNER_UID,
+    MANAGED_BY,
+    Phase,
+)
 from testenv_harness.clusters import Cluster
+from testenv_harness.operator_process import OperatorProcess
+from testenv_harness.waiting import wait_for
 
 from . import environments as te
-from .operator_process import OperatorProcess
-from .waiting import wait_for
 
 pytestmark = pytest.mark.usefixtures("crd")
 
@@ -31,7 +38,7 @@ def _start(
     cluster: Cluster, tmp_path: Path, started: list[OperatorProcess], **settings: str
 ) -> OperatorProcess:
     process = OperatorProcess(
-        cluster.kubeconfig, tmp_path / f"operator-{len(started)}.log", **settings
+        cluster.kubeconfig, tmp_path / f"operator-{len(started)}.log", **te.OPERATOR_SETTINGS, **settings
     ).start()
     started.append(process)
     return process
@@ -46,11 +53,11 @@ def test_killed_mid_provisioning_converges_after_restart(
 ) -> None:
     first = _start(local_cluster, tmp_path, operators)
     uid = te.create(api, tenant, te.manifest("crash", workers=16))["metadata"]["uid"]
-    wait_for(lambda: te.owned_namespaces(api, uid), 30, "provisioning to start")
+    wait_for(lambda: te.owned_namespaces(api, uid), timeout=30, what="provisioning to start")
     first.kill()
     made = len(te.owned_namespaces(api, uid))
     _start(local_cluster, tmp_path, operators)
-    te.wait_phase(api, tenant, "crash", "Ready", timeout=120, readyWorkers=16)
+    te.wait_phase(api, tenant, "crash", Phase.READY, timeout=120, readyWorkers=16)
     assert len(te.owned_namespaces(api, uid)) == 16
     assert made >= 1
     te.delete(api, tenant, "crash")  # while this test's operator still runs
@@ -82,7 +89,7 @@ def test_orphaned_namespaces_are_swept_and_foreign_ones_are_not(
             except ApiException as exc:
                 return exc.status == 404
 
-        assert wait_for(swept, 30, "the orphan to be deleted")
+        assert wait_for(swept, timeout=30, what="the orphan to be deleted")
         assert core.read_namespace("not-ours").metadata.deletion_timestamp is None
     finally:
         core.delete_namespace("not-ours")

@@ -31,12 +31,13 @@ MANIFEST = {
 }
 
 TESTS = '''
-import os, subprocess, struct, socket, time, uuid
+import os, subprocess, struct, socket, uuid
 import boto3, redis
 from confluent_kafka import Consumer, Producer
 from kubernetes import client
 from testenv_harness import probes
-from testenv_api import LABEL_SERVICE
+from testenv_api import KAFKA_INTERNAL_PORT, LABEL_SERVICE
+from testenv_harness.waiting import wait_for
 
 
 def _pods(testenv, service):
@@ -63,20 +64,22 @@ def test_kafka_from_outside_the_cluster_through_the_planned_port(testenv):
     consumer = Consumer({"bootstrap.servers": testenv.url("kafka"), "group.id": "g",
                          "auto.offset.reset": "earliest"})
     consumer.subscribe([topic])
-    seen = []
-    deadline = time.monotonic() + 30
-    while not seen and time.monotonic() < deadline:
+
+    def received():
         message = consumer.poll(1.0)
-        if message is not None and not message.error():
-            seen.append(message.value())
-    consumer.close()
-    assert seen == [b"hello"]
+        return message.value() if message is not None and not message.error() else None
+
+    try:
+        value = wait_for(received, timeout=30, what=f"the message on {topic}", interval=0)
+    finally:
+        consumer.close()
+    assert value == b"hello"
 
 
 IN_CLUSTER = r"""
 import socket, struct, sys
-host = sys.argv[1]
-sock = socket.create_connection((host, 9092), timeout=10)
+host, port = sys.argv[1], int(sys.argv[2])
+sock = socket.create_connection((host, port), timeout=10)
 # Metadata v0 for all topics: the broker list carries the INTERNAL listener it advertises.
 sock.sendall(struct.pack(">ihhihi", 14, 3, 0, 42, -1, 0))
 size = struct.unpack(">i", sock.recv(4))[0]
@@ -99,20 +102,22 @@ def test_kafka_from_inside_the_cluster_through_the_internal_listener(testenv):
             "restartPolicy": "Never",
             "containers": [{
                 "name": "client", "image": os.environ["CLIENT_IMAGE"],
-                "command": ["python3", "-c", IN_CLUSTER, f"kafka.{testenv.namespace}.svc"],
+                "command": [
+                    "python3", "-c", IN_CLUSTER, f"kafka.{testenv.namespace}.svc", str(KAFKA_INTERNAL_PORT)
+                ],
             }],
         },
     }
     testenv.core.create_namespaced_pod(testenv.namespace, pod)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+
+    def finished():
         phase = testenv.core.read_namespaced_pod(name, testenv.namespace).status.phase
-        if phase in ("Succeeded", "Failed"):
-            break
-        time.sleep(1)
+        return phase if phase in ("Succeeded", "Failed") else None
+
+    phase = wait_for(finished, timeout=120, what=f"pod {name} to finish", interval=1)
     log = testenv.core.read_namespaced_pod_log(name, testenv.namespace)
     assert phase == "Succeeded", log
-    assert log.split() == ["42", "1", f"kafka.{testenv.namespace}.svc", "9092"]
+    assert log.split() == ["42", "1", f"kafka.{testenv.namespace}.svc", str(KAFKA_INTERNAL_PORT)]
 
 
 def test_localstack_s3_and_sqs(testenv):

@@ -14,8 +14,8 @@ from testenv_api import LABEL_OWNER_NAMESPACE
 from testenv_harness import imagebuild, kube
 from testenv_harness.clusters import Cluster
 from testenv_harness.clusters.kind import KindProvider
+from testenv_harness.waiting import wait_for
 from tests.integration import chart_support as chart
-from tests.integration.waiting import wait_for
 from tests.suites import CACHE, EXAMPLES
 
 
@@ -86,7 +86,7 @@ def test_the_helm_installed_operator_serves_the_example_suite(
     assert client.RbacAuthorizationV1Api(api).list_cluster_role(label_selector=selector).items == []
     wait_for(
         lambda: not core.list_namespaced_pod(release.namespace, label_selector=selector).items,
-        60,
-        "the operator pod to go",
+        timeout=60,
+        what="the operator pod to go",
     )
     core.delete_namespace(release.namespace)

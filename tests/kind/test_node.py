@@ -9,7 +9,7 @@ from kubernetes import client
 
 from testenv_harness import imagebuild, kube, toolchain
 from testenv_harness.clusters import Cluster
-from tests.integration.waiting import wait_for
+from testenv_harness.waiting import wait_for
 
 
 def test_the_node_is_a_real_kubelet_of_the_pinned_version_on_containerd(kind_cluster: Cluster) -> None:
@@ -48,7 +48,7 @@ def test_every_system_pod_runs_from_images_that_were_never_pulled(kind_cluster: 
             if pod.status.phase != "Running" or not all(s.ready for s in pod.status.container_statuses or [])
         ]
 
-    wait_for(lambda: not not_ready(), 180, "every kube-system pod to run and be ready")
+    wait_for(lambda: not not_ready(), timeout=180, what="every kube-system pod to run and be ready")
     pods = core.list_namespaced_pod("kube-system").items
     components = {p.metadata.labels.get("component") or p.metadata.labels.get("k8s-app") for p in pods}
     assert {"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"} <= components

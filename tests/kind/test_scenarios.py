@@ -23,3 +23,28 @@ def test_the_example_suite_passes_on_kind_and_leaves_nothing_behind(
     shared.test_the_example_suite_passes_and_leaves_nothing_behind(
         run_suite, example_suite, e2e_cluster, workers
     )
+
+
+def test_a_connection_the_server_closes_is_closed_for_the_client(
+    run_suite: Run, pytester: pytest.Pytester
+) -> None:
+    """QUIT makes Redis close the connection: the client must see end-of-stream, not a hang.
+
+    The websocket channel protocol has no signal for it; a SPDY stream's end is that signal,
+    and the kubelet (containerd) ends the stream when the pod's side closes. (kwok, the local
+    cluster's kubelet, waits for the client's side too, so this runs on kind only.)
+    """
+    pytester.makeini("[pytest]\ntestenv = true\ntestenv_services = redis\n")
+    pytester.makepyfile(
+        test_quit="""
+            import socket
+
+            def test_quit_closes(testenv):
+                for _ in range(20):
+                    with socket.create_connection(testenv.host_port("redis"), timeout=10) as sock:
+                        sock.sendall(b"*1\\r\\n$4\\r\\nQUIT\\r\\n")
+                        assert sock.recv(64) == b"+OK\\r\\n"
+                        assert sock.recv(64) == b"", "the server closed; the client must see EOF"
+            """
+    )
+    run_suite("-n", "0").assert_outcomes(passed=1)

@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 
 import testenv_api
-from testenv_operator.catalog import DEFAULT_IMAGES, ServiceContext, port_names, render_service
+from testenv_api import KAFKA_EXTERNAL_PORT, KAFKA_INTERNAL_PORT, primary_port, service_ports
+from testenv_operator.catalog import DEFAULT_IMAGES, ServiceContext, render_service
 from testenv_operator.manifests import Owner, workload
 
 CTX = ServiceContext("te-ns-w0", {"kafka": 20001, "redis": 20000}, {**DEFAULT_IMAGES})
@@ -34,7 +35,7 @@ def test_every_type_renders_a_ready_checked_limited_container(kind: str) -> None
     assert pod["enableServiceLinks"] is False
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
     assert [p["name"] for p in service["spec"]["ports"]][: len(plan.ports)] == [n for n, _ in plan.ports]
-    assert plan.ports == tuple(port_names(_spec(kind)))
+    assert plan.ports == tuple(service_ports(_spec(kind)))
     assert plan.url(20000).endswith("localhost:20000") or "localhost:20000/" in plan.url(20000)
 
 
@@ -53,8 +54,8 @@ def test_kafka_advertises_the_planned_local_port_outside_and_service_dns_inside(
     assert plan.image.startswith("apache/kafka:4.")
     assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
     assert "EXTERNAL://localhost:20001" in env["KAFKA_ADVERTISED_LISTENERS"]
-    assert "INTERNAL://kafka.te-ns-w0.svc:9092" in env["KAFKA_ADVERTISED_LISTENERS"]
-    assert plan.ports == (("kafka", 9094),)
+    assert f"INTERNAL://kafka.te-ns-w0.svc:{KAFKA_INTERNAL_PORT}" in env["KAFKA_ADVERTISED_LISTENERS"]
+    assert plan.ports == (("kafka", KAFKA_EXTERNAL_PORT),)
     assert plan.readiness is not None
     assert plan.readiness.kind == "tcpSocket"
     assert plan.url(20001) == "localhost:20001"
@@ -71,7 +72,10 @@ def test_localstack_is_pinned_loads_eagerly_and_reads_its_token_from_a_secret() 
     assert env["SERVICES"]["value"] == "s3,sqs"
     assert env["EAGER_SERVICE_LOADING"]["value"] == "1"
     assert env["LOCALSTACK_AUTH_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": "ls", "key": "t"}}
-    assert container["readinessProbe"]["httpGet"] == {"path": "/_localstack/health", "port": 4566}
+    assert container["readinessProbe"]["httpGet"] == {
+        "path": "/_localstack/health",
+        "port": primary_port("localstack"),
+    }
 
 
 def test_postgres_url_carries_its_credentials() -> None:

@@ -60,6 +60,14 @@ def test_status_phase_enum_matches_the_contract_module() -> None:
     assert phases == [p.value for p in testenv_api.Phase]
 
 
+def test_limits_and_port_defaults_match_the_contract_module() -> None:
+    schema = _crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    spec = schema["properties"]["spec"]["properties"]
+    assert spec["workers"]["maximum"] == testenv_api.MAX_WORKERS
+    assert spec["portBase"]["default"] == testenv_api.DEFAULT_PORT_BASE
+    assert spec["portBase"]["maximum"] == testenv_api.MAX_PORT
+
+
 def _undocumented(schema: dict[str, Any], path: str) -> list[str]:
     missing = [] if schema.get("description") or path.endswith(".metadata") else [path]
     for name, child in schema.get("properties", {}).items():

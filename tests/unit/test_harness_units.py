@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from testenv_api import ANNOTATION_SERVICE_TYPE, KAFKA_EXTERNAL_PORT, KAFKA_INTERNAL_PORT, Phase
 from testenv_api.status import PortStatus, ServiceStatus, WorkerStatus
 from testenv_harness import kafka_runtime, localports, probes
 from testenv_harness.errors import TestEnvError
 from testenv_harness.handoff import Handoff, SetUpError, Slots, publish, publish_failure, receive
 from testenv_harness.runners import PodSpec, RunnerError, launch_for, pod_spec
-from testenv_harness.session import parse_services, ports_per_worker
+from testenv_harness.session import parse_services
 from testenv_harness.testenv import TestEnv
 from testenv_operator.catalog import kafka_environment
 
@@ -31,7 +32,7 @@ def test_a_crashed_workers_replacement_takes_its_freed_slot_and_knows_it_is_reus
 def test_handoff_is_published_once_and_failures_carry_their_cause(tmp_path: Path) -> None:
     handoff = Handoff("/k", "default", "run-1", "abc123", str(tmp_path), "local", 60.0)
     assert Handoff.from_json(handoff.to_json()) == handoff
-    with pytest.raises(SetUpError, match="not set up within 0s"):
+    with pytest.raises(SetUpError, match="timed out after 0s waiting for the run's environment to be set up"):
         receive(tmp_path, timeout=0)
     publish(tmp_path, handoff)
     assert receive(tmp_path, timeout=1) == handoff
@@ -49,14 +50,10 @@ def test_services_from_the_ini_option() -> None:
         parse_services(["memcached"])
 
 
-def test_ports_per_worker_counts_custom_ports() -> None:
-    spec = {"services": [{"type": "redis"}, {"type": "custom", "custom": {"ports": [{}, {}]}}]}
-    assert ports_per_worker(spec) == 3
-
-
 def test_kafka_properties_move_listeners_to_host_ports_but_keep_the_advertised_local_port() -> None:
     env = kafka_environment("te-ns-w0", "kafka", 21001)
-    props = kafka_runtime.server_properties(env, {9094: 40001, 9092: 40002}, Path("/data"))
+    ports = {KAFKA_EXTERNAL_PORT: 40001, KAFKA_INTERNAL_PORT: 40002}
+    props = kafka_runtime.server_properties(env, ports, Path("/data"))
     assert props["process.roles"] == "broker,controller"
     listeners = dict(item.split("://") for item in props["listeners"].split(","))
     assert listeners["EXTERNAL"] == "127.0.0.1:40001"
@@ -107,10 +104,7 @@ def test_protocol_pings(kind: str, answer: bytes, ok: bool) -> None:
 
 
 def test_ping_of_a_closed_port_fails() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    assert probes.ping("redis", port, timeout=0.5) is False
+    assert probes.ping("redis", localports.free_port(), timeout=0.5) is False
 
 
 @pytest.fixture
@@ -143,7 +137,7 @@ def worker(tmp_path: Path) -> TestEnv:
             "http://localhost:21008",
         ),
     )
-    env.status = WorkerStatus(2, "te-default-run-1-abcdef-w2", "Ready", services)
+    env.status = WorkerStatus(2, "te-default-run-1-abcdef-w2", Phase.READY, services)
     return env
 
 
@@ -210,7 +204,7 @@ def test_pod_spec_reads_type_env_and_ports() -> None:
         "metadata": {
             "namespace": "ns",
             "name": "redis-x",
-            "annotations": {"testenv.dev/service-type": "redis"},
+            "annotations": {ANNOTATION_SERVICE_TYPE: "redis"},
         },
         "spec": {
             "containers": [
@@ -267,5 +261,5 @@ def test_port_forward_authenticates_through_the_clients_refresh_path() -> None:
     cfg.api_key["authorization"] = "Bearer expired"  # what the kubeconfig loader set at start
     cfg.refresh_api_key_hook = refresh
     api = client.ApiClient(cfg)
-    assert stream_headers(api, "/x")["authorization"] == "Bearer fresh-1"
-    assert stream_headers(api, "/x")["authorization"] == "Bearer fresh-2", "refreshed before every stream"
+    assert stream_headers(api, "/x", "p")["authorization"] == "Bearer fresh-1"
+    assert stream_headers(api, "/x", "p")["authorization"] == "Bearer fresh-2", "refreshed each time"

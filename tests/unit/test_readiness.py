@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from testenv_api import Phase
+from testenv_api import KAFKA_EXTERNAL_PORT, ConditionType, Phase, primary_port
 from testenv_api.status import WorkerStatus, workers_from_status
 from testenv_operator.manifests import Owner
 from testenv_operator.plan import plan_environment
@@ -32,9 +32,10 @@ def test_ready_worker_publishes_hosts_ports_and_urls() -> None:
     assert status.phase == Phase.READY
     redis, kafka = status.services
     assert redis.host == f"redis.{plan.namespace}.svc"
-    assert (redis.primary.port, redis.primary.local_port) == (6379, 21002)
+    assert (redis.primary.port, redis.primary.local_port) == (primary_port("redis"), 21002)
     assert redis.url == "redis://localhost:21002"
-    assert (kafka.primary.port, kafka.primary.local_port, kafka.url) == (9094, 21003, "localhost:21003")
+    assert (kafka.primary.port, kafka.primary.local_port) == (KAFKA_EXTERNAL_PORT, 21003)
+    assert kafka.url == "localhost:21003"
 
 
 def test_status_round_trips_through_the_contract() -> None:
@@ -78,15 +79,16 @@ def test_environment_phase() -> None:
     ready, waiting = _worker(0, Phase.READY), _worker(1, Phase.PROVISIONING)
     assert environment_phase([ready, ready], None) == (Phase.READY, "all 2 workers ready")
     assert environment_phase([ready, waiting], None)[0] == Phase.PROVISIONING
-    assert environment_phase([ready, waiting], "Ready") == (Phase.DEGRADED, "1/2 workers ready")
-    assert environment_phase([ready, _worker(1, Phase.FAILED)], "Ready")[0] == Phase.FAILED
+    assert environment_phase([ready, waiting], Phase.READY) == (Phase.DEGRADED, "1/2 workers ready")
+    assert environment_phase([ready, _worker(1, Phase.FAILED)], Phase.READY)[0] == Phase.FAILED
 
 
 def test_condition_keeps_its_transition_time_while_unchanged() -> None:
-    first = condition([], "Ready", True, "AllWorkersReady", "", 1)
+    ready = ConditionType.READY
+    first = condition([], ready, True, "AllWorkersReady", "", 1)
     first["lastTransitionTime"] = "2020-01-01T00:00:00Z"
     assert (
-        condition([first], "Ready", True, "AllWorkersReady", "", 2)["lastTransitionTime"]
+        condition([first], ready, True, "AllWorkersReady", "", 2)["lastTransitionTime"]
         == "2020-01-01T00:00:00Z"
     )
-    assert condition([first], "Ready", False, "X", "", 2)["lastTransitionTime"] != "2020-01-01T00:00:00Z"
+    assert condition([first], ready, False, "X", "", 2)["lastTransitionTime"] != "2020-01-01T00:00:00Z"

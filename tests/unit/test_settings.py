@@ -2,13 +2,14 @@ from __future__ import annotations
 
 import pytest
 
+from testenv_api import DEFAULT_MAX_WORKERS, MAX_WORKERS
 from testenv_operator.settings import Settings, SettingsError
 
 
 def test_defaults() -> None:
     settings = Settings.from_env({})
     assert settings.namespaces == ()
-    assert settings.max_workers == 64
+    assert settings.max_workers == DEFAULT_MAX_WORKERS
     assert settings.images == {}
 
 
@@ -31,7 +32,8 @@ def test_environment_overrides() -> None:
     ("env", "message"),
     [
         ({"TESTENV_MAX_WORKERS": "many"}, "TESTENV_MAX_WORKERS='many' is not a whole number"),
-        ({"TESTENV_MAX_WORKERS": "0"}, r"out of range: use 1\.\.256"),
+        ({"TESTENV_MAX_WORKERS": "0"}, rf"out of range: use 1\.\.{MAX_WORKERS}"),
+        ({"TESTENV_MAX_WORKERS": str(MAX_WORKERS + 1)}, "out of range"),
         ({"TESTENV_LOG_LEVEL": "LOUD"}, "use one of DEBUG"),
     ],
 )

@@ -1,4 +1,5 @@
-"""What every cluster provider offers: get or create a cluster, and delete it."""
+"""What every cluster provider offers: get or create a cluster, and delete it; and what differs
+between clusters, so the rest of the harness never asks which provider it runs on."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import dataclasses
 from collections.abc import Mapping, Sequence, Set
 from pathlib import Path
 from typing import Protocol
+
+#: moto's API that wipes every emulated AWS service in place (POST).
+MOTO_RESET = "/moto-api/reset"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,6 +25,16 @@ class Cluster:
 
 class Provider(Protocol):
     name: str
+    #: Where the operator runs unless --testenv-operator says: "subprocess" (ours, for this run)
+    #: or "cluster" (installed there, e.g. with the Helm chart).
+    default_operator: str
+    #: Whether pods are only simulated here, so the harness must serve them with host processes.
+    simulated_pods: bool
+
+    @staticmethod
+    def reset_endpoint(service_type: str) -> str | None:
+        """The HTTP path that wipes a service of this type in place here; None: restart it instead."""
+        ...
 
     def exists(self) -> bool: ...
 

@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping, Sequence, Set
 from pathlib import Path
 
-from testenv_harness.clusters.base import Cluster
+from testenv_harness.clusters.base import MOTO_RESET, Cluster
 from testenv_harness.errors import ClusterError
 
 
@@ -14,6 +14,14 @@ class ExistingProvider:
     """Uses a cluster someone else runs; never creates or deletes it."""
 
     name = "existing"
+    #: Someone else's cluster: its operator is installed there (the Helm chart).
+    default_operator = "cluster"
+    simulated_pods = False
+
+    @staticmethod
+    def reset_endpoint(service_type: str) -> str | None:
+        """Real LocalStack has no such reset: it is restarted."""
+        return MOTO_RESET if service_type == "moto" else None
 
     def __init__(self, kubeconfig: str | None = None, context: str | None = None) -> None:
         first = (kubeconfig or os.environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")).split(

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from testenv_harness import imagebuild, toolchain
-from testenv_harness.clusters.base import Cluster
+from testenv_harness.clusters.base import MOTO_RESET, Cluster
 from testenv_harness.errors import ClusterError, ToolchainError
 
 #: kind v0.33.0 built no v1.36.3 node; its v1.36 image, pinned by digest as kind's notes ask.
@@ -120,6 +120,13 @@ def cluster_config(node: NodeImage, cgroup_v1: bool) -> dict[str, Any]:
 
 class KindProvider:
     name = "kind"
+    default_operator = "subprocess"
+    simulated_pods = False
+
+    @staticmethod
+    def reset_endpoint(service_type: str) -> str | None:
+        """Real LocalStack has no such reset: it is restarted."""
+        return MOTO_RESET if service_type == "moto" else None
 
     def __init__(self, cluster_name: str = "testenv", report: Callable[[str], None] = print) -> None:
         self.cluster_name = cluster_name

@@ -18,8 +18,9 @@ from pathlib import Path
 import yaml
 
 from testenv_harness import toolchain
-from testenv_harness.clusters.base import Cluster
+from testenv_harness.clusters.base import MOTO_RESET, Cluster
 from testenv_harness.errors import ClusterError
+from testenv_harness.waiting import WaitTimeoutError, wait_for
 
 DEFAULT_NAME = "testenv"
 #: kwok CRDs the cluster serves, so the data plane can declare port-forward targets at run time.
@@ -55,6 +56,13 @@ class LocalProvider:
     """Creates, reuses and deletes a kwokctl binary-runtime cluster."""
 
     name = "local"
+    default_operator = "subprocess"
+    simulated_pods = True
+
+    @staticmethod
+    def reset_endpoint(service_type: str) -> str | None:
+        """localstack is served by moto_server here (runners.py), so moto's reset wipes it too."""
+        return MOTO_RESET if service_type in ("moto", "localstack") else None
 
     def __init__(
         self,
@@ -208,13 +216,16 @@ class LocalProvider:
         return "\n".join(tails)
 
     def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self.timeout
-        while not self.healthy():
-            if time.monotonic() > deadline:
-                raise ClusterError(
-                    f"the API server of {self.cluster_name!r} did not answer /readyz in {self.timeout:.0f}s"
-                )
-            time.sleep(0.5)
+        try:
+            wait_for(
+                self.healthy,
+                timeout=self.timeout,
+                what=f"the API server of {self.cluster_name!r} to answer /readyz with ok",
+                interval=0.5,
+                seen=lambda: "no ok",
+            )
+        except WaitTimeoutError as exc:
+            raise ClusterError(str(exc)) from exc
 
     def _ensure_nodes(self) -> None:
         nodes = [_node_manifest(f"kwok-node-{i}") for i in range(self.nodes)]
@@ -245,9 +256,8 @@ class LocalProvider:
 
     def _wait_exited(self, timeout: float = 15) -> None:
         """kwokctl returns before every process has exited: wait, then kill stragglers."""
-        deadline = time.monotonic() + timeout
-        while self.processes() and time.monotonic() < deadline:
-            time.sleep(0.2)
+        with contextlib.suppress(WaitTimeoutError):
+            wait_for(lambda: not self.processes(), timeout=timeout, what=f"{self.cluster_name!r} to exit")
         for pid in self.processes():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

@@ -1,0 +1,153 @@
+"""The ready pods of every service in one namespace, kept current by a single watch.
+
+A worker's forwards ask "which pod serves `redis` now?" on every new connection and must drop
+connections to a pod that stopped being ready. One LIST, then one WATCH per namespace answers
+both with no polling: an idle worker costs the API server one open request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from kubernetes import client
+
+from testenv_api import LABEL_SERVICE
+
+log = logging.getLogger(__name__)
+Pod = dict[str, Any]
+#: Seconds a watch request stays open before the server ends it and it is renewed.
+WATCH_SECONDS = 300
+
+
+def is_ready(pod: Pod) -> bool:
+    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+class PodWatch:
+    """Ready pods per service; `on_change(ready_names)` runs after every change, on the watch thread."""
+
+    def __init__(
+        self, api: client.ApiClient, namespace: str, on_change: Callable[[set[str]], None] | None = None
+    ) -> None:
+        self.core = client.CoreV1Api(api)
+        self.namespace = namespace
+        self.on_change = on_change
+        self._pods: dict[str, tuple[str, str]] = {}  # ready pod -> (service, creationTimestamp)
+        self._changed = threading.Condition()
+        self._synced = False
+        self._stop = threading.Event()
+        self._response: Any = None
+        self._thread = threading.Thread(target=self._run, name=f"podwatch-{namespace}", daemon=True)
+        self._thread.start()
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def ready(self, service: str, timeout: float = 10) -> list[str]:
+        """Ready pods of `service`, newest first (waits for the first LIST, at most `timeout`)."""
+        with self._changed:
+            if not self._synced:
+                self._changed.wait_for(lambda: self._synced, timeout)
+            mine = [(created, name) for name, (svc, created) in self._pods.items() if svc == service]
+        return [name for _, name in sorted(mine, reverse=True)]
+
+    def wait(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Wait until `predicate()` (re-checked on every change) holds; False on timeout."""
+        with self._changed:
+            return self._changed.wait_for(predicate, timeout)
+
+    # -- the watch --------------------------------------------------------------------------
+
+    def _request(self, **params: Any) -> Any:
+        response = self.core.list_namespaced_pod(
+            self.namespace, label_selector=LABEL_SERVICE, _preload_content=False, **params
+        )
+        self._response = response
+        if self._stop.is_set():  # closed while the request was being made
+            response.shutdown()
+        return response
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                version = self._list()
+                while not self._stop.is_set() and version:
+                    version = self._watch(version)
+            except Exception as exc:  # API server briefly away: keep the last view, retry
+                if self._stop.is_set():
+                    return
+                log.debug("pod watch of %s failed (%s); listing again", self.namespace, exc)
+                self._stop.wait(1)
+
+    def _list(self) -> str:
+        body = json.loads(self._request().data)
+        pods = {p["metadata"]["name"]: p for p in body.get("items") or []}
+        self._replace(pods)
+        return str(body["metadata"]["resourceVersion"])
+
+    def _watch(self, version: str) -> str:
+        """Apply events until the server ends the request; the version to resume from, or "" to relist."""
+        response = self._request(
+            watch=True, resource_version=version, allow_watch_bookmarks=True, timeout_seconds=WATCH_SECONDS
+        )
+        try:
+            for line in response:
+                event = json.loads(line)
+                kind, pod = event["type"], event["object"]
+                if kind == "ERROR":  # typically 410 Gone: the version is too old
+                    return ""
+                version = pod["metadata"]["resourceVersion"]
+                if kind != "BOOKMARK":
+                    self._apply(pod, deleted=kind == "DELETED")
+        finally:
+            response.release_conn()
+        return version
+
+    def _replace(self, pods: dict[str, Pod]) -> None:
+        with self._changed:
+            self._pods = {}
+            for pod in pods.values():
+                self._record(pod, deleted=False)
+            self._synced = True
+        self._notify()
+
+    def _apply(self, pod: Pod, deleted: bool) -> None:
+        with self._changed:
+            before = set(self._pods)
+            self._record(pod, deleted)
+            changed = before != set(self._pods)
+        if changed:
+            self._notify()
+
+    def _record(self, pod: Pod, deleted: bool) -> None:
+        meta = pod["metadata"]
+        service = (meta.get("labels") or {}).get(LABEL_SERVICE, "")
+        if deleted or not is_ready(pod):
+            self._pods.pop(meta["name"], None)
+        else:
+            self._pods[meta["name"]] = (service, meta.get("creationTimestamp", ""))
+
+    def _notify(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
+            ready = set(self._pods)
+        if self.on_change:
+            try:
+                self.on_change(ready)
+            except Exception:  # a listener's bug must not stop the watch
+                log.exception("pod watch listener failed")
+
+    def close(self) -> None:
+        self._stop.set()
+        response = self._response
+        if response is not None:
+            with contextlib.suppress(Exception):
+                response.shutdown()  # wakes the watch thread blocked in a read
+        self._thread.join(timeout=2)

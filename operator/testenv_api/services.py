@@ -1,0 +1,40 @@
+"""What each built-in service type exposes: the ports the harness forwards, and Kafka's listeners.
+
+The operator renders workloads from these; the harness's local data plane, its tests and the
+benchmarks reach the services by them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+#: Kafka's listeners: EXTERNAL (forwarded to the test machine), INTERNAL (in-cluster DNS), CONTROLLER.
+KAFKA_EXTERNAL_PORT = 9094
+KAFKA_INTERNAL_PORT = 9092
+KAFKA_CONTROLLER_PORT = 9093
+#: Fixed KRaft cluster id: each worker's broker is a separate one-node cluster anyway.
+KAFKA_CLUSTER_ID = "dGVzdGVudi1rYWZrYS0w"
+
+#: The port(s) each built-in type exposes to the test machine, primary first.
+SERVICE_PORTS: Mapping[str, tuple[tuple[str, int], ...]] = {
+    "redis": (("redis", 6379),),
+    "kafka": (("kafka", KAFKA_EXTERNAL_PORT),),
+    "localstack": (("edge", 4566),),
+    "moto": (("http", 5000),),
+    "postgres": (("postgres", 5432),),
+    "rabbitmq": (("amqp", 5672),),
+    "mosquitto": (("mqtt", 1883),),
+}
+
+
+def primary_port(service_type: str) -> int:
+    """The container (and Service) port of a built-in type's primary port."""
+    return SERVICE_PORTS[service_type][0][1]
+
+
+def service_ports(service: Mapping[str, Any]) -> list[tuple[str, int]]:
+    """The forwarded (name, port) pairs of one spec.services entry, primary first."""
+    if service["type"] == "custom":
+        return [(p["name"], int(p["port"])) for p in service["custom"]["ports"]]
+    return list(SERVICE_PORTS[service["type"]])
