@@ -210,3 +210,79 @@ def test_new_connections_share_the_pods_sessions(run_suite: Run, pytester: pytes
             """
     )
     run_suite("-n", "0").assert_outcomes(passed=1)
+
+
+EXEC_PLUGIN_TEST = '''
+    import json, socket, sys
+    from pathlib import Path
+
+    import yaml
+    from kubernetes import client, config
+
+    from testenv_harness.localports import free_port
+    from testenv_harness.portforward import Forwarder
+
+    PLUGIN = """
+    import datetime, json
+    with open({calls!r}, "a") as log:
+        log.write("called\\\\n")
+    soon = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=30)
+    status = {{"token": {token!r}, "expirationTimestamp": soon.strftime("%Y-%m-%dT%H:%M:%SZ")}}
+    print(json.dumps({{"apiVersion": "client.authentication.k8s.io/v1", "kind": "ExecCredential",
+                      "status": status}}))
+    """
+
+    def ping(port):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"*1\\r\\n$4\\r\\nPING\\r\\n")
+            return sock.recv(64)
+
+    def test_forward_with_an_exec_plugin(testenv, tmp_path):
+        ns, core = testenv.namespace, client.CoreV1Api(testenv.api)
+        rbac = client.RbacAuthorizationV1Api(testenv.api)
+        core.create_namespaced_service_account(ns, {"metadata": {"name": "ci"}})
+        rbac.create_namespaced_role(ns, {"metadata": {"name": "ci"}, "rules": [
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": [""], "resources": ["pods/portforward"], "verbs": ["get", "create"]}]})
+        rbac.create_namespaced_role_binding(ns, {"metadata": {"name": "ci"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "ci"},
+            "subjects": [{"kind": "ServiceAccount", "name": "ci", "namespace": ns}]})
+        token = core.create_namespaced_service_account_token(
+            "ci", ns, {"spec": {"expirationSeconds": 600}}).status.token
+        calls = tmp_path / "calls"
+        plugin = tmp_path / "plugin.py"
+        plugin.write_text(PLUGIN.format(calls=str(calls), token=token))
+        cfg = testenv.api.configuration
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "ci",
+            "clusters": [{"name": "c", "cluster": {
+                "server": cfg.host, "certificate-authority": cfg.ssl_ca_cert}}],
+            "users": [{"name": "ci", "user": {"exec": {
+                "apiVersion": "client.authentication.k8s.io/v1", "command": sys.executable,
+                "args": [str(plugin)], "interactiveMode": "Never"}}}],
+            "contexts": [{"name": "ci", "context": {"cluster": "c", "user": "ci", "namespace": ns}}]}))
+        forwarder = Forwarder(config.new_client_from_config(str(kubeconfig)), ns)
+        try:
+            port = free_port()
+            forwarder.listen("redis", 6379, port)
+            assert ping(port) == b"+PONG\\r\\n"
+            before = len(calls.read_text().splitlines())
+            forwarder.drop_pods(lambda pod: True)  # the next connection needs a new session
+            assert ping(port) == b"+PONG\\r\\n"
+            # The token expires within the client's skew, so a session's handshake must run the plugin.
+            assert len(calls.read_text().splitlines()) > before
+            assert not forwarder.channels_only
+        finally:
+            forwarder.close()
+'''
+
+
+def test_port_forwards_authenticate_through_an_exec_credential_plugin(
+    run_suite: Run, pytester: pytest.Pytester
+) -> None:
+    """A kubeconfig whose user is an exec plugin (as on EKS and GKE), with a service account's
+    token limited to the worker namespace: the forward's sessions run the plugin, not a cached header."""
+    pytester.makeini("[pytest]\ntestenv = true\ntestenv_services = redis\n")
+    pytester.makepyfile(test_exec=textwrap.dedent(EXEC_PLUGIN_TEST))
+    run_suite("-n", "0").assert_outcomes(passed=1)
