@@ -59,7 +59,11 @@ def _now() -> datetime.datetime:
 
 
 def _parse_time(value: str) -> datetime.datetime:
-    return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    """An RFC 3339 time; ValueError for anything else, a time without an offset included."""
+    parsed = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        raise ValueError(f"{value!r} has no UTC offset (RFC 3339 needs one, for example a final Z)")
+    return parsed
 
 
 def expires_at(body: Mapping[str, Any]) -> datetime.datetime:

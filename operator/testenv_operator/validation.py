@@ -71,6 +71,24 @@ def _custom_ports(spec: Mapping[str, Any]) -> list[Problem]:
     return problems
 
 
+def _quantities(spec: Mapping[str, Any]) -> list[Problem]:
+    """Quantities the CRD's pattern lets through but Kubernetes cannot parse."""
+    problems = []
+    for i, service in enumerate(spec["services"]):
+        for kind, values in (service.get("resources") or {}).items():
+            for resource, value in (values or {}).items():
+                try:
+                    parse_quantity(value)
+                except ValueError:
+                    problems.append(
+                        Problem(
+                            f"spec.services[{i}].resources.{kind}.{resource}",
+                            f"{value!r} is not a Kubernetes quantity; write it like 500m, 2 or 512Mi",
+                        )
+                    )
+    return problems
+
+
 def _quota(spec: Mapping[str, Any], settings: Settings) -> list[Problem]:
     ctx = ServiceContext("validation", _dummy_ports(spec), {**DEFAULT_IMAGES, **settings.images})
     plans = [render_service(s, ctx) for s in spec["services"]]
@@ -116,6 +134,7 @@ def validate(spec: Mapping[str, Any], settings: Settings) -> list[Problem]:
         )
     problems += _images(spec)
     problems += _custom_ports(spec)
+    problems += _quantities(spec)
     try:
         plan_ports(spec)
     except PortPlanError as exc:

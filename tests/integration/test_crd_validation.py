@@ -85,6 +85,9 @@ VALID: dict[str, Callable[[Manifest], None]] = {
     ),
     "max workers": lambda m: m["spec"].update(workers=testenv_api.MAX_WORKERS, portBase=1024),
     "lifetime": lambda m: m["spec"].update(lifetime={"ttlSeconds": 3600, "heartbeatTimeoutSeconds": 300}),
+    "integer exponents": lambda m: m["spec"]["services"][0].update(
+        resources={"requests": {"cpu": "1e-1", "memory": "1e8"}, "limits": {"memory": "2E8"}}
+    ),
 }
 
 
@@ -224,6 +227,31 @@ INVALID: dict[str, tuple[Callable[[Manifest], None], str, str]] = {
         "only meaningful for kind ServiceAccount",
     ),
     "misspelt field": (_set("spec.worker", 4), "spec.worker", "unknown field"),
+    "a GPU limit": (
+        _set("spec.services.0.resources", {"limits": {"cpu": "1", "nvidia.com/gpu": 1}}),
+        "spec.services[0].resources.limits",
+        "only cpu and memory may be set",
+    ),
+    "ephemeral storage": (
+        _set("spec.services.0.resources", {"requests": {"ephemeral-storage": "2Ti"}}),
+        "spec.services[0].resources.requests",
+        "only cpu and memory may be set",
+    ),
+    "fractional exponent": (
+        _set("spec.services.0.resources", {"requests": {"cpu": "1e1.5"}}),
+        "spec.services[0].resources.requests.cpu",
+        "should match",
+    ),
+    "a system: group": (
+        _set("spec.access", {"subjects": [{"kind": "Group", "name": "system:authenticated"}]}),
+        "spec.access.subjects[0].name",
+        "system: users and groups",
+    ),
+    "a system: user": (
+        _set("spec.access", {"subjects": [{"kind": "User", "name": "system:serviceaccount:b:ci"}]}),
+        "spec.access.subjects[0].name",
+        "system: users and groups",
+    ),
 }
 
 

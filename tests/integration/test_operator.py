@@ -280,6 +280,25 @@ def test_stale_heartbeat_expires_the_environment(api: client.ApiClient, tenant: 
     assert "Expired" in reasons
 
 
+def test_an_unreadable_heartbeat_neither_expires_nor_stops_the_environment(
+    api: client.ApiClient, tenant: str
+) -> None:
+    """A heartbeat without a UTC offset is unreadable: the environment is not expired on it, and
+    its daemon keeps it converged (it used to crash on every pass, so nothing became Ready)."""
+    body = te.manifest("naive", workers=1, lifetime={"ttlSeconds": 3600, "heartbeatTimeoutSeconds": 30})
+    body["metadata"]["annotations"] = {ANNOTATION_HEARTBEAT: "2020-01-01T00:00:00"}
+    te.create(api, tenant, body)
+    ready = te.wait_phase(api, tenant, "naive", Phase.READY, timeout=120)
+    (worker,) = workers_from_status(ready["status"])
+    client.AppsV1Api(api).delete_namespaced_deployment("redis", worker.namespace)
+    wait_for(
+        lambda: "redis" in _deployments(api, worker.namespace),
+        timeout=30,
+        what="the deleted Deployment to come back",
+    )
+    assert te.get(api, tenant, "naive")["metadata"].get("deletionTimestamp") is None
+
+
 def test_twenty_environments_at_once_all_reach_ready(api: client.ApiClient, tenant: str) -> None:
     names = [f"many-{i:02d}" for i in range(20)]
     for i, name in enumerate(names):

@@ -30,3 +30,10 @@ def test_heartbeat_only_counts_once_one_was_sent() -> None:
     assert expiry_reason(fresh, later) is None
     stale = _body({"ttlSeconds": 3600, "heartbeatTimeoutSeconds": 60}, "2026-01-01T00:01:00Z")
     assert "older than 60s" in (expiry_reason(stale, later) or "")
+
+
+def test_an_unreadable_heartbeat_never_crashes_and_never_expires() -> None:
+    later = T0 + datetime.timedelta(seconds=500)
+    for beat in ("2020-01-01T00:00:00", "yesterday", "2026-13-01T00:00:00Z"):
+        body = _body({"ttlSeconds": 3600, "heartbeatTimeoutSeconds": 60}, beat)
+        assert expiry_reason(body, later) is None, beat

@@ -89,3 +89,10 @@ def test_environment_limit_counts_oldest_first() -> None:
     problem = environments_over_limit(["a", "b", "c"], "c", settings)
     assert problem is not None
     assert "TESTENV_MAX_ENVIRONMENTS_PER_NAMESPACE" in problem.message
+
+
+def test_a_quantity_kubernetes_cannot_parse_is_a_problem_not_a_crash() -> None:
+    services = [{"name": "redis", "type": "redis", "resources": {"limits": {"cpu": "1e1.5"}}}]
+    (problem,) = validate(_spec(services=services), SETTINGS)
+    assert problem.field == "spec.services[0].resources.limits.cpu"
+    assert "not a Kubernetes quantity" in problem.message
