@@ -26,7 +26,6 @@ from testenv_api import (
     FINALIZER,
     GROUP,
     LABEL_MANAGED_BY,
-    LABEL_OWNER_NAME,
     LABEL_OWNER_NAMESPACE,
     LABEL_OWNER_UID,
     MANAGED_BY,
@@ -303,24 +302,26 @@ def sweep_orphans(api: client.ApiClient, watched: tuple[str, ...] = ()) -> list[
     """
     objects = client.CustomObjectsApi(api)
     removed = []
+    owners: dict[str, set[str] | None] = {}  # owner namespace -> UIDs of its environments
     for ns in kubeio.list_labelled(api, "Namespace", f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_OWNER_UID}"):
         meta = ns["metadata"]
         labels = meta.get("labels") or {}
         owner_namespace = labels.get(LABEL_OWNER_NAMESPACE, "")
         if meta.get("deletionTimestamp") or (watched and owner_namespace not in watched):
             continue
-        try:
-            owner = objects.get_namespaced_custom_object(
-                GROUP, VERSION, owner_namespace, PLURAL, labels.get(LABEL_OWNER_NAME, "")
-            )
-            alive = owner["metadata"]["uid"] == labels[LABEL_OWNER_UID]
-        except ApiException as exc:
-            if exc.status == 403:  # not ours to judge
-                continue
-            if exc.status != 404:
-                raise
-            alive = False
-        if not alive:
+        if owner_namespace not in owners:
+            # By UID, never by the name label: a label may be a truncated name.
+            try:
+                listed = objects.list_namespaced_custom_object(GROUP, VERSION, owner_namespace, PLURAL)
+                owners[owner_namespace] = {te["metadata"]["uid"] for te in listed.get("items") or []}
+            except ApiException as exc:
+                if exc.status != 403:
+                    raise
+                owners[owner_namespace] = None  # not ours to judge
+        uids = owners[owner_namespace]
+        if uids is None:
+            continue
+        if labels[LABEL_OWNER_UID] not in uids:
             kubeio.delete(api, "Namespace", meta["name"])
             removed.append(meta["name"])
     if removed:

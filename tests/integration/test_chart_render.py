@@ -302,8 +302,7 @@ DELETED = {"Namespace", "Deployment", "Service", "RoleBinding"}
 #: Watched by kopf handlers (handlers.py: on.event), plus the CRDs kopf itself watches.
 WATCHED = {"Namespace", "Deployment"}
 TENANT_RULES = {
-    (GROUP, PLURAL, "get"),  # orphan sweep reads an owner by name
-    (GROUP, PLURAL, "list"),  # kopf, and the per-namespace limit
+    (GROUP, PLURAL, "list"),  # kopf, the per-namespace limit, the orphan sweep (owners by UID)
     (GROUP, PLURAL, "watch"),  # kopf
     (GROUP, PLURAL, "patch"),  # kopf: finalizer and bookkeeping annotations
     (GROUP, PLURAL, "delete"),  # an expired environment deletes itself

@@ -227,6 +227,11 @@ INVALID: dict[str, tuple[Callable[[Manifest], None], str, str]] = {
         "only meaningful for kind ServiceAccount",
     ),
     "misspelt field": (_set("spec.worker", 4), "spec.worker", "unknown field"),
+    "a name over 63 characters": (
+        _set("metadata.name", "e" * 64),
+        "metadata.name",
+        "may be 63 characters at most",
+    ),
     "a GPU limit": (
         _set("spec.services.0.resources", {"limits": {"cpu": "1", "nvidia.com/gpu": 1}}),
         "spec.services[0].resources.limits",

@@ -80,6 +80,13 @@ def test_orphaned_namespaces_are_swept_and_foreign_ones_are_not(
     core.create_namespace(
         client.V1Namespace(metadata=client.V1ObjectMeta(name="not-ours", labels={"team": "x"}))
     )
+    # A live owner whose name label does not match its name (as a truncated one would not): the
+    # sweep must judge by UID and keep it.
+    live = te.create(api, "default", te.manifest("live-owner", workers=1))
+    mislabelled = {**orphan_labels, LABEL_OWNER_UID: live["metadata"]["uid"], LABEL_OWNER_NAME: "live-own"}
+    core.create_namespace(
+        client.V1Namespace(metadata=client.V1ObjectMeta(name="te-mislabelled-w9", labels=mislabelled))
+    )
     try:
         _start(local_cluster, tmp_path, operators, TESTENV_SWEEP_SECONDS="1")
 
@@ -91,5 +98,8 @@ def test_orphaned_namespaces_are_swept_and_foreign_ones_are_not(
 
         assert wait_for(swept, timeout=30, what="the orphan to be deleted")
         assert core.read_namespace("not-ours").metadata.deletion_timestamp is None
+        assert core.read_namespace("te-mislabelled-w9").metadata.deletion_timestamp is None
     finally:
         core.delete_namespace("not-ours")
+        core.delete_namespace("te-mislabelled-w9")
+        te.delete(api, "default", "live-owner")

@@ -97,11 +97,11 @@ cluster-wide or, with watchNamespaces, by a Role in each watched namespace.
 */}}
 {{- define "testenv-operator.tenantRules" -}}
 # kopf lists and watches TestEnvironments, adds and removes its finalizer and bookkeeping
-# annotations (patch); the orphan sweep reads owners by name (get); an expired environment
-# deletes itself (delete).
+# annotations (patch); the orphan sweep lists owners to match their UIDs (list); an expired
+# environment deletes itself (delete).
 - apiGroups: ["testenv.dev"]
   resources: ["testenvironments"]
-  verbs: ["get", "list", "watch", "patch", "delete"]
+  verbs: ["list", "watch", "patch", "delete"]
 - apiGroups: ["testenv.dev"]
   resources: ["testenvironments/status"]
   verbs: ["patch"]
