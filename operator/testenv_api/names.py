@@ -23,6 +23,10 @@ LABEL_WORKER = f"{GROUP}/worker"
 LABEL_SERVICE = f"{GROUP}/service"
 #: Set by the harness on environments it creates, so a reaper can find one run's leftovers.
 LABEL_RUN_ID = f"{GROUP}/run-id"
+#: On a Secret, "true": TestEnvironments of its namespace may copy (the keys they name of) it
+#: into their workers. Only someone who can write the Secret can set it, so a spec never
+#: reads through the operator what its author could not read.
+LABEL_SHAREABLE = f"{GROUP}/shareable"
 
 #: RFC 3339 time the harness renews while tests run (see spec.lifetime.heartbeatTimeoutSeconds).
 ANNOTATION_HEARTBEAT = f"{GROUP}/heartbeat"

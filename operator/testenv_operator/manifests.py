@@ -206,15 +206,13 @@ def access_binding(
     }
 
 
-def referenced_secrets(service_specs: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Secrets in the environment's namespace that the spec reads (env valueFrom, auth tokens)."""
-    names: list[str] = []
+def referenced_secrets(service_specs: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
+    """Secrets in the environment's namespace that the spec reads, with the keys it reads."""
+    keys: dict[str, set[str]] = {}
     for spec in service_specs:
-        for env in spec.get("env") or []:
-            ref = (env.get("valueFrom") or {}).get("secretKeyRef")
+        refs = [(env.get("valueFrom") or {}).get("secretKeyRef") for env in spec.get("env") or []]
+        refs.append((spec.get("localstack") or {}).get("authTokenSecretRef"))
+        for ref in refs:
             if ref:
-                names.append(ref["name"])
-        token = (spec.get("localstack") or {}).get("authTokenSecretRef")
-        if token:
-            names.append(token["name"])
-    return sorted(set(names))
+                keys.setdefault(ref["name"], set()).add(ref["key"])
+    return {name: sorted(names) for name, names in sorted(keys.items())}

@@ -17,7 +17,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 import testenv_api
-from testenv_api import LABEL_OWNER_UID, ConditionType, Phase
+from testenv_api import LABEL_OWNER_UID, LABEL_SHAREABLE, ConditionType, Phase
 from testenv_operator import kubeio, manifests, readiness
 from testenv_operator.manifests import Obj, Owner, Quota
 from testenv_operator.plan import WorkerPlan, plan_environment
@@ -124,20 +124,30 @@ class Reconciler:
     # -- applying -----------------------------------------------------------------------------
 
     def _secrets(self, owner: Owner, spec: Mapping[str, Any]) -> tuple[list[Obj], list[Problem]]:
+        """The referenced Secrets, cut down to the referenced keys, if their owners shared them.
+
+        The operator can read every Secret; a tenant may not. So only a Secret labelled
+        LABEL_SHAREABLE=true, which only someone allowed to write it can set, is copied.
+        """
         found, problems = [], []
-        for name in manifests.referenced_secrets(spec["services"]):
+        for name, keys in manifests.referenced_secrets(spec["services"]).items():
             secret = kubeio.read_secret(self.api, owner.namespace, name)
+            labels = ((secret or {}).get("metadata") or {}).get("labels") or {}
+            data = (secret or {}).get("data") or {}
+            later = "(provisioning continues as soon as it is done)"
             if secret is None:
-                problems.append(
-                    Problem(
-                        "spec.services[*]",
-                        f"Secret {name!r} is referenced but does not exist in namespace "
-                        f"{owner.namespace}: create it "
-                        "(provisioning continues as soon as it appears)",
-                    )
+                why = f"does not exist in namespace {owner.namespace}: create it {later}"
+            elif labels.get(LABEL_SHAREABLE) != "true":
+                why = (
+                    f"is not shared with TestEnvironments: someone allowed to write Secrets in "
+                    f"{owner.namespace} must label it {LABEL_SHAREABLE}=true {later}"
                 )
+            elif missing := [key for key in keys if key not in data]:
+                why = f"has no key {', '.join(map(repr, missing))}: add it or fix the reference {later}"
             else:
-                found.append(secret)
+                found.append({**secret, "data": {key: data[key] for key in keys}})
+                continue
+            problems.append(Problem("spec.services[*]", f"Secret {name!r} is referenced but {why}"))
         return found, problems
 
     def _apply_worker(

@@ -34,6 +34,7 @@ from testenv_api import (
     LABEL_OWNER_NAME,
     LABEL_OWNER_NAMESPACE,
     LABEL_OWNER_UID,
+    LABEL_SHAREABLE,
     MANAGED_BY,
     PLURAL,
     VERSION,
@@ -306,7 +307,11 @@ def test_the_chart_identity_runs_the_operators_main_scenario(
 
     # Scale up, add a service, read a Secret of the pipeline's namespace into the workers.
     core.create_namespaced_secret(
-        team.namespace, {"metadata": {"name": "redis-auth"}, "stringData": {"password": "s3cret"}}
+        team.namespace,
+        {
+            "metadata": {"name": "redis-auth", "labels": {LABEL_SHAREABLE: "true"}},
+            "stringData": {"password": "s3cret"},
+        },
     )
     password = {"secretKeyRef": {"name": "redis-auth", "key": "password"}}
     services = [
@@ -399,6 +404,40 @@ def test_a_pipeline_without_the_pipeline_role_cannot_create_a_testenvironment(
             GROUP, VERSION, stranger.namespace, PLURAL, te.manifest("theirs"), dry_run="All"
         )
     assert elsewhere.value.status == 403
+
+
+def test_a_tenant_cannot_read_a_secret_through_the_operator(
+    api: client.ApiClient, chart_operator: OperatorProcess, teams: Callable[..., Team]
+) -> None:
+    """The pipeline role cannot read Secrets; naming one in a spec must not copy it out for it.
+    Only a Secret its writer shared (LABEL_SHAREABLE) is copied, and only the keys named."""
+    team = teams("deputy")
+    core = client.CoreV1Api(api)
+    core.create_namespaced_secret(
+        team.namespace,
+        {"metadata": {"name": "db-root"}, "stringData": {"user": "root", "password": "hunter2"}},
+    )
+    assert not chart.allowed(api, team.user, "get", "secrets", team.namespace)
+    password = {"secretKeyRef": {"name": "db-root", "key": "password"}}
+    services = [{"name": "redis", "type": "redis", "env": [{"name": "PW", "valueFrom": password}]}]
+    te.create(team.api, team.namespace, te.manifest("peek", workers=1, services=services, access=team.access))
+    pending = te.wait_phase(team.api, team.namespace, "peek", Phase.PENDING)
+    assert f"{LABEL_SHAREABLE}=true" in pending["status"]["message"]
+    namespaces = [
+        n.metadata.name
+        for n in core.list_namespace(label_selector=f"{LABEL_OWNER_NAMESPACE}={team.namespace}").items
+    ]
+    for namespace in namespaces:
+        assert not core.list_namespaced_secret(namespace, label_selector=LABEL_OWNER_UID).items
+
+    # Shared by someone who may write it: provisioning goes on, with the one key named.
+    core.patch_namespaced_secret(
+        "db-root", team.namespace, {"metadata": {"labels": {LABEL_SHAREABLE: "true"}}}
+    )
+    ready = te.wait_phase(team.api, team.namespace, "peek", Phase.READY)
+    (worker,) = workers_from_status(ready["status"])
+    copied = core.read_namespaced_secret("db-root", worker.namespace)
+    assert sorted(copied.data) == ["password"]
 
 
 def test_a_tenant_cannot_port_forward_into_another_tenants_workers(
@@ -562,7 +601,8 @@ def test_uninstall_leaves_no_operator_made_object_behind(
         bye = chart.install(api, local_cluster.kubeconfig, "testenv-bye", "testenv-bye", FAST)
         process = _start_operator(api, bye, tmp_path)
         core.create_namespaced_secret(
-            team.namespace, {"metadata": {"name": "token"}, "stringData": {"t": "x"}}
+            team.namespace,
+            {"metadata": {"name": "token", "labels": {LABEL_SHAREABLE: "true"}}, "stringData": {"t": "x"}},
         )
         services = [
             {

@@ -10,7 +10,15 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from testenv_api import ANNOTATION_HEARTBEAT, LABEL_OWNER_UID, LABEL_WORKER, ConditionType, Phase, local_ports
+from testenv_api import (
+    ANNOTATION_HEARTBEAT,
+    LABEL_OWNER_UID,
+    LABEL_SHAREABLE,
+    LABEL_WORKER,
+    ConditionType,
+    Phase,
+    local_ports,
+)
 from testenv_api.status import workers_from_status
 from testenv_harness.clusters import Cluster
 from testenv_harness.operator_process import OperatorProcess
@@ -253,8 +261,9 @@ def test_missing_secret_waits_then_provisions(api: client.ApiClient, tenant: str
     te.create(api, tenant, te.manifest("token", workers=1, services=services))
     pending = te.wait_phase(api, tenant, "token", Phase.PENDING)
     assert "Secret 'ls'" in pending["status"]["message"]
+    shared = client.V1ObjectMeta(name="ls", labels={LABEL_SHAREABLE: "true"})
     client.CoreV1Api(api).create_namespaced_secret(
-        tenant, client.V1Secret(metadata=client.V1ObjectMeta(name="ls"), string_data={"token": "t0k3n"})
+        tenant, client.V1Secret(metadata=shared, string_data={"token": "t0k3n"})
     )
     body = te.wait_phase(api, tenant, "token", Phase.READY)
     ns = workers_from_status(body["status"])[0].namespace

@@ -27,8 +27,11 @@ def test_referenced_secrets_from_env_and_localstack_token() -> None:
         {
             "name": "a",
             "type": "redis",
-            "env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "s1", "key": "k"}}}],
+            "env": [
+                {"name": "X", "valueFrom": {"secretKeyRef": {"name": "s1", "key": "k"}}},
+                {"name": "Y", "valueFrom": {"secretKeyRef": {"name": "s1", "key": "j"}}},
+            ],
         },
         {"name": "b", "type": "localstack", "localstack": {"authTokenSecretRef": {"name": "ls", "key": "t"}}},
     ]
-    assert referenced_secrets(services) == ["ls", "s1"]
+    assert referenced_secrets(services) == {"ls": ["t"], "s1": ["j", "k"]}
