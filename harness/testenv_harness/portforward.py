@@ -258,12 +258,13 @@ Tunnel = SpdyTunnel | ChannelTunnel
 
 
 class Forwarder:
-    """Every forward of one worker namespace: one pod watch, one SPDY session per ready pod."""
+    """Every forward of one worker namespace: one pod watch, and SPDY sessions to each ready pod."""
 
     def __init__(self, api: client.ApiClient, namespace: str) -> None:
         self.api = api
         self.namespace = namespace
         self.channels_only = False  # set once the server turned the SPDY tunnel down
+        self.closed = False
         self.tunnels: set[Tunnel] = set()
         self._sessions: dict[str, list[Session]] = {}
         self._opening: dict[str, threading.Lock] = {}
@@ -315,14 +316,17 @@ class Forwarder:
                 return live[0]
             session = open_session(self.api, self.namespace, pod)
             with self._lock:
-                self._sessions.setdefault(pod, []).append(session)
-            return session
+                if not self.closed:
+                    self._sessions.setdefault(pod, []).append(session)
+                    return session
+            session.close("the forwarder closed while this session was being opened")
+            raise SessionClosedError(f"{self.namespace}/{pod}: the forwarder is closed")
 
     def _grow(self, pod: str, target: int) -> None:
         """Open sessions in the background until the pod has `target`, counting those on the way."""
         with self._lock:
             missing = target - len(self._live(pod)) - self._underway.get(pod, 0)
-            if missing <= 0 or self.channels_only:
+            if missing <= 0 or self.channels_only or self.closed:
                 return
             self._underway[pod] = self._underway.get(pod, 0) + missing
         for _ in range(missing):
@@ -391,6 +395,8 @@ class Forwarder:
         return ChannelTunnel(local, self.api, self.namespace, pod, port)
 
     def close(self) -> None:
+        with self._lock:
+            self.closed = True
         for listener in self._listeners:
             listener.close()
         self.pods.close()
