@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 from hostinfo import load, machine  # bench/ is on sys.path when a script runs
 from testenv_api import primary_port
+from testenv_harness import children
 from testenv_harness.localports import free_port
 
 if TYPE_CHECKING:
@@ -258,13 +259,7 @@ class KubectlForward:
         ]
 
     def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        children.stop(self.process, grace=10, after_kill=10)
 
 
 def measure_in_test(testenv: TestEnv, out: Path, params: Json) -> None:

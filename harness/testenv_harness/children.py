@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ctypes
 import signal
+import subprocess
 from collections.abc import Callable
+from typing import Any
 
 _PR_SET_PDEATHSIG = 1
 
@@ -21,3 +23,15 @@ def dies_with_parent(sig: signal.Signals = signal.SIGKILL) -> Callable[[], None]
         libc.prctl(_PR_SET_PDEATHSIG, sig)
 
     return arm
+
+
+def stop(process: subprocess.Popen[Any], grace: float, after_kill: float = 5) -> None:
+    """SIGTERM, and SIGKILL if it is still there `grace` seconds later (a no-op once it exited)."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(after_kill)

@@ -22,7 +22,7 @@ from testenv_api.status import ServiceStatus, WorkerStatus, workers_from_status
 from testenv_harness import kube, probes
 from testenv_harness.errors import NotReadyError, TestEnvError
 from testenv_harness.handoff import Handoff
-from testenv_harness.portforward import Forwarder, ServiceForward
+from testenv_harness.portforward import Forwarder
 from testenv_harness.waiting import WaitTimeoutError, wait_for
 
 #: Variables set for a service type when the environment has exactly one service of that type.
@@ -57,7 +57,6 @@ class WorkerConnection:
         self.core = client.CoreV1Api(self.api)
         self.status: WorkerStatus | None = None
         self.forwarder: Forwarder | None = None
-        self.forwards: dict[str, ServiceForward] = {}
         self.timings: dict[str, float] = {}
 
     # -- start-up ---------------------------------------------------------------------------
@@ -69,9 +68,7 @@ class WorkerConnection:
             self.forwarder = Forwarder(self.api, self.status.namespace)
             for service in self.status.services:
                 for port in service.ports:
-                    self.forwards[f"{service.name}/{port.name}"] = self.forwarder.listen(
-                        service.name, port.port, port.local_port
-                    )
+                    self.forwarder.listen(service.name, port.port, port.local_port)
             for service in self.status.services:
                 left = self.handoff.timeout - (time.monotonic() - started)
                 try:
@@ -149,7 +146,6 @@ class WorkerConnection:
         if self.forwarder is not None:
             self.forwarder.close()
             self.forwarder = None
-        self.forwards.clear()
 
     # -- where things are -------------------------------------------------------------------
 

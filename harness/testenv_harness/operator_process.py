@@ -15,7 +15,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from testenv_harness.children import dies_with_parent
+from testenv_harness import children
 from testenv_harness.errors import ClusterError
 from testenv_harness.localports import free_port
 from testenv_harness.waiting import WaitTimeoutError, wait_for
@@ -46,7 +46,7 @@ class OperatorProcess:
                 stdout=handle,
                 stderr=handle,
                 stdin=subprocess.DEVNULL,
-                preexec_fn=dies_with_parent(signal.SIGTERM),
+                preexec_fn=children.dies_with_parent(signal.SIGTERM),
             )
         try:
             wait_for(
@@ -79,14 +79,8 @@ class OperatorProcess:
 
     def stop(self) -> None:
         """SIGTERM, and SIGKILL if it is still there 15 seconds later."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        if self.proc is not None:
+            children.stop(self.proc, grace=15)
 
     def kill(self) -> None:
         """SIGKILL: no clean shutdown, as when a node dies."""

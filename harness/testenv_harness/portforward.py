@@ -21,6 +21,7 @@ import select
 import socket
 import ssl
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from kubernetes import client
@@ -348,7 +349,7 @@ class Forwarder:
         for pod in ready:
             self._grow(pod, WARM_SESSIONS)
 
-    def drop_pods(self, which: Any) -> int:
+    def drop_pods(self, which: Callable[[str], bool]) -> int:
         """Close every connection (and session) to the pods `which(pod)` selects."""
         with self._lock:
             sessions = [s for pod in list(self._sessions) if which(pod) for s in self._sessions.pop(pod)]
