@@ -120,6 +120,10 @@ bench-operator: tools ## Benchmark time-to-Ready: operator vs. direct creation (
 bench-portforward: local-deps tools ## Benchmark Redis via the harness's port-forward vs. kubectl port-forward vs. direct (cluster testenv-bench; ~2 min).
 	$(PY) bench/portforward_redis.py $(BENCH_ARGS)
 
+.PHONY: bench-flood
+bench-flood: tools ## Benchmark another tenant's time to Ready under a flood of 150 invalid environments (cluster testenv-bench-flood; ~5 min).
+	$(PY) bench/flood.py $(BENCH_ARGS)
+
 .PHONY: bench-suite
 bench-suite: local-deps tools ## Benchmark the example suite's wall time with -n 1, 2, 4, 3 runs each (cluster testenv-bench; ~5 min).
 	$(PY) bench/suite_wall_time.py $(BENCH_ARGS)

@@ -57,8 +57,8 @@ SERVICES: list[dict[str, str]] = [
 ]
 #: Settings of the operator process beyond its defaults: any worker count the CRD allows.
 OPERATOR_SETTINGS = {"TESTENV_MAX_WORKERS": str(MAX_WORKERS)}
-#: What the operator applies per worker with its default settings (TESTENV_WORKER_CPU/MEMORY).
-QUOTA = manifests.Quota(Settings().worker_cpu, Settings().worker_memory)
+#: What the operator applies per worker with its default settings (TESTENV_WORKER_*).
+FENCES = manifests.Fences.from_settings(Settings())
 #: The operator's reconciler pool size (handlers.configure).
 APPLY_THREADS = 16
 
@@ -253,7 +253,7 @@ def delete_environments(
 
 def apply_worker(api: client.ApiClient, owner: manifests.Owner, plan: WorkerPlan) -> None:
     kubeio.apply(api, manifests.namespace(owner, plan.namespace, plan.index))
-    for obj in plan.objects(owner, QUOTA, []):
+    for obj in plan.objects(owner, FENCES, []):
         kubeio.apply(api, obj)
 
 

@@ -30,6 +30,15 @@ DEFAULT_IMAGES: dict[str, str] = {
 }
 POSTGRES_CREDENTIALS = {"POSTGRES_USER": "testenv", "POSTGRES_PASSWORD": "testenv", "POSTGRES_DB": "testenv"}
 
+# Every container drops ALL capabilities and gets back only what its image's start-up needs.
+#: An entrypoint that starts as root, hands the data directory to the service user and switches
+#: to it (gosu or setpriv, as the official redis, postgres, rabbitmq and mosquitto images do).
+#: DAC_OVERRIDE: its `find <data> ! -user <service user>` walks directories that user owns.
+STEP_DOWN = ("CHOWN", "DAC_OVERRIDE", "SETGID", "SETUID")
+#: Images we know less about (custom ones, LocalStack running as root throughout): the container
+#: runtime's usual set without raw sockets, mknod, chroot, audit writes and file capabilities.
+GENERIC = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID")
+
 
 @dataclasses.dataclass(frozen=True)
 class Probe:
@@ -77,6 +86,8 @@ class ServicePlan:
     limits: Mapping[str, str] = dataclasses.field(default_factory=lambda: {"cpu": "500m", "memory": "256Mi"})
     url_scheme: str = ""
     secret_env: tuple[tuple[str, str, str], ...] = ()  # (variable, secret, key) copied into the worker
+    #: Linux capabilities added back after dropping ALL (STEP_DOWN, GENERIC, or none).
+    capabilities: tuple[str, ...] = ()
 
     def url(self, local_port: int) -> str:
         if self.type == "kafka":
@@ -101,6 +112,7 @@ def _redis(spec: Mapping[str, Any], ctx: ServiceContext) -> ServicePlan:
         args=("redis-server", "--save", "", "--appendonly", "no"),
         readiness=Probe("exec", command=("redis-cli", "ping")),
         url_scheme="redis",
+        capabilities=STEP_DOWN,
     )
 
 
@@ -163,6 +175,7 @@ def _localstack(spec: Mapping[str, Any], ctx: ServiceContext) -> ServicePlan:
         limits={"cpu": "1", "memory": "1Gi"},
         url_scheme="http",
         secret_env=secret_env,
+        capabilities=GENERIC,
     )
 
 
@@ -187,6 +200,8 @@ def _postgres(spec: Mapping[str, Any], ctx: ServiceContext) -> ServicePlan:
         readiness=Probe("exec", command=("pg_isready", "-U", POSTGRES_CREDENTIALS["POSTGRES_USER"])),
         requests={"cpu": "100m", "memory": "128Mi"},
         limits={"cpu": "1", "memory": "512Mi"},
+        # and chmod of directories the postgres user owns, before switching to it
+        capabilities=(*STEP_DOWN, "FOWNER"),
     )
 
 
@@ -200,6 +215,7 @@ def _rabbitmq(spec: Mapping[str, Any], ctx: ServiceContext) -> ServicePlan:
         requests={"cpu": "100m", "memory": "256Mi"},
         limits={"cpu": "1", "memory": "512Mi"},
         url_scheme="amqp",
+        capabilities=STEP_DOWN,
     )
 
 
@@ -212,6 +228,7 @@ def _mosquitto(spec: Mapping[str, Any], ctx: ServiceContext) -> ServicePlan:
         args=("mosquitto", "-c", "/mosquitto-no-auth.conf"),
         readiness=Probe("tcpSocket", port=primary_port("mosquitto")),
         url_scheme="mqtt",
+        capabilities=STEP_DOWN,  # mosquitto switches to its own user itself
     )
 
 
@@ -233,6 +250,7 @@ def _custom(spec: Mapping[str, Any], ctx: ServiceContext) -> ServicePlan:
         command=tuple(custom.get("command") or ()),
         args=tuple(custom.get("args") or ()),
         readiness=probe,
+        capabilities=GENERIC + (("NET_BIND_SERVICE",) if any(port < 1024 for _, port in ports) else ()),
     )
 
 

@@ -1,7 +1,10 @@
 """kopf handlers: the thin layer between cluster events and the reconciler.
 
 - create/resume/spec change: apply every worker at once (`provision`).
-- a daemon per environment keeps it converged: readiness, drift repair, expiry (`keep_converged`).
+- a daemon per environment keeps it converged: readiness, drift repair, expiry (`keep_converged`);
+  how long it sleeps between passes follows what can change (`pacing`).
+- an in-memory index of every namespace's environments, kept by kopf from its one watch, for the
+  per-namespace limits: no pass lists TestEnvironments.
 - Deployment and Namespace events of owned objects wake that daemon at once.
 - deletion: a finalizer deletes the owned namespaces and waits until they are gone.
 - a background sweep deletes managed namespaces whose owner no longer exists.
@@ -34,8 +37,11 @@ from testenv_api import (
     Phase,
 )
 from testenv_operator import kubeio
-from testenv_operator.reconciler import Outcome, Reconciler, expiry_reason
+from testenv_operator.diffbase import DigestDiffBaseStorage
+from testenv_operator.pacing import seconds_to_next_pass
+from testenv_operator.reconciler import Outcome, Reconciler, expiry_reason, seconds_to_expiry
 from testenv_operator.settings import Settings
+from testenv_operator.validation import Sibling
 
 log = logging.getLogger("testenv_operator")
 
@@ -47,6 +53,7 @@ class _State:
     settings: Settings
     reconciler: Reconciler
     wakers: dict[str, asyncio.Event]
+    waiting_for_room: dict[str, str]  # uid -> namespace, of environments over a namespace limit
     locks: dict[str, asyncio.Lock]
     executor: ThreadPoolExecutor
     sweeper: asyncio.Task[None] | None = None
@@ -54,6 +61,7 @@ class _State:
 
 STATE = _State()
 STATE.wakers = {}
+STATE.waiting_for_room = {}
 STATE.locks = {}
 
 
@@ -88,7 +96,7 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.finalizer = FINALIZER
     # Our status schema is strict; keep kopf's own bookkeeping in annotations only.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+    settings.persistence.diffbase_storage = DigestDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration"
     )
     settings.posting.level = logging.INFO
@@ -135,14 +143,26 @@ def _write_status(body: Mapping[str, Any], status: dict[str, Any]) -> None:
             raise
 
 
-def _siblings(namespace: str) -> list[str]:
-    listing = client.CustomObjectsApi(STATE.api).list_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL
-    )
-    items = sorted(
-        listing["items"], key=lambda o: (o["metadata"]["creationTimestamp"], o["metadata"]["name"])
-    )
-    return [o["metadata"]["name"] for o in items if not o["metadata"].get("deletionTimestamp")]
+#: A namespace's environments as `environments` indexes them: (created, name, workers).
+Indexed = tuple[str, str, int]
+
+
+@kopf.index(GROUP, VERSION, PLURAL, when=lambda meta, **_: not meta.get("deletionTimestamp"))
+def environments(
+    namespace: str | None, name: str, meta: kopf.Meta, spec: kopf.Spec, **_: Any
+) -> dict[str, Indexed]:
+    """Environments by namespace, from kopf's watch: what the per-namespace limits count.
+
+    Environments being deleted are left out, as they no longer hold a place.
+    """
+    return {namespace or "": (str(meta.get("creationTimestamp")), name, int(spec.get("workers", 1)))}
+
+
+def _siblings(handler_kwargs: Mapping[str, Any], namespace: str) -> list[Sibling]:
+    """The namespace's environments, oldest first (ties by name, as the API server lists them)."""
+    index: kopf.Index[str, Indexed] = handler_kwargs["environments"]  # kopf passes indices by name
+    found = sorted(index[namespace]) if namespace in index else []
+    return [Sibling(name, workers) for _, name, workers in found]
 
 
 def _event(body: Mapping[str, Any], reason: str, message: str, warning: bool = False) -> None:
@@ -174,10 +194,14 @@ def _report(body: Mapping[str, Any], outcome: Outcome, before: Mapping[str, Any]
         _event(body, reason=str(phase), message=outcome.status.get("message", ""))
 
 
-def _converge(body: Mapping[str, Any], apply_all: bool, full: bool) -> Outcome:
+def _converge(body: Mapping[str, Any], apply_all: bool, full: bool, siblings: list[Sibling]) -> Outcome:
     before = dict(body.get("status") or {})
-    siblings = _siblings(body["metadata"]["namespace"])
     outcome = STATE.reconciler.converge(body, apply_all=apply_all, full=full, siblings=siblings)
+    meta = body["metadata"]
+    if outcome.over_limit:
+        STATE.waiting_for_room[meta["uid"]] = meta["namespace"]
+    else:
+        STATE.waiting_for_room.pop(meta["uid"], None)
     _write_status(body, outcome.status)
     _report(body, outcome, before)
     return outcome
@@ -189,16 +213,18 @@ def _converge(body: Mapping[str, Any], apply_all: bool, full: bool) -> Outcome:
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
-async def provision(body: kopf.Body, **_: Any) -> None:
-    uid = body["metadata"]["uid"]
+async def provision(body: kopf.Body, **kwargs: Any) -> None:
+    uid, namespace = body["metadata"]["uid"], body["metadata"]["namespace"]
     async with STATE.locks.setdefault(uid, asyncio.Lock()):  # never apply alongside the daemon
-        await _in_thread(_converge, dict(body), True, True)
-    _wake(uid)
+        await _in_thread(_converge, dict(body), True, True, _siblings(kwargs, namespace))
+    _wake(uid)  # its daemon takes over now, whatever it was waiting for
+    if kwargs.get("reason") == "update":  # fewer workers may make room; a new one never does
+        _make_room(namespace)
 
 
 @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=5.0)
-async def keep_converged(stopped: kopf.DaemonStopped, body: kopf.Body, **_: Any) -> None:
-    uid = body["metadata"]["uid"]
+async def keep_converged(stopped: kopf.DaemonStopped, body: kopf.Body, **kwargs: Any) -> None:
+    uid, namespace = body["metadata"]["uid"], body["metadata"]["namespace"]
     waker = STATE.wakers.setdefault(uid, asyncio.Event())
     lock = STATE.locks.setdefault(uid, asyncio.Lock())
     last_full = 0.0
@@ -211,22 +237,23 @@ async def keep_converged(stopped: kopf.DaemonStopped, body: kopf.Body, **_: Any)
             if reason and FINALIZER in (snapshot["metadata"].get("finalizers") or []):
                 await _in_thread(_expire, snapshot, reason)
                 return
-            ready = (snapshot.get("status") or {}).get("phase") == Phase.READY
             # Namespaces and Deployments are checked every pass; the other kinds every resync.
             full = time.monotonic() - last_full >= STATE.settings.resync_seconds
             waker.clear()  # before the pass: an event arriving during it must wake the next one
             async with lock:
-                await _in_thread(_converge, snapshot, False, full)
+                outcome = await _in_thread(_converge, snapshot, False, full, _siblings(kwargs, namespace))
             if full:
                 last_full = time.monotonic()
-            # Poll fast while provisioning; when ready, rely on events plus a slow resync.
-            timeout = STATE.settings.resync_seconds if ready else 1.0
+            timeout = seconds_to_next_pass(
+                outcome.status, STATE.settings.resync_seconds, seconds_to_expiry(snapshot)
+            )
             waiters = [asyncio.ensure_future(waker.wait()), asyncio.ensure_future(stopped.wait())]
             await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             for waiter in waiters:
                 waiter.cancel()
     finally:
         STATE.wakers.pop(uid, None)  # the lock stays: tear_down must wait for a converge in flight
+        STATE.waiting_for_room.pop(uid, None)
 
 
 def _expire(body: Mapping[str, Any], reason: str) -> None:
@@ -247,6 +274,13 @@ def _wake(uid: str | None) -> None:
         waker.set()
 
 
+def _make_room(namespace: str) -> None:
+    """Wake the environments of `namespace` that wait for room under its limits."""
+    for uid, home in list(STATE.waiting_for_room.items()):
+        if home == namespace:
+            _wake(uid)
+
+
 @kopf.on.event("apps", "v1", "deployments", labels={LABEL_OWNER_UID: kopf.PRESENT})
 async def owned_deployment_changed(labels: Mapping[str, str], **_: Any) -> None:
     _wake(labels.get(LABEL_OWNER_UID))
@@ -265,6 +299,7 @@ async def tear_down(body: kopf.Body, **_: Any) -> None:
     async with STATE.locks.setdefault(uid, asyncio.Lock()):
         await _in_thread(_tear_down, dict(body))
     STATE.locks.pop(uid, None)
+    _make_room(body["metadata"]["namespace"])
 
 
 def _tear_down(body: Mapping[str, Any]) -> None:

@@ -17,6 +17,7 @@ from testenv_api import (
     MANAGED_BY,
 )
 from testenv_operator.catalog import ServicePlan
+from testenv_operator.settings import Settings
 
 Obj = dict[str, Any]
 
@@ -38,10 +39,33 @@ class Owner:
         }
 
 
+#: Every container's ephemeral-storage limit (its writable layer and logs), from the LimitRange:
+#: `resources` cannot set one (the CRD allows cpu and memory only).
+CONTAINER_EPHEMERAL_STORAGE = "1Gi"
+#: Where cluster DNS answers: kube-system's CoreDNS pods (kubeadm, kind and most managed clusters).
+_DNS_PEER = {
+    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+    "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+}
+
+
 @dataclasses.dataclass(frozen=True)
-class Quota:
+class Fences:
+    """What every worker namespace is held in: its quota, and whether egress is fenced too."""
+
     cpu: str
     memory: str
+    ephemeral_storage: str = "16Gi"
+    open_egress: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Fences:
+        return cls(
+            settings.worker_cpu,
+            settings.worker_memory,
+            settings.worker_ephemeral_storage,
+            open_egress=settings.worker_egress == "open",
+        )
 
 
 def _meta(name: str, labels: Mapping[str, str], namespace: str | None = None) -> Obj:
@@ -62,7 +86,26 @@ def namespace(owner: Owner, name: str, index: int) -> Obj:
     return {"apiVersion": "v1", "kind": "Namespace", "metadata": _meta(name, labels)}
 
 
-def guards(owner: Owner, ns: str, index: int, services: int, quota: Quota) -> list[Obj]:
+def _network_policy(labels: Mapping[str, str], ns: str, open_egress: bool) -> Obj:
+    """Pods of the worker reach each other; in, nothing else; out, cluster DNS and nothing else.
+
+    So a test service cannot reach another tenant, the API server, kubelets or a cloud's
+    metadata address, unless the operator is set to leave egress open (TESTENV_WORKER_EGRESS).
+    """
+    spec: Obj = {"podSelector": {}, "policyTypes": ["Ingress"], "ingress": [{"from": [{"podSelector": {}}]}]}
+    if not open_egress:
+        dns = [{"protocol": protocol, "port": 53} for protocol in ("UDP", "TCP")]
+        spec["policyTypes"] = ["Ingress", "Egress"]
+        spec["egress"] = [{"to": [{"podSelector": {}}]}, {"to": [_DNS_PEER], "ports": dns}]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _meta("testenv-same-namespace-only", labels, ns),
+        "spec": spec,
+    }
+
+
+def guards(owner: Owner, ns: str, index: int, services: int, fences: Fences) -> list[Obj]:
     """Quota, default limits and the network fence every worker namespace gets."""
     labels = {**owner.labels(), LABEL_WORKER: str(index)}
     return [
@@ -72,10 +115,12 @@ def guards(owner: Owner, ns: str, index: int, services: int, quota: Quota) -> li
             "metadata": _meta("testenv-worker", labels, ns),
             "spec": {
                 "hard": {
-                    "limits.cpu": quota.cpu,
-                    "limits.memory": quota.memory,
-                    "requests.cpu": quota.cpu,
-                    "requests.memory": quota.memory,
+                    "limits.cpu": fences.cpu,
+                    "limits.memory": fences.memory,
+                    "requests.cpu": fences.cpu,
+                    "requests.memory": fences.memory,
+                    "limits.ephemeral-storage": fences.ephemeral_storage,
+                    "requests.ephemeral-storage": fences.ephemeral_storage,
                     # Room for a Recreate rollout of every service at once.
                     "pods": str(2 * services + 2),
                 }
@@ -89,23 +134,17 @@ def guards(owner: Owner, ns: str, index: int, services: int, quota: Quota) -> li
                 "limits": [
                     {
                         "type": "Container",
-                        "default": {"cpu": "500m", "memory": "256Mi"},
-                        "defaultRequest": {"cpu": "50m", "memory": "64Mi"},
+                        "default": {
+                            "cpu": "500m",
+                            "memory": "256Mi",
+                            "ephemeral-storage": CONTAINER_EPHEMERAL_STORAGE,
+                        },
+                        "defaultRequest": {"cpu": "50m", "memory": "64Mi", "ephemeral-storage": "64Mi"},
                     }
                 ]
             },
         },
-        {
-            "apiVersion": "networking.k8s.io/v1",
-            "kind": "NetworkPolicy",
-            "metadata": _meta("testenv-same-namespace-only", labels, ns),
-            "spec": {
-                "podSelector": {},
-                "policyTypes": ["Ingress"],
-                # Pods of this worker may talk to each other; other namespaces are refused.
-                "ingress": [{"from": [{"podSelector": {}}]}],
-            },
-        },
+        _network_policy(labels, ns, fences.open_egress),
     ]
 
 
@@ -118,7 +157,13 @@ def _container(plan: ServicePlan) -> Obj:
         ],
         "env": [dict(e) for e in plan.env],
         "resources": {"requests": dict(plan.requests), "limits": dict(plan.limits)},
-        "securityContext": {"allowPrivilegeEscalation": False},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {
+                "drop": ["ALL"],
+                **({"add": list(plan.capabilities)} if plan.capabilities else {}),
+            },
+        },
     }
     if plan.command:
         container["command"] = list(plan.command)
@@ -152,6 +197,7 @@ def workload(owner: Owner, ns: str, index: int, plan: ServicePlan) -> list[Obj]:
                     # A Service named kafka would inject KAFKA_PORT, which the image reads as a setting.
                     "enableServiceLinks": False,
                     "automountServiceAccountToken": False,
+                    "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
                     "terminationGracePeriodSeconds": 2,
                     "containers": [_container(plan)],
                 },

@@ -9,7 +9,7 @@ from typing import Any
 from testenv_api.ports import PlannedPort, plan_ports
 from testenv_operator import manifests, naming
 from testenv_operator.catalog import DEFAULT_IMAGES, ServiceContext, ServicePlan, render_service
-from testenv_operator.manifests import Obj, Owner, Quota
+from testenv_operator.manifests import Fences, Obj, Owner
 from testenv_operator.settings import Settings
 
 
@@ -25,9 +25,9 @@ class WorkerPlan:
     def local_port(self, service: str, port: str) -> int:
         return next(p.local_port for p in self.ports if p.service == service and p.name == port)
 
-    def objects(self, owner: Owner, quota: Quota, secrets: list[Obj]) -> list[Obj]:
+    def objects(self, owner: Owner, fences: Fences, secrets: list[Obj]) -> list[Obj]:
         """Every namespaced object of this worker (the Namespace itself is applied first, apart)."""
-        objects = manifests.guards(owner, self.namespace, self.index, len(self.services), quota)
+        objects = manifests.guards(owner, self.namespace, self.index, len(self.services), fences)
         objects += [manifests.copied_secret(owner, self.namespace, self.index, s) for s in secrets]
         for service in self.services:
             objects += manifests.workload(owner, self.namespace, self.index, service)

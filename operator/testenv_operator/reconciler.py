@@ -6,6 +6,7 @@ applied in parallel, so time-to-ready is the slowest service, never the sum.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import logging
@@ -19,11 +20,11 @@ from kubernetes.client.exceptions import ApiException
 import testenv_api
 from testenv_api import LABEL_OWNER_UID, LABEL_SHAREABLE, ConditionType, Phase
 from testenv_operator import kubeio, manifests, readiness
-from testenv_operator.manifests import Obj, Owner, Quota
+from testenv_operator.manifests import Fences, Obj, Owner
 from testenv_operator.plan import WorkerPlan, plan_environment
 from testenv_operator.readiness import NamespaceState, Observed
 from testenv_operator.settings import Settings
-from testenv_operator.validation import Problem, environments_over_limit, validate
+from testenv_operator.validation import Problem, Sibling, environments_over_limit, validate
 
 log = logging.getLogger(__name__)
 _NAMESPACED_KINDS = (
@@ -47,6 +48,8 @@ class Outcome:
     repaired: list[int] = dataclasses.field(default_factory=list)
     removed_namespaces: list[str] = dataclasses.field(default_factory=list)
     foreign: list[str] = dataclasses.field(default_factory=list)
+    #: Refused for a per-namespace limit: waits for a sibling to make room.
+    over_limit: bool = False
 
 
 def owner_of(body: Mapping[str, Any]) -> Owner:
@@ -88,12 +91,24 @@ def expiry_reason(body: Mapping[str, Any], now: datetime.datetime | None = None)
     return None
 
 
+def seconds_to_expiry(body: Mapping[str, Any], now: datetime.datetime | None = None) -> float:
+    """Seconds until `expiry_reason` would name a reason, if nothing changes meanwhile (>= 0)."""
+    now = now or _now()
+    deadlines = [expires_at(body)]
+    timeout = ((body.get("spec") or {}).get("lifetime") or {}).get("heartbeatTimeoutSeconds")
+    beat = (body["metadata"].get("annotations") or {}).get(testenv_api.ANNOTATION_HEARTBEAT)
+    if timeout and beat:
+        with contextlib.suppress(ValueError):
+            deadlines.append(_parse_time(beat) + datetime.timedelta(seconds=int(timeout)))
+    return max(0.0, (min(deadlines) - now).total_seconds())
+
+
 class Reconciler:
     def __init__(self, api: client.ApiClient, settings: Settings, pool: ThreadPoolExecutor) -> None:
         self.api = api
         self.settings = settings
         self.pool = pool
-        self.quota = Quota(settings.worker_cpu, settings.worker_memory)
+        self.fences = Fences.from_settings(settings)
 
     # -- observing ----------------------------------------------------------------------------
 
@@ -162,7 +177,7 @@ class Reconciler:
             return False
         else:
             kubeio.apply(self.api, ns)
-        for obj in plan.objects(owner, self.quota, secrets):
+        for obj in plan.objects(owner, self.fences, secrets):
             kubeio.apply(self.api, obj)
         return True
 
@@ -175,7 +190,7 @@ class Reconciler:
         kinds = _NAMESPACED_KINDS if full else ("Deployment",)
         wanted = {
             (o["kind"], plan.namespace, o["metadata"]["name"])
-            for o in plan.objects(owner, self.quota, [])
+            for o in plan.objects(owner, self.fences, [])
             if o["kind"] in kinds
         }
         return not wanted <= observed.present
@@ -201,11 +216,13 @@ class Reconciler:
 
     # -- one pass -----------------------------------------------------------------------------
 
-    def converge(self, body: Mapping[str, Any], apply_all: bool, full: bool, siblings: list[str]) -> Outcome:
+    def converge(
+        self, body: Mapping[str, Any], apply_all: bool, full: bool, siblings: list[Sibling]
+    ) -> Outcome:
         """apply_all: the spec changed, apply every worker; otherwise only repair what is missing.
 
         full: observe every kind (drift check) instead of just namespaces and Deployments.
-        siblings: names of the environments in this namespace, oldest first (for the limit).
+        siblings: the environments of this namespace, oldest first (for the per-namespace limits).
         """
         owner = owner_of(body)
         spec = body["spec"]
@@ -214,7 +231,7 @@ class Reconciler:
         if over:
             problems.append(over)
         if problems:
-            return Outcome(self._status(body, [], problems), problems)
+            return Outcome(self._status(body, [], problems), problems, over_limit=over is not None)
         secrets, missing = self._secrets(owner, spec)
         if missing:
             return Outcome(self._status(body, [], missing, waiting=True), missing)

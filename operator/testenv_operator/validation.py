@@ -18,6 +18,7 @@ from kubernetes.utils import parse_quantity
 from testenv_api.ports import PortPlanError, plan_ports
 from testenv_api.services import service_ports
 from testenv_operator.catalog import DEFAULT_IMAGES, ServiceContext, render_service
+from testenv_operator.manifests import CONTAINER_EPHEMERAL_STORAGE
 from testenv_operator.settings import Settings
 
 _DOMAIN_PART = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
@@ -37,20 +38,49 @@ class Problem:
         return f"{self.field}: {self.message}"
 
 
-def _images(spec: Mapping[str, Any]) -> list[Problem]:
+def registry_path(image: str) -> str:
+    """The image's registry and repository, as a pull resolves them (docker.io/library/redis)."""
+    name = image.split("@", 1)[0]
+    first, _, rest = name.partition("/")
+    if not rest or not ("." in first or ":" in first or first == "localhost"):
+        first, rest = "docker.io", name  # no registry host: Docker Hub
+    if first == "docker.io" and "/" not in rest:
+        rest = f"library/{rest}"
+    last = rest.rsplit("/", 1)
+    last[-1] = last[-1].split(":", 1)[0]  # the tag
+    return f"{first.lower()}/{'/'.join(last)}"
+
+
+def _allowed(image: str, registries: Sequence[str]) -> bool:
+    where = registry_path(image)
+    return not registries or any(where == r or where.startswith(f"{r}/") for r in registries)
+
+
+def _images(spec: Mapping[str, Any], settings: Settings) -> list[Problem]:
     problems = []
     for i, service in enumerate(spec["services"]):
         for field, image in (
             ("image", service.get("image")),
             ("custom.image", (service.get("custom") or {}).get("image")),
         ):
-            if image and not IMAGE_REFERENCE.match(image):
+            if not image:
+                continue
+            if not IMAGE_REFERENCE.match(image):
                 problems.append(
                     Problem(
                         f"spec.services[{i}].{field}",
                         f"{image!r} is not a valid image reference; use "
                         "[registry/]repository[:tag][@sha256:digest], "
                         "for example ghcr.io/acme/api:1.4.2",
+                    )
+                )
+            elif not _allowed(image, settings.allowed_registries):
+                problems.append(
+                    Problem(
+                        f"spec.services[{i}].{field}",
+                        f"{image!r} ({registry_path(image)}) is not from a registry this operator allows "
+                        f"({', '.join(settings.allowed_registries)}; TESTENV_ALLOWED_REGISTRIES): use an "
+                        "image from one of them, or ask the cluster admin to add its registry",
                     )
                 )
     return problems
@@ -107,6 +137,16 @@ def _quota(spec: Mapping[str, Any], settings: Settings) -> list[Problem]:
                     "or drop a service",
                 )
             )
+    storage = len(plans) * Decimal(parse_quantity(CONTAINER_EPHEMERAL_STORAGE))
+    if storage > Decimal(parse_quantity(settings.worker_ephemeral_storage)):
+        problems.append(
+            Problem(
+                "spec.services",
+                f"{len(plans)} services get {CONTAINER_EPHEMERAL_STORAGE} of ephemeral storage each, more "
+                f"than the worker quota of {settings.worker_ephemeral_storage} "
+                "(TESTENV_WORKER_EPHEMERAL_STORAGE): drop a service or ask the cluster admin",
+            )
+        )
     return problems
 
 
@@ -132,7 +172,7 @@ def validate(spec: Mapping[str, Any], settings: Settings) -> list[Problem]:
                 f"lower spec.workers or ask the cluster admin to raise the limit",
             )
         )
-    problems += _images(spec)
+    problems += _images(spec, settings)
     problems += _custom_ports(spec)
     problems += _quantities(spec)
     try:
@@ -144,13 +184,38 @@ def validate(spec: Mapping[str, Any], settings: Settings) -> list[Problem]:
     return problems
 
 
-def environments_over_limit(names_by_age: Sequence[str], name: str, settings: Settings) -> Problem | None:
-    """Whether `name` is past the per-namespace limit, counting environments oldest first."""
+@dataclasses.dataclass(frozen=True)
+class Sibling:
+    """One TestEnvironment of a namespace, as the per-namespace limits count it."""
+
+    name: str
+    workers: int
+
+
+def environments_over_limit(by_age: Sequence[Sibling], name: str, settings: Settings) -> Problem | None:
+    """Whether `name` is past a per-namespace limit, counting environments oldest first.
+
+    Older environments keep what they have: a new one never pushes an existing one out.
+    """
+    names = [s.name for s in by_age]
+    if name not in names:
+        return None
+    position = names.index(name)
     limit = settings.max_environments_per_namespace
-    if name in names_by_age and names_by_age.index(name) >= limit:
+    if position >= limit:
         return Problem(
             "metadata.namespace",
             f"this namespace already holds {limit} older TestEnvironments, the most this operator allows "
             f"(TESTENV_MAX_ENVIRONMENTS_PER_NAMESPACE): delete one you no longer use",
+        )
+    older = sum(s.workers for s in by_age[:position])
+    wanted = by_age[position].workers
+    cap = settings.max_workers_per_namespace
+    if older + wanted > cap:
+        return Problem(
+            "spec.workers",
+            f"older TestEnvironments of this namespace already ask for {older} workers, and {wanted} more "
+            f"would pass the {cap} one namespace may hold (TESTENV_MAX_WORKERS_PER_NAMESPACE): lower "
+            "spec.workers or delete an environment you no longer use",
         )
     return None

@@ -207,6 +207,23 @@ def _worker_pod(api: client.ApiClient, team: Team, name: str) -> tuple[str, str]
     return namespace, pod.metadata.name
 
 
+def _assert_fenced(api: client.ApiClient, namespace: str) -> None:
+    """What the operator made in a worker namespace holds its pods in (issue 13, medium 4 and 5)."""
+    policy = client.NetworkingV1Api(api).read_namespaced_network_policy(
+        "testenv-same-namespace-only", namespace
+    )
+    assert policy.spec.policy_types == ["Ingress", "Egress"]
+    peers = [peer.to_dict() for rule in policy.spec.egress for peer in rule.to]
+    assert all(peer["ip_block"] is None for peer in peers), peers  # no address outside the cluster
+    quota = client.CoreV1Api(api).read_namespaced_resource_quota("testenv-worker", namespace)
+    assert "limits.ephemeral-storage" in quota.spec.hard
+    pod = client.AppsV1Api(api).read_namespaced_deployment("redis", namespace).spec.template.spec
+    assert pod.security_context.seccomp_profile.type == "RuntimeDefault"
+    (container,) = pod.containers
+    assert container.security_context.capabilities.drop == ["ALL"]
+    assert "NET_RAW" not in (container.security_context.capabilities.add or [])
+
+
 def _kubectl_port_forward(kubeconfig: Path, namespace: str, pod: str, port: int) -> tuple[bool, str]:
     """`kubectl port-forward` as a CI job runs it: (True, its first line) once it forwards, else
     (False, its error)."""
@@ -553,7 +570,12 @@ def test_a_release_with_watch_namespaces_serves_only_those(
     scoped: chart.Release | None = None
     process: OperatorProcess | None = None
     try:
-        values = {**FAST, "watchNamespaces": [served.namespace]}
+        values = {
+            **FAST,
+            "watchNamespaces": [served.namespace],
+            "tenantQuota": {"testEnvironments": 3},
+            "allowedRegistries": ["registry.example.com"],
+        }
         scoped = chart.install(api, local_cluster.kubeconfig, "testenv-scoped", "testenv-scoped", values)
         assert scoped.operator_env(api)["TESTENV_NAMESPACES"] == served.namespace
         user = scoped.operator_user
@@ -565,13 +587,38 @@ def test_a_release_with_watch_namespaces_serves_only_those(
         assert not chart.allowed(api, user, "create", "events", ignored.namespace)
 
         process = _start_operator(api, scoped, tmp_path)
+        # Quota admission refuses everything the quota counts until its controller has counted.
+        wait_for(
+            lambda: all(
+                q.status.hard
+                for q in client.CoreV1Api(api).list_namespaced_resource_quota(served.namespace).items
+            ),
+            timeout=30,
+            what="the tenant quota's first count",
+        )
         te.create(ignored.api, ignored.namespace, te.manifest("not-served", workers=1))
         te.create(served.api, served.namespace, te.manifest("served", workers=1))
-        te.wait_phase(served.api, served.namespace, "served", Phase.READY)
+        ready = te.wait_phase(served.api, served.namespace, "served", Phase.READY)
+        _assert_fenced(api, workers_from_status(ready["status"])[0].namespace)
         time.sleep(3)  # a resync and more: time enough to touch the other one, were it served
         untouched = te.get(api, ignored.namespace, "not-served")
         assert not untouched.get("status")
         assert FINALIZER not in (untouched["metadata"].get("finalizers") or [])
+
+        # An image override from a registry the release does not allow is refused.
+        elsewhere = [{"name": "redis", "type": "redis", "image": "redis:7"}]
+        te.create(served.api, served.namespace, te.manifest("elsewhere", workers=1, services=elsewhere))
+        refused = te.wait_phase(served.api, served.namespace, "elsewhere", Phase.FAILED)
+        assert "docker.io/library/redis" in refused["status"]["message"]
+        assert "TESTENV_ALLOWED_REGISTRIES" in refused["status"]["message"]
+
+        # The release's quota in the watched namespace caps the objects a tenant can pile up.
+        te.create(served.api, served.namespace, te.manifest("second", workers=1))
+        with pytest.raises(ApiException) as over_quota:
+            te.create(served.api, served.namespace, te.manifest("third", workers=1))
+        assert over_quota.value.status == 403
+        assert "exceeded quota" in json.loads(over_quota.value.body)["message"]
+        te.delete_many(served.api, served.namespace, ["second", "elsewhere"])
 
         te.delete(served.api, served.namespace, "served")
         te.delete(ignored.api, ignored.namespace, "not-served")

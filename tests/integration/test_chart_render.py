@@ -205,9 +205,13 @@ def test_the_operator_reads_the_environment_the_chart_sets() -> None:
         "limits": {
             "maxWorkersPerEnvironment": 12,
             "maxEnvironmentsPerNamespace": 3,
+            "maxWorkersPerNamespace": 40,
             "workerCPU": 4,
             "workerMemory": "6Gi",
+            "workerEphemeralStorage": "4Gi",
         },
+        "workerEgress": "open",
+        "allowedRegistries": ["registry.example.com:5000", "ghcr.io/acme"],
         "serviceImages": {"redis": "valkey/valkey:8.1", "postgres": "mirror.example.com/postgres:17.6"},
         "logLevel": "WARNING",
         "resyncSeconds": 30,
@@ -230,8 +234,12 @@ def test_the_operator_reads_the_environment_the_chart_sets() -> None:
         namespaces=("ci-a", "ci-b"),
         max_workers=12,
         max_environments_per_namespace=3,
+        max_workers_per_namespace=40,
         worker_cpu="4",
         worker_memory="6Gi",
+        worker_ephemeral_storage="4Gi",
+        worker_egress="open",
+        allowed_registries=("registry.example.com:5000", "ghcr.io/acme"),
         images={"redis": "valkey/valkey:8.1", "postgres": "mirror.example.com/postgres:17.6"},
         access_cluster_role=one(docs, "ClusterRole", "worker-access")["metadata"]["name"],
         resync_seconds=30,
@@ -248,8 +256,12 @@ def test_default_settings_are_the_operators_defaults(default: list[Doc]) -> None
         "namespaces",
         "max_workers",
         "max_environments_per_namespace",
+        "max_workers_per_namespace",
         "worker_cpu",
         "worker_memory",
+        "worker_ephemeral_storage",
+        "worker_egress",
+        "allowed_registries",
     ):
         assert getattr(from_chart, field) == getattr(built_in, field), field
     assert (from_chart.images, from_chart.resync_seconds, from_chart.sweep_seconds) == ({}, 10, 60)
@@ -266,6 +278,7 @@ def _schema() -> dict[str, Any]:
     [
         (("limits", "maxWorkersPerEnvironment"), "TESTENV_MAX_WORKERS"),
         (("limits", "maxEnvironmentsPerNamespace"), "TESTENV_MAX_ENVIRONMENTS_PER_NAMESPACE"),
+        (("limits", "maxWorkersPerNamespace"), "TESTENV_MAX_WORKERS_PER_NAMESPACE"),
         (("resyncSeconds",), "TESTENV_RESYNC_SECONDS"),
         (("orphanSweepSeconds",), "TESTENV_SWEEP_SECONDS"),
     ],
@@ -379,6 +392,12 @@ def test_watch_namespaces_moves_the_tenant_rules_into_roles_there() -> None:
         assert binding["subjects"] == [
             {"kind": "ServiceAccount", "name": "testenv-operator", "namespace": NAMESPACE}
         ]
+    quotas = {d["metadata"]["namespace"]: d for d in docs if d["kind"] == "ResourceQuota"}
+    assert set(quotas) == {"team-a", "team-b"}
+    for quota in quotas.values():
+        assert quota["spec"]["hard"] == {"count/testenvironments.testenv.dev": "40"}
+    no_quota = render({"watchNamespaces": ["team-a"], "tenantQuota": {"testEnvironments": 0}})
+    assert not [d for d in no_quota if d["kind"] == "ResourceQuota"]
 
 
 def test_worker_access_role_reads_and_port_forwards_only(default: list[Doc]) -> None:

@@ -52,6 +52,11 @@ def _custom(**custom: Any) -> dict[str, Any]:
     return {"name": "api", "type": "custom", "custom": custom}
 
 
+def _env(count: int, length: int) -> list[dict[str, str]]:
+    """`count` variables of `length` characters each, named V0, V1, ..."""
+    return [{"name": f"V{i}", "value": "x" * length} for i in range(count)]
+
+
 VALID: dict[str, Callable[[Manifest], None]] = {
     "minimal": lambda m: None,
     "every built-in type": lambda m: m["spec"].update(
@@ -87,6 +92,14 @@ VALID: dict[str, Callable[[Manifest], None]] = {
     "lifetime": lambda m: m["spec"].update(lifetime={"ttlSeconds": 3600, "heartbeatTimeoutSeconds": 300}),
     "integer exponents": lambda m: m["spec"]["services"][0].update(
         resources={"requests": {"cpu": "1e-1", "memory": "1e8"}, "limits": {"memory": "2E8"}}
+    ),
+    "32 KiB of env and args, just": lambda m: m["spec"]["services"].extend(
+        [
+            {"name": "big", "type": "redis", "env": _env(7, 4000)},
+            _custom(
+                image="a:1", ports=[{"name": "p", "port": 80}], args=["y" * 1000] * 3, command=["z" * 700]
+            ),
+        ]
     ),
 }
 
@@ -251,6 +264,23 @@ INVALID: dict[str, tuple[Callable[[Manifest], None], str, str]] = {
         _set("spec.access", {"subjects": [{"kind": "Group", "name": "system:authenticated"}]}),
         "spec.access.subjects[0].name",
         "system: users and groups",
+    ),
+    "over 32 KiB of env values": (
+        _set("spec.services.0.env", _env(9, 4000)),
+        "spec.services",
+        "32768 characters in total",
+    ),
+    "a megabyte of env values": (
+        lambda m: m["spec"].update(
+            services=[{"name": f"s{i}", "type": "redis", "env": _env(64, 4096)} for i in range(4)]
+        ),
+        "spec.services",
+        "32768 characters in total",
+    ),
+    "over 32 KiB in custom args": (
+        _add_service(_custom(image="a:1", ports=[{"name": "p", "port": 80}], args=["y" * 1024] * 33)),
+        "spec.services",
+        "32768 characters in total",
     ),
     "a system: user": (
         _set("spec.access", {"subjects": [{"kind": "User", "name": "system:serviceaccount:b:ci"}]}),

@@ -20,8 +20,12 @@ def test_environment_overrides() -> None:
             "TESTENV_MAX_WORKERS": "8",
             "TESTENV_IMAGE_REDIS": "valkey/valkey:8.1",
             "TESTENV_LOG_LEVEL": "debug",
+            "TESTENV_WORKER_EGRESS": "Open",
+            "TESTENV_ALLOWED_REGISTRIES": " registry.example.com:5000 , ghcr.io/acme/ ,",
         }
     )
+    assert settings.worker_egress == "open"
+    assert settings.allowed_registries == ("registry.example.com:5000", "ghcr.io/acme")
     assert settings.namespaces == ("team-a", "team-b")
     assert settings.max_workers == 8
     assert settings.images == {"redis": "valkey/valkey:8.1"}
@@ -35,6 +39,9 @@ def test_environment_overrides() -> None:
         ({"TESTENV_MAX_WORKERS": "0"}, rf"out of range: use 1\.\.{MAX_WORKERS}"),
         ({"TESTENV_MAX_WORKERS": str(MAX_WORKERS + 1)}, "out of range"),
         ({"TESTENV_LOG_LEVEL": "LOUD"}, "use one of DEBUG"),
+        ({"TESTENV_WORKER_EGRESS": "closed"}, "TESTENV_WORKER_EGRESS='closed': use one of restricted, open"),
+        ({"TESTENV_ALLOWED_REGISTRIES": "ghcr.io/acme/api:1.2"}, "names an image, not a registry"),
+        ({"TESTENV_ALLOWED_REGISTRIES": "ghcr.io/acme/api@sha256:ab"}, "names an image, not a registry"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], message: str) -> None:

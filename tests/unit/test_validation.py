@@ -7,7 +7,13 @@ from typing import Any
 import pytest
 
 from testenv_operator.settings import Settings
-from testenv_operator.validation import IMAGE_REFERENCE, environments_over_limit, validate
+from testenv_operator.validation import (
+    IMAGE_REFERENCE,
+    Sibling,
+    environments_over_limit,
+    registry_path,
+    validate,
+)
 
 SETTINGS = Settings(max_workers=8, worker_cpu="2", worker_memory="2Gi")
 
@@ -83,12 +89,32 @@ def test_port_plan_overflow() -> None:
     assert "at most 65528" in problem.message
 
 
+def _by_age(*pairs: tuple[str, int]) -> list[Sibling]:
+    return [Sibling(name, workers) for name, workers in pairs]
+
+
 def test_environment_limit_counts_oldest_first() -> None:
     settings = Settings(max_environments_per_namespace=2)
-    assert environments_over_limit(["a", "b", "c"], "b", settings) is None
-    problem = environments_over_limit(["a", "b", "c"], "c", settings)
+    siblings = _by_age(("a", 1), ("b", 1), ("c", 1))
+    assert environments_over_limit(siblings, "b", settings) is None
+    problem = environments_over_limit(siblings, "c", settings)
     assert problem is not None
     assert "TESTENV_MAX_ENVIRONMENTS_PER_NAMESPACE" in problem.message
+
+
+def test_the_workers_of_a_namespace_are_capped_oldest_first() -> None:
+    settings = Settings(max_workers_per_namespace=10)
+    siblings = _by_age(("a", 4), ("b", 6), ("c", 1), ("d", 8))
+    assert environments_over_limit(siblings, "a", settings) is None
+    assert environments_over_limit(siblings, "b", settings) is None  # exactly at the cap
+    problem = environments_over_limit(siblings, "c", settings)
+    assert problem is not None
+    assert problem.field == "spec.workers"
+    assert "already ask for 10 workers" in problem.message
+    assert "TESTENV_MAX_WORKERS_PER_NAMESPACE" in problem.message
+    # The check is per environment: a later, larger one is refused as well; an unknown name is not.
+    assert environments_over_limit(siblings, "d", settings) is not None
+    assert environments_over_limit(siblings, "gone", settings) is None
 
 
 def test_a_quantity_kubernetes_cannot_parse_is_a_problem_not_a_crash() -> None:
@@ -96,3 +122,56 @@ def test_a_quantity_kubernetes_cannot_parse_is_a_problem_not_a_crash() -> None:
     (problem,) = validate(_spec(services=services), SETTINGS)
     assert problem.field == "spec.services[0].resources.limits.cpu"
     assert "not a Kubernetes quantity" in problem.message
+
+
+@pytest.mark.parametrize(
+    ("image", "where"),
+    [
+        ("redis", "docker.io/library/redis"),
+        ("redis:7.2.7", "docker.io/library/redis"),
+        ("bitnami/redis:7", "docker.io/bitnami/redis"),
+        ("docker.io/redis", "docker.io/library/redis"),
+        ("ghcr.io/acme/api:1.4.2", "ghcr.io/acme/api"),
+        ("localhost:5000/a/b:c", "localhost:5000/a/b"),
+        ("Registry.Example/x@sha256:" + "a" * 64, "registry.example/x"),
+    ],
+)
+def test_registry_path_is_where_a_pull_goes(image: str, where: str) -> None:
+    assert registry_path(image) == where
+
+
+def test_image_overrides_must_come_from_an_allowed_registry() -> None:
+    settings = Settings(allowed_registries=("registry.example.com", "ghcr.io/acme"))
+    allowed = [
+        {"name": "redis", "type": "redis", "image": "registry.example.com/mirror/redis:7"},
+        {
+            "name": "api",
+            "type": "custom",
+            "custom": {"image": "ghcr.io/acme/api:1", "ports": [{"name": "p", "port": 80}]},
+        },
+    ]
+    assert validate(_spec(services=allowed), settings) == []
+    refused = [
+        {"name": "redis", "type": "redis", "image": "redis:7"},
+        {
+            "name": "api",
+            "type": "custom",
+            "custom": {"image": "ghcr.io/acme-evil/x:1", "ports": [{"name": "p", "port": 80}]},
+        },
+    ]
+    first, second = validate(_spec(services=refused), settings)
+    assert first.field == "spec.services[0].image"
+    assert "docker.io/library/redis" in first.message
+    assert "TESTENV_ALLOWED_REGISTRIES" in first.message
+    assert second.field == "spec.services[1].custom.image"
+    # The operator's own default images are the admin's choice, not checked: no image, no problem.
+    assert validate(_spec(), settings) == []
+
+
+def test_every_container_s_ephemeral_storage_must_fit_the_worker_quota() -> None:
+    settings = Settings(worker_ephemeral_storage="2Gi")
+    two = [{"name": f"r{i}", "type": "redis"} for i in range(2)]
+    assert validate(_spec(services=two), settings) == []
+    (problem,) = validate(_spec(services=[*two, {"name": "r2", "type": "redis"}]), settings)
+    assert problem.field == "spec.services"
+    assert "TESTENV_WORKER_EPHEMERAL_STORAGE" in problem.message

@@ -8,6 +8,7 @@ binary path is handed to kwokctl, which therefore never tries to download anythi
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -33,8 +34,12 @@ def kwok_workdir() -> Path:
     return toolchain.cache_root() / "kwok"
 
 
+#: What each simulated node offers; worker namespaces quota ephemeral-storage, so it is listed too.
+_CAPACITY = {"cpu": "64", "memory": "256Gi", "ephemeral-storage": "1Ti", "pods": "500"}
+
+
 def _node_manifest(name: str) -> dict[str, object]:
-    capacity = {"cpu": "64", "memory": "256Gi", "pods": "500"}
+    capacity = dict(_CAPACITY)
     return {
         "apiVersion": "v1",
         "kind": "Node",
@@ -228,9 +233,13 @@ class LocalProvider:
             raise ClusterError(str(exc)) from exc
 
     def _ensure_nodes(self) -> None:
-        nodes = [_node_manifest(f"kwok-node-{i}") for i in range(self.nodes)]
-        manifest = yaml.safe_dump_all(nodes)
+        names = [f"kwok-node-{i}" for i in range(self.nodes)]
+        manifest = yaml.safe_dump_all([_node_manifest(name) for name in names])
         self.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", stdin=manifest)
+        # Status is only taken from a create: a node made by an older version gets it patched.
+        status = json.dumps({"status": {"allocatable": _CAPACITY, "capacity": _CAPACITY}})
+        for name in names:
+            self.kubectl("patch", "node", name, "--subresource=status", "--type=merge", "-p", status)
         self.kubectl(
             "wait",
             "--for=condition=Ready",
