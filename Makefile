@@ -32,6 +32,11 @@ venv: $(INSTALLED) ## Create .venv with the package and its dev tools.
 tools: venv ## Build the pinned Kubernetes/etcd/kwok/helm/kind binaries (cached; a rerun is a no-op).
 	$(PY) -m testenv_harness.cli tools
 
+.PHONY: ginkgo
+ginkgo: venv ## Build the pinned ginkgo CLI into the cache and fetch the Ginkgo example's Go modules.
+	$(PY) -m testenv_harness.cli tools --group runners
+	cd examples/ginkgo && go mod download
+
 .PHONY: cluster-up
 cluster-up: tools ## Start (or reuse) the local kwokctl cluster and print the lines to use it.
 	@$(PY) -m testenv_harness.cli cluster up --name $(CLUSTER)
@@ -72,7 +77,7 @@ test-integration: tools ## Integration tests against a real API server (a throwa
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
 .PHONY: test-e2e
-test-e2e: local-deps tools ## End-to-end: the pytest plugin, operator and real services on the local cluster.
+test-e2e: local-deps tools ginkgo ## End-to-end: the pytest plugin, operator and real services on the local cluster.
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
 .PHONY: test-kind
@@ -80,7 +85,7 @@ test-kind: system-deps tools kind-images ## The kind tier: e2e scenarios, every 
 	$(PY) -m pytest tests/kind $(PYTEST_ARGS)
 
 .PHONY: test
-test: system-deps tools kind-images ## Every tier, as CI runs it (kind's only where a Docker engine answers).
+test: system-deps tools ginkgo kind-images ## Every tier, as CI runs it (kind's only where a Docker engine answers).
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 .PHONY: system-deps
@@ -103,6 +108,12 @@ kind-images: tools ## Build the kind node, service and operator images offline (
 .PHONY: demo
 demo: local-deps tools cluster-up ## The main job: the example suite, 4 workers, each with its own Redis/Kafka/S3.
 	cd examples/suite && ../../$(PY) -m pytest -n 4 --testenv-cluster local --testenv-cluster-name $(CLUSTER)
+
+.PHONY: demo-ginkgo
+demo-ginkgo: local-deps tools ginkgo ## The Ginkgo example suite, 4 parallel processes, each with its own Redis and Kafka (testenv run).
+	cd examples/ginkgo && PATH="$$(../../$(PY) -m testenv_harness.cli tools --group runners --print-bin-dir):$$PATH" \
+	  ../../$(VENV)/bin/testenv run -f testenvironment.yaml --workers 4 --cluster local --cluster-name $(CLUSTER) \
+	  -- ginkgo -p --procs 4
 
 .PHONY: demo-kind
 demo-kind: system-deps tools kind-images ## The example suite with 4 workers on a real kind cluster (real pods, real images).

@@ -1,5 +1,8 @@
 """`testenv`: the command line for runners other than pytest, and for humans.
 
+testenv run -f env.yaml --workers 4 -- CMD   set up, forward every worker, run CMD, tear down
+testenv up | down | status | sweep           the run's steps one at a time (see cli_runs.py)
+testenv env | forward | restart | exec       one worker's variables, forwards, restarts
 testenv tools                 build the pinned local-cluster binaries (no-op when cached)
 testenv cluster up|down       start or delete the local cluster (--provider kind: the kind one)
 testenv cluster env           print the shell lines that point kubectl at it
@@ -14,8 +17,12 @@ import argparse
 import shlex
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-from testenv_harness import imagebuild, kafka_runtime, toolchain
+import urllib3
+from kubernetes.client.exceptions import ApiException
+
+from testenv_harness import cli_runs, imagebuild, kafka_runtime, toolchain
 from testenv_harness.clusters.kind import KindProvider
 from testenv_harness.clusters.local import DEFAULT_NAME, LocalProvider
 from testenv_harness.errors import TestEnvError
@@ -34,12 +41,16 @@ def _export_lines(provider: LocalProvider | KindProvider) -> str:
 
 def _cmd_tools(args: argparse.Namespace) -> int:
     if args.print_bin_dir:
-        print(toolchain.bin_dir())
+        print(toolchain.group_bin_dir(args.group))
         return 0
-    todo = toolchain.missing()
+    todo = toolchain.missing(args.group)
     if todo:
         names = ", ".join(f"{t.name} {t.version}" for t in todo)
         _say(f"building {len(todo)} tool(s) from the Go module proxy: {names}")
+    if args.group != "local":
+        toolchain.build_group(args.group, report=_say)
+        _say(f"tools ready in {toolchain.group_bin_dir(args.group)}")
+        return 0
     path = toolchain.build_all(report=_say)
     kafka_runtime.fetch(report=_say)
     _say(f"tools ready in {path}")
@@ -87,15 +98,38 @@ def _cmd_images(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="testenv", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+def _example(text: str) -> dict[str, Any]:
+    return {"epilog": f"example:\n  {text}", "formatter_class": argparse.RawDescriptionHelpFormatter}
 
-    tools = sub.add_parser("tools", help="build the pinned control-plane binaries into the cache")
-    tools.add_argument("--print-bin-dir", action="store_true", help="print where the binaries are linked")
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="testenv",
+        description=__doc__.split("\n")[0],
+        **_example("testenv run --service redis kafka --workers 4 -- ginkgo -p --procs 4"),
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    cli_runs.add_parsers(sub)
+
+    tools = sub.add_parser(
+        "tools",
+        help="build the pinned control-plane binaries (or the test runners) into the cache",
+        **_example("export PATH=$(testenv tools --group runners --print-bin-dir):$PATH"),
+    )
+    tools.add_argument(
+        "--group",
+        choices=("local", "runners"),
+        default="local",
+        help="local: the local cluster's binaries; runners: ginkgo (default: %(default)s)",
+    )
+    tools.add_argument("--print-bin-dir", action="store_true", help="print where the binaries are")
     tools.set_defaults(func=_cmd_tools)
 
-    cluster = sub.add_parser("cluster", help="manage the local (kwokctl) or kind cluster")
+    cluster = sub.add_parser(
+        "cluster",
+        help="manage the local (kwokctl) or kind cluster",
+        **_example('eval "$(testenv cluster up --name testenv)" && kubectl get nodes'),
+    )
     cluster.add_argument("action", choices=("up", "down", "env"))
     cluster.add_argument(
         "--provider", choices=("local", "kind"), default="local", help="which cluster (default: %(default)s)"
@@ -113,7 +147,8 @@ def _parser() -> argparse.ArgumentParser:
         "images",
         help="build the kind node, service and operator images offline (Docker engine needed)",
         description="Build (or list) the images a kind cluster needs here, keyed by content: a rerun "
-        "is a no-op. Example: testenv images build redis kafka",
+        "is a no-op.",
+        **_example("testenv images build redis kafka"),
     )
     images.add_argument("action", choices=("build", "list", "prune"))
     images.add_argument("names", nargs="*", help="images to build (default: all of them)")
@@ -121,12 +156,32 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _split_command(argv: list[str]) -> tuple[list[str], list[str]]:
+    """testenv's own arguments, and the command after the first `--` (for run and exec)."""
+    if "--" in argv:
+        at = argv.index("--")
+        return argv[:at], argv[at + 1 :]
+    return argv, []
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    own, command = _split_command(list(sys.argv[1:] if argv is None else argv))
+    parser = _parser()
+    args = parser.parse_args(own)
+    if command and args.command not in ("run", "exec"):
+        parser.error(f"`testenv {args.command}` runs no command: drop what follows --")
+    args.cmd, args.argv = command, own
     try:
         result: int = args.func(args)
     except (TestEnvError, ValueError) as exc:
         _say(f"testenv: error: {exc}")
+        return 1
+    except (ApiException, urllib3.exceptions.HTTPError) as exc:
+        reason = f"{exc.status} {exc.reason}" if isinstance(exc, ApiException) else str(exc).splitlines()[0]
+        _say(
+            f"testenv: error: the cluster did not answer ({reason}): is it up? "
+            "`testenv status` shows each run's cluster, `testenv sweep` clears runs whose cluster is gone"
+        )
         return 1
     except KeyboardInterrupt:
         _say("testenv: interrupted")

@@ -8,6 +8,7 @@ variables. Nothing here is computed twice: names, ports and URLs come from the C
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import time
@@ -20,7 +21,7 @@ from kubernetes.client.exceptions import ApiException
 from testenv_api import GROUP, PLURAL, VERSION, Phase
 from testenv_api.status import ServiceStatus, WorkerStatus, workers_from_status
 from testenv_harness import kube, probes
-from testenv_harness.errors import NotReadyError, TestEnvError
+from testenv_harness.errors import NotReadyError, PortBusyError, TestEnvError
 from testenv_harness.handoff import Handoff
 from testenv_harness.portforward import Forwarder
 from testenv_harness.waiting import WaitTimeoutError, wait_for
@@ -62,14 +63,26 @@ class WorkerConnection:
     # -- start-up ---------------------------------------------------------------------------
 
     def connect(self) -> Self:
-        started = time.monotonic()
+        """Wait for this worker, forward its services and export their variables (the plugin's way)."""
+        self.wait_ready().forward()
+        os.environ.update(self.environment())
+        return self
+
+    def wait_ready(self) -> Self:
+        """Wait until the operator reports this worker Ready; its endpoints are known from then on."""
         self.status = self._wait_for_worker(self.handoff.timeout)
+        return self
+
+    def forward(self) -> Self:
+        """Listen on every planned local port of this worker and wait until each service answers."""
+        started = time.monotonic()
+        status = self._status()
         try:
-            self.forwarder = Forwarder(self.api, self.status.namespace)
-            for service in self.status.services:
+            self.forwarder = Forwarder(self.api, status.namespace)
+            for service in status.services:
                 for port in service.ports:
-                    self.forwarder.listen(service.name, port.port, port.local_port)
-            for service in self.status.services:
+                    self._listen(service, port.port, port.local_port)
+            for service in status.services:
                 left = self.handoff.timeout - (time.monotonic() - started)
                 try:
                     probes.wait_answering(service.type, service.primary.local_port, max(left, 1))
@@ -79,8 +92,20 @@ class WorkerConnection:
         except BaseException:
             self.close()
             raise
-        os.environ.update(self.environment())
         return self
+
+    def _listen(self, service: ServiceStatus, port: int, local_port: int) -> None:
+        assert self.forwarder is not None
+        try:
+            self.forwarder.listen(service.name, port, local_port)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            raise PortBusyError(
+                f"local port {local_port} ({service.name} of {self.namespace}) is in use: another "
+                "process forwards this worker already (a second `testenv forward` for it, or `testenv "
+                "run`, which forwards every worker), or a program of yours listens there"
+            ) from exc
 
     def _environment_object(self) -> dict[str, Any]:
         h = self.handoff

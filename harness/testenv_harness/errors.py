@@ -23,3 +23,7 @@ class ManifestError(TestEnvError, ValueError):
 
 class NotReadyError(TestEnvError):
     """This worker's services did not become ready (or come back) in time."""
+
+
+class PortBusyError(TestEnvError):
+    """A planned local port is taken by another process."""

@@ -6,6 +6,7 @@ import contextlib
 import socket
 import time
 import urllib.request
+from collections.abc import Iterator
 
 from kubernetes.client.exceptions import ApiException
 
@@ -13,28 +14,42 @@ from testenv_harness import probes
 from testenv_harness.clusters import provider_class
 from testenv_harness.connection import WorkerConnection
 from testenv_harness.errors import TestEnvError
-from testenv_harness.portforward import Forwarder
+from testenv_harness.podwatch import PodWatch
 
 
 class Faults(WorkerConnection):
-    def _forwarder(self) -> Forwarder:
-        if self.forwarder is None:
-            raise TestEnvError("TestEnv.connect() has not run")
-        return self.forwarder
+    @contextlib.contextmanager
+    def _pods(self) -> Iterator[PodWatch]:
+        """The forwarder's pod watch, or (in a process that forwards nothing) one of its own."""
+        if self.forwarder is not None:
+            yield self.forwarder.pods
+            return
+        pods = PodWatch(self.api, self.namespace)
+        try:
+            yield pods
+        finally:
+            pods.close()
 
-    def restart(self, name: str, timeout: float = 120) -> None:
-        """Take this worker's `name` down and bring it back; other workers never notice."""
+    def restart(self, name: str, timeout: float = 120, probe: bool = True) -> None:
+        """Take this worker's `name` down and bring it back; other workers never notice.
+
+        `probe=False` skips the check that the service answers on its local port again: for a
+        process (`testenv restart`) whose worker nobody forwards.
+        """
         service = self.service(name)
-        pods = self._forwarder().pods
-        old = set(pods.ready(name))
-        for pod in old:
-            with contextlib.suppress(ApiException):
-                self.core.delete_namespaced_pod(pod, self.namespace)
-        # Clients see the server go away now, not when the watch reports the deletion.
-        self._forwarder().drop_pods(lambda pod: pod in old)
         deadline = time.monotonic() + timeout
-        if not pods.wait(lambda: bool(set(pods.ready(name, timeout=0)) - old), timeout):
-            raise self._not_ready(f"{name} did not come back within {timeout:.0f}s of a restart")
+        with self._pods() as pods:
+            old = set(pods.ready(name))
+            for pod in old:
+                with contextlib.suppress(ApiException):
+                    self.core.delete_namespaced_pod(pod, self.namespace)
+            if self.forwarder is not None:
+                # Clients see the server go away now, not when the watch reports the deletion.
+                self.forwarder.drop_pods(lambda pod: pod in old)
+            if not pods.wait(lambda: bool(set(pods.ready(name, timeout=0)) - old), timeout):
+                raise self._not_ready(f"{name} did not come back within {timeout:.0f}s of a restart")
+        if not probe:
+            return
         try:
             probes.wait_answering(
                 service.type, service.primary.local_port, max(1.0, deadline - time.monotonic())

@@ -35,13 +35,16 @@ def bindable(port: int) -> bool:
     return True
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process `pid` is running (a zombie, dead but not yet waited for, is not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
+    with contextlib.suppress(OSError, IndexError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     return True
 
 
@@ -57,7 +60,7 @@ def _taken(folder: Path) -> list[tuple[int, int]]:
     for entry in folder.glob("*.block"):
         with contextlib.suppress(OSError, ValueError):
             pid, base, count = (int(x) for x in entry.read_text().split())
-            if _alive(pid):
+            if alive(pid):
                 blocks.append((base, base + count))
             else:
                 entry.unlink()

@@ -46,6 +46,9 @@ class OperatorProcess:
                 stdout=handle,
                 stderr=handle,
                 stdin=subprocess.DEVNULL,
+                # Out of the run's process group: a terminal's Ctrl-C must not stop it before the
+                # teardown that needs it to remove its finalizer; `stop` and PDEATHSIG end it.
+                start_new_session=True,
                 preexec_fn=children.dies_with_parent(signal.SIGTERM),
             )
         try:

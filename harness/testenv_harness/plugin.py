@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from testenv_api import GROUP, KIND, MAX_WORKERS, VERSION
+from testenv_api import MAX_WORKERS
 from testenv_harness.errors import TestEnvError
 from testenv_harness.handoff import Slots, publish_failure, receive
-from testenv_harness.session import PROVIDERS, RunOptions, RunSession, load_manifest, parse_services
+from testenv_harness.session import PROVIDERS, RunOptions, RunSession, load_manifest, services_manifest
 from testenv_harness.testenv import TestEnv
 
 _CONTROLLER = pytest.StashKey["Controller"]()
@@ -104,12 +104,7 @@ def _options(config: pytest.Config) -> RunOptions:
                 else Path(manifest_option)
             )
         elif services:
-            manifest = {
-                "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": KIND,
-                "metadata": {"name": "run"},
-                "spec": {"services": parse_services(services)},
-            }
+            manifest = services_manifest(services)
         else:
             raise ValueError(
                 "say which services each worker gets: --testenv-manifest FILE, "

@@ -67,27 +67,36 @@ class RunOptions:
 
 
 def parse_services(entries: list[str]) -> list[dict[str, Any]]:
-    """`redis`, `kafka` or `name:type` entries (the testenv_services ini option) as spec.services."""
+    """`redis`, `kafka` or `name:type` entries (testenv_services, `--service`) as spec.services."""
     services = []
     for entry in entries:
         name, _, kind = entry.partition(":")
         kind = kind or name
         if kind not in testenv_api.SERVICE_TYPES or kind == "custom":
             known = ", ".join(t for t in testenv_api.SERVICE_TYPES if t != "custom")
-            raise ValueError(f"testenv_services: {entry!r} has unknown type {kind!r}; use one of {known}")
+            raise ValueError(f"service {entry!r} has unknown type {kind!r}; use one of {known}")
         services.append({"name": name, "type": kind})
     return services
 
 
+def services_manifest(entries: list[str], name: str = "run") -> dict[str, Any]:
+    """A TestEnvironment of just these services (see `parse_services`), for runs without a file."""
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": testenv_api.KIND,
+        "metadata": {"name": name},
+        "spec": {"services": parse_services(entries)},
+    }
+
+
 def load_manifest(path: Path) -> dict[str, Any]:
+    """The one TestEnvironment in the YAML file at `path` (ValueError, naming the file, otherwise)."""
     if not path.is_file():
-        raise ValueError(f"--testenv-manifest {path}: no such file")
+        raise ValueError(f"{path}: no such file")
     docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
-    found = [d for d in docs if d.get("kind") == testenv_api.KIND]
+    found = [d for d in docs if isinstance(d, dict) and d.get("kind") == testenv_api.KIND]
     if len(found) != 1:
-        raise ValueError(
-            f"--testenv-manifest {path}: expected exactly one {testenv_api.KIND}, found {len(found)}"
-        )
+        raise ValueError(f"{path}: expected exactly one {testenv_api.KIND}, found {len(found)}")
     manifest: dict[str, Any] = found[0]
     return manifest
 
@@ -116,6 +125,30 @@ class RunSession:
         self._threads: list[threading.Thread] = []
         self.ready_at: dict[int, float] = {}
         self.handoff: Handoff | None = None
+
+    @classmethod
+    def reclaim(
+        cls, options: RunOptions, handoff: Handoff, uid: str, operator: str, report: Callable[[str], None]
+    ) -> str:
+        """Tear down the environment of a run whose process died (`kill -9`), as its `stop` would have.
+
+        Its own operator died with it, so `operator="subprocess"` starts one for the run's namespace
+        until the environment's finalizer is done. Returns `stop`'s summary.
+        """
+        session = cls(options, report)
+        shutil.rmtree(session.run_dir, ignore_errors=True)
+        session.run_id, session.run_dir = handoff.run_id, handoff.run_path
+        session.cluster = Cluster(handoff.provider, options.cluster_name, Path(handoff.kubeconfig))
+        session.api = kube.api_client(session.cluster.kubeconfig)
+        session.name, session.uid = handoff.name, uid
+        session.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            if operator == "subprocess":
+                session._start_operator()
+        finally:
+            summary = session.stop()
+            session.remove_run_dir()
+        return summary
 
     # -- set-up -----------------------------------------------------------------------------
 

@@ -31,6 +31,8 @@ HELM_VERSION = "v3.22.0"
 KIND_VERSION = "v0.33.0"
 COREDNS_VERSION = "v1.14.2"
 CRICTL_VERSION = "v1.36.0"
+#: Also the version examples/ginkgo uses as a library (a unit test holds the two together).
+GINKGO_VERSION = "v2.28.1"
 
 _MODULES = Path(__file__).parent / "gotools"
 _KUBE_MAJOR, _KUBE_MINOR = KUBERNETES_VERSION.lstrip("v").split(".")[:2]
@@ -61,7 +63,8 @@ class GoTool:
     #: The wrapper module under gotools/, when it is not named like the tool.
     module: str = ""
     #: "local": what the local cluster and the chart need (`make tools`); "kind": only what the
-    #: offline kind node image needs (`make kind-images`).
+    #: offline kind node image needs (`make kind-images`); "runners": test runners the examples
+    #: and the e2e tier drive through `testenv run` (`make ginkgo`).
     group: str = "local"
 
     @property
@@ -122,10 +125,17 @@ TOOLS: tuple[GoTool, ...] = (
     ),
     GoTool("coredns", COREDNS_VERSION, {"coredns": "github.com/coredns/coredns"}, group="kind"),
     GoTool("crictl", CRICTL_VERSION, {"crictl": "sigs.k8s.io/cri-tools/cmd/crictl"}, group="kind"),
+    GoTool("ginkgo", GINKGO_VERSION, {"ginkgo": "github.com/onsi/ginkgo/v2/ginkgo"}, group="runners"),
 )
+GROUPS = ("local", "kind", "runners")
 
 #: Which `make` target or command rebuilds a binary, for error messages.
 BUILD_HINT = "run `make tools` (or `testenv tools`) to build it from the Go module proxy"
+_HINTS = {
+    "local": BUILD_HINT,
+    "kind": "run `make kind-images` (or `testenv images build`)",
+    "runners": "run `make ginkgo` (or `testenv tools --group runners`) to build it from the Go module proxy",
+}
 
 
 def cache_root() -> Path:
@@ -157,8 +167,17 @@ def binary(name: str) -> Path:
     path = tool_dir(tool) / name
     if path.exists():
         return path
-    hint = BUILD_HINT if tool.group == "local" else "run `make kind-images` (or `testenv images build`)"
-    raise ToolchainError(f"{name} {tool.version} is not built ({path} is missing): {hint}")
+    raise ToolchainError(f"{name} {tool.version} is not built ({path} is missing): {_HINTS[tool.group]}")
+
+
+def group_bin_dir(group: str) -> Path:
+    """Where a group's binaries are found: the linked folder for "local", else the tool's own."""
+    if group == "local":
+        return bin_dir()
+    tools = tools_of(group)
+    if len(tools) != 1:
+        raise ToolchainError(f"group {group!r} has {len(tools)} tools, so no single folder holds them")
+    return tool_dir(tools[0])
 
 
 def tool_of(name: str) -> GoTool:

@@ -1,0 +1,50 @@
+"""The variables a CLI run hands to processes of any runner, and the formats they are printed in.
+
+A run's command sees every worker's variables at once, each under its plain name with the
+worker's number appended: `REDIS_URL_1`, `REDIS_URL_2`, ... Numbers start at 1 because Ginkgo's
+`GinkgoParallelProcess()` and Jest's `JEST_WORKER_ID` do, so a process finds its own endpoint
+with one lookup by the number its runner gave it, and no port arithmetic. A variable that is the
+same for every worker is set under its plain name too (so with one worker, `REDIS_URL` works);
+with several workers there is no plain `REDIS_URL`, so a process that ignores its number gets
+nothing rather than another worker's Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Mapping
+
+from testenv_harness.testenv import TestEnv
+
+FORMATS = ("shell", "dotenv", "json")
+#: Per-worker variables the CLI leaves out: the plugin's 0-based slot would contradict the suffix.
+_PLUGIN_ONLY = ("TESTENV_WORKER",)
+
+
+def worker_variables(env: TestEnv) -> dict[str, str]:
+    """One worker's variables under their plain names, as the CLI numbers it (1-based)."""
+    variables = {k: v for k, v in env.environment().items() if k not in _PLUGIN_ONLY}
+    return {**variables, "TESTENV_WORKER": str(env.worker + 1)}
+
+
+def run_variables(name: str, workers: Mapping[str, Mapping[str, str]]) -> dict[str, str]:
+    """What `testenv run` adds to its command's environment (and `testenv env` prints)."""
+    variables = {"TESTENV_RUN": name, "TESTENV_WORKERS": str(len(workers))}
+    shared: dict[str, str] | None = None
+    for number, mine in sorted(workers.items(), key=lambda item: int(item[0])):
+        own = {k: v for k, v in mine.items() if k != "TESTENV_WORKER"}
+        variables.update({f"{key}_{number}": value for key, value in own.items()})
+        shared = dict(own) if shared is None else {k: v for k, v in shared.items() if own.get(k) == v}
+    return {**(shared or {}), **variables}
+
+
+def render(variables: Mapping[str, str], fmt: str) -> str:
+    """`shell`: export lines for eval; `dotenv`: KEY=value lines; `json`: one object on one line."""
+    if fmt == "json":
+        return json.dumps(dict(variables), sort_keys=True)
+    if fmt == "dotenv":
+        return "\n".join(f"{key}={value}" for key, value in sorted(variables.items()))
+    if fmt == "shell":
+        return "\n".join(f"export {key}={shlex.quote(value)}" for key, value in sorted(variables.items()))
+    raise ValueError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
