@@ -185,6 +185,9 @@ def run_operator_case(
         for item in items:
             name = item["metadata"]["name"]
             last_status[name] = item.get("status") or {}
+            if name in names and last_status[name].get("phase") == Phase.FAILED:
+                # A refused case cannot turn Ready: say why now, not at the timeout.
+                raise BenchError(f"{name} is Failed: {last_status[name].get('message')}")
             if name in names and name not in ready_at and environment_ready(item, case.workers):
                 ready_at[name] = seen
         return len(ready_at) == len(names)

@@ -200,7 +200,10 @@ def _start_run(where: list[str], run_name: str, *command: str) -> subprocess.Pop
 _WAITS = [
     sys.executable,
     "-c",
-    "import os, time; print(os.environ['REDIS_URL_2'], flush=True); time.sleep(600)",
+    # SIGINT as a runner has it: a shell starting CI in the background (`cmd &`) hands its jobs
+    # SIGINT ignored, and that disposition would reach this command through testenv.
+    "import os, signal, time; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "print(os.environ['REDIS_URL_2'], flush=True); time.sleep(600)",
 ]
 
 

@@ -53,6 +53,16 @@ def running_operator(
 @pytest.fixture
 def tenant(api: client.ApiClient) -> Iterator[str]:
     """A namespace for TestEnvironments; its environments are deleted (and awaited) afterwards."""
+    yield from _tenant_namespace(api)
+
+
+@pytest.fixture
+def other_tenant(api: client.ApiClient) -> Iterator[str]:
+    """A second tenant, for tests of one tenant next to another."""
+    yield from _tenant_namespace(api)
+
+
+def _tenant_namespace(api: client.ApiClient) -> Iterator[str]:
     name = f"tenant-{uuid.uuid4().hex[:6]}"
     core = client.CoreV1Api(api)
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))

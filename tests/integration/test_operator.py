@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -195,44 +196,45 @@ def test_foreign_namespace_is_reported_and_left_alone(
         core.delete_namespace(taken)
 
 
-@pytest.mark.parametrize(
-    ("spec", "field"),
-    [
-        ({"workers": te.MAX_WORKERS_UNDER_TEST + 1}, "spec.workers"),
-        (
-            {
-                "services": [
-                    {
-                        "name": "api",
-                        "type": "custom",
-                        "custom": {"image": "Not A/Ref", "ports": [{"name": "h", "port": 80}]},
-                    }
-                ]
-            },
-            "spec.services[0].custom.image",
-        ),
-        (
-            {
-                "services": [
-                    {
-                        "name": "api",
-                        "type": "custom",
-                        "custom": {
-                            "image": "a/b:1",
-                            "ports": [{"name": "h", "port": 80}, {"name": "i", "port": 80}],
-                        },
-                    }
-                ]
-            },
-            "spec.services[0].custom.ports",
-        ),
-        (
-            {"services": [{"name": "k", "type": "kafka", "resources": {"limits": {"memory": "64Gi"}}}]},
-            "spec.services[*].resources.limits",
-        ),
-    ],
-    ids=["too many workers", "bad image", "port clash", "quota too small"],
-)
+#: (spec changes, the field SpecValid=False must name): specs the CRD admits and the operator refuses.
+INVALID_SPECS: list[tuple[dict[str, Any], str]] = [
+    ({"workers": te.MAX_WORKERS_UNDER_TEST + 1}, "spec.workers"),
+    (
+        {
+            "services": [
+                {
+                    "name": "api",
+                    "type": "custom",
+                    "custom": {"image": "Not A/Ref", "ports": [{"name": "h", "port": 80}]},
+                }
+            ]
+        },
+        "spec.services[0].custom.image",
+    ),
+    (
+        {
+            "services": [
+                {
+                    "name": "api",
+                    "type": "custom",
+                    "custom": {
+                        "image": "a/b:1",
+                        "ports": [{"name": "h", "port": 80}, {"name": "i", "port": 80}],
+                    },
+                }
+            ]
+        },
+        "spec.services[0].custom.ports",
+    ),
+    (
+        {"services": [{"name": "k", "type": "kafka", "resources": {"limits": {"memory": "64Gi"}}}]},
+        "spec.services[*].resources.limits",
+    ),
+]
+INVALID_IDS = ["too many workers", "bad image", "port clash", "quota too small"]
+
+
+@pytest.mark.parametrize(("spec", "field"), INVALID_SPECS, ids=INVALID_IDS)
 def test_invalid_spec_becomes_a_condition_not_a_crash(
     api: client.ApiClient, tenant: str, running_operator: OperatorProcess, spec: dict[str, Any], field: str
 ) -> None:
@@ -362,3 +364,28 @@ def _can_list_pods(core: client.CoreV1Api, namespace: str) -> bool:
             return False
         raise
     return True
+
+
+def test_invalid_environments_at_load_leave_the_valid_ones_ready(
+    api: client.ApiClient, tenant: str, other_tenant: str
+) -> None:
+    """20 invalid TestEnvironments created at the same moment as 20 valid ones (issue 11's bad input
+    at load): every valid one is Ready, every invalid one has a condition naming its field."""
+    jobs: list[tuple[str, te.Manifest]] = []
+    for i in range(20):
+        jobs.append((tenant, te.manifest(f"ok-{i:02d}", workers=1, portBase=30000 + 10 * i)))
+        spec, _ = INVALID_SPECS[i % len(INVALID_SPECS)]
+        bad = te.manifest(f"bad-{i:02d}", workers=1)
+        bad["spec"].update(spec)
+        jobs.append((other_tenant, bad))
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda job: te.create(api, *job), jobs))
+
+    for i in range(20):
+        te.wait_phase(api, tenant, f"ok-{i:02d}", Phase.READY, timeout=180, readyWorkers=1)
+    for i in range(20):
+        _, field = INVALID_SPECS[i % len(INVALID_SPECS)]
+        failed = te.wait_phase(api, other_tenant, f"bad-{i:02d}", Phase.FAILED, timeout=60)
+        spec_valid = next(c for c in failed["status"]["conditions"] if c["type"] == ConditionType.SPEC_VALID)
+        assert spec_valid["status"] == "False"
+        assert field in spec_valid["message"], spec_valid["message"]
