@@ -20,7 +20,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--keep-cluster",
         action="store_true",
-        help="leave the integration-test cluster running after the session (it is reused next time)",
+        help="leave the test clusters running after the session, and reuse ones an earlier session left",
     )
 
 
@@ -44,7 +44,13 @@ def local_cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
             reporter.write_line(f"[cluster] {line}")
 
     provider = LocalProvider(CLUSTER_NAME, report=report)
+    keep = request.config.getoption("--keep-cluster")
+    if not keep and provider.exists():
+        # Left by a session that was killed before its teardown (or kept with --keep-cluster):
+        # its objects, such as environments stuck in Terminating namespaces, are not this run's.
+        report(f"deleting {CLUSTER_NAME!r}, left by an earlier session (--keep-cluster reuses it)")
+        provider.down()
     cluster = provider.up()
     yield cluster
-    if not request.config.getoption("--keep-cluster"):
+    if not keep:
         provider.down()

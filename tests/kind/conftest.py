@@ -48,9 +48,13 @@ def kind_provider(request: pytest.FixtureRequest) -> KindProvider:
 
 @pytest.fixture(scope="session")
 def kind_cluster(request: pytest.FixtureRequest, kind_provider: KindProvider) -> Iterator[Cluster]:
+    keep = request.config.getoption("--keep-cluster")
+    if not keep and kind_provider.exists():
+        kind_provider.report(f"deleting {KIND_CLUSTER_NAME!r}, left by an earlier session")
+        kind_provider.down()
     cluster = kind_provider.up()
     yield cluster
-    if not request.config.getoption("--keep-cluster"):
+    if not keep:
         kind_provider.down()
 
 
