@@ -80,6 +80,10 @@ test-integration: tools ## Integration tests against a real API server (a throwa
 test-e2e: local-deps tools ginkgo ## End-to-end: the pytest plugin, operator and real services on the local cluster.
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
+.PHONY: test-chaos
+test-chaos: local-deps tools ## Faults at load: kill -9 mid-provisioning and mid-deletion, churn with restarts, leader takeover, crashed runs.
+	$(PY) -m pytest tests -m chaos $(PYTEST_ARGS)
+
 .PHONY: test-kind
 test-kind: system-deps tools kind-images ## The kind tier: e2e scenarios, every service type and the Helm path on a real kind cluster.
 	$(PY) -m pytest tests/kind $(PYTEST_ARGS)

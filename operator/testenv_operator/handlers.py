@@ -1,97 +1,57 @@
 """kopf handlers: the thin layer between cluster events and the reconciler.
 
-- create/resume/spec change: apply every worker at once (`provision`).
-- a daemon per environment keeps it converged: readiness, drift repair, expiry (`keep_converged`);
-  how long it sleeps between passes follows what can change (`pacing`).
+- one converger per environment (a kopf daemon) is the only thing that applies: its first pass
+  applies every worker, later ones apply every worker when `metadata.generation` moved past
+  `status.observedGeneration` (the spec changed) and otherwise repair what is missing; how long it
+  sleeps between passes follows what can change (`pacing`);
+- events of the environment itself, and of the Deployments and Namespaces it owns, only wake it;
 - an in-memory index of every namespace's environments, kept by kopf from its one watch, for the
-  per-namespace limits: no pass lists TestEnvironments.
-- Deployment and Namespace events of owned objects wake that daemon at once.
-- deletion: a finalizer deletes the owned namespaces and waits until they are gone.
+  per-namespace limits: no pass lists TestEnvironments;
+- deletion: a finalizer deletes the owned namespaces and waits until they are gone;
 - a background sweep deletes managed namespaces whose owner no longer exists.
+
+What the handlers share is a `Runtime` in kopf's memo; what one environment's handlers share
+(the lock that keeps a pass and the tear-down apart) is in that object's own memo.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import functools
 import logging
 import time
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, cast
+from typing import Any
 
 import kopf
-from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
 
-from testenv_api import (
-    FINALIZER,
-    GROUP,
-    LABEL_MANAGED_BY,
-    LABEL_OWNER_NAMESPACE,
-    LABEL_OWNER_UID,
-    MANAGED_BY,
-    PLURAL,
-    VERSION,
-    Phase,
-)
+from testenv_api import FINALIZER, GROUP, LABEL_OWNER_UID, PLURAL, VERSION, Phase
 from testenv_operator import kubeio
 from testenv_operator.diffbase import DigestDiffBaseStorage
+from testenv_operator.orphans import sweep_orphans
 from testenv_operator.pacing import seconds_to_next_pass
-from testenv_operator.reconciler import Outcome, Reconciler, expiry_reason, seconds_to_expiry
+from testenv_operator.reconciler import Outcome, expiry_reason, seconds_to_expiry
+from testenv_operator.runtime import Runtime
 from testenv_operator.settings import Settings
 from testenv_operator.validation import Sibling
 
 log = logging.getLogger("testenv_operator")
 
-
-class _State:
-    """Process-wide objects made once at start-up."""
-
-    api: client.ApiClient
-    settings: Settings
-    reconciler: Reconciler
-    wakers: dict[str, asyncio.Event]
-    waiting_for_room: dict[str, str]  # uid -> namespace, of environments over a namespace limit
-    locks: dict[str, asyncio.Lock]
-    executor: ThreadPoolExecutor
-    sweeper: asyncio.Task[None] | None = None
-
-
-STATE = _State()
-STATE.wakers = {}
-STATE.waiting_for_room = {}
-STATE.locks = {}
-
-
-async def _in_thread(fn: Any, *args: Any) -> Any:
-    """Run blocking client code on the operator's own pool (asyncio's default has 6 threads on 2 CPUs)."""
-    # Copy the context as asyncio.to_thread does: kopf keeps its settings in context variables.
-    call = functools.partial(contextvars.copy_context().run, fn, *args)
-    return await asyncio.get_running_loop().run_in_executor(STATE.executor, call)
-
-
-def _api_client() -> client.ApiClient:
-    try:
-        config.load_incluster_config()
-        return client.ApiClient()
-    except config.ConfigException:
-        return config.new_client_from_config()
+#: The longest a converger waits after a pass that raised, before it tries again.
+MAX_BACKOFF_SECONDS = 30.0
 
 
 class _QuietWakeups(logging.Filter):
-    """Drop the per-event success lines of the wake-up handlers: one per Deployment change."""
+    """Drop the per-event success lines of the wake-up handlers: one per watched event."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()
-        return not (text.startswith("Handler 'owned_") and text.endswith("succeeded."))
+        return not (text.startswith("Handler '") and "_changed' succeeded." in text)
 
 
 @kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    STATE.settings = Settings.from_env()
-    logging.getLogger().setLevel(STATE.settings.log_level)
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    ours = Settings.from_env()
+    logging.getLogger().setLevel(ours.log_level)
     logging.getLogger("kopf.objects").addFilter(_QuietWakeups())
     settings.persistence.finalizer = FINALIZER
     # Our status schema is strict; keep kopf's own bookkeeping in annotations only.
@@ -101,46 +61,23 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     )
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 270
-    settings.execution.max_workers = 16
-    STATE.api = _api_client()
-    STATE.reconciler = Reconciler(STATE.api, STATE.settings, ThreadPoolExecutor(max_workers=16))
-    STATE.executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="converge")
-    STATE.sweeper = asyncio.create_task(_sweep_orphans_forever())
-    log.info("settings: %s", STATE.settings)
+    runtime = Runtime.make(kubeio.connect(), ours)
+    settings.execution.executor = runtime.pool  # kopf's synchronous handlers (the index) too
+    runtime.sweeper = asyncio.create_task(_sweep_orphans_forever(runtime))
+    memo.runtime = runtime
+    log.info("settings: %s", ours)
 
 
 @kopf.on.cleanup()
-async def stop(**_: Any) -> None:
-    if STATE.sweeper:
-        STATE.sweeper.cancel()
+async def stop(memo: kopf.Memo, **_: Any) -> None:
+    runtime: Runtime = memo.runtime
+    if runtime.sweeper:
+        runtime.sweeper.cancel()
 
 
 @kopf.on.probe(id="environments")
-def count_environments(**_: Any) -> int:
-    return len(STATE.wakers)
-
-
-# -- status and events ---------------------------------------------------------------------------
-
-
-def _write_status(body: Mapping[str, Any], status: dict[str, Any]) -> None:
-    if status == body.get("status"):
-        return
-    meta = body["metadata"]
-    try:
-        client.CustomObjectsApi(STATE.api).patch_namespaced_custom_object_status(
-            GROUP,
-            VERSION,
-            meta["namespace"],
-            PLURAL,
-            meta["name"],
-            {"status": status},
-            _content_type="application/merge-patch+json",
-            _preload_content=False,
-        )
-    except ApiException as exc:
-        if exc.status != 404:  # deleted meanwhile: nothing to report on
-            raise
+def count_environments(memo: kopf.Memo, **_: Any) -> int:
+    return len(memo.runtime.wakers)
 
 
 #: A namespace's environments as `environments` indexes them: (created, name, workers).
@@ -165,209 +102,173 @@ def _siblings(handler_kwargs: Mapping[str, Any], namespace: str) -> list[Sibling
     return [Sibling(name, workers) for _, name, workers in found]
 
 
-def _event(body: Mapping[str, Any], reason: str, message: str, warning: bool = False) -> None:
-    """Post a Kubernetes Event on the TestEnvironment (kopf only reads its metadata)."""
-    post = kopf.warn if warning else kopf.info
-    post(cast(kopf.Body, body), reason=reason, message=message)
+def spec_unhandled(body: Mapping[str, Any]) -> bool:
+    """True until a status describes the current spec (a new environment, or a changed spec)."""
+    observed = (body.get("status") or {}).get("observedGeneration")
+    return observed is None or observed != body["metadata"].get("generation")
 
 
-def _report(body: Mapping[str, Any], outcome: Outcome, before: Mapping[str, Any]) -> None:
+# -- one pass: converge, write the status, tell the story ---------------------------------------
+
+
+def _report(runtime: Runtime, body: Mapping[str, Any], outcome: Outcome, before: Mapping[str, Any]) -> None:
     """Kubernetes Events for what changed, so `kubectl describe te` tells the story."""
-    if outcome.problems and before.get("message") != outcome.status.get("message"):
-        _event(
-            body,
-            warning=True,
-            reason=outcome.status["conditions"][-1]["reason"],
-            message=outcome.status["message"],
-        )
+    events, uid, status = runtime.events, body["metadata"]["uid"], outcome.status
+    if outcome.problems:
+        reason = status["conditions"][-1]["reason"]
+        events.statement(body, "problem", reason, status["message"], warning=True)
+    else:
+        events.clear(uid, "problem")
     if outcome.created:
-        _event(body, reason="Provisioning", message=f"created the namespaces of workers {outcome.created}")
+        events.action(body, "Provisioning", f"created the namespaces of workers {outcome.created}")
     if outcome.repaired:
-        _event(body, reason="Repaired", message=f"re-applied missing objects of workers {outcome.repaired}")
+        events.action(body, "Repaired", f"re-applied missing objects of workers {outcome.repaired}")
     if outcome.removed_namespaces:
-        _event(body, reason="ScaledDown", message=f"deleting {', '.join(outcome.removed_namespaces)}")
-    for ns in outcome.foreign:
-        if ns not in str(before.get("message", "")):
-            _event(body, warning=True, reason="NamespaceConflict", message=outcome.status["message"])
-    phase = outcome.status.get("phase")
+        events.action(body, "ScaledDown", f"deleting {', '.join(outcome.removed_namespaces)}")
+    conflicts = {f"conflict:{ns}" for ns in outcome.foreign}
+    for topic in sorted(conflicts):
+        events.statement(body, topic, "NamespaceConflict", status["message"], warning=True)
+    events.clear(uid, *(t for t in events.topics(uid) if t.startswith("conflict:") and t not in conflicts))
+    phase = status.get("phase")
     if phase != before.get("phase") and phase in (Phase.READY, Phase.DEGRADED):
-        _event(body, reason=str(phase), message=outcome.status.get("message", ""))
+        events.action(body, str(phase), status.get("message", ""))
 
 
-def _converge(body: Mapping[str, Any], apply_all: bool, full: bool, siblings: list[Sibling]) -> Outcome:
+def _converge(
+    runtime: Runtime, body: Mapping[str, Any], apply_all: bool, full: bool, siblings: list[Sibling]
+) -> Outcome:
     before = dict(body.get("status") or {})
-    outcome = STATE.reconciler.converge(body, apply_all=apply_all, full=full, siblings=siblings)
+    outcome = runtime.reconciler.converge(body, apply_all=apply_all, full=full, siblings=siblings)
     meta = body["metadata"]
     if outcome.over_limit:
-        STATE.waiting_for_room[meta["uid"]] = meta["namespace"]
+        runtime.waiting_for_room[meta["uid"]] = meta["namespace"]
     else:
-        STATE.waiting_for_room.pop(meta["uid"], None)
-    _write_status(body, outcome.status)
-    _report(body, outcome, before)
+        runtime.waiting_for_room.pop(meta["uid"], None)
+    if outcome.status != body.get("status"):
+        kubeio.patch_environment_status(runtime.api, meta["namespace"], meta["name"], outcome.status)
+    _report(runtime, body, outcome, before)
     return outcome
 
 
 # -- the environment's lifecycle ----------------------------------------------------------------
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.create(GROUP, VERSION, PLURAL)
-@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
-async def provision(body: kopf.Body, **kwargs: Any) -> None:
-    uid, namespace = body["metadata"]["uid"], body["metadata"]["namespace"]
-    async with STATE.locks.setdefault(uid, asyncio.Lock()):  # never apply alongside the daemon
-        await _in_thread(_converge, dict(body), True, True, _siblings(kwargs, namespace))
-    _wake(uid)  # its daemon takes over now, whatever it was waiting for
-    if kwargs.get("reason") == "update":  # fewer workers may make room; a new one never does
-        _make_room(namespace)
-
-
 @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=5.0)
-async def keep_converged(stopped: kopf.DaemonStopped, body: kopf.Body, **kwargs: Any) -> None:
-    uid, namespace = body["metadata"]["uid"], body["metadata"]["namespace"]
-    waker = STATE.wakers.setdefault(uid, asyncio.Event())
-    lock = STATE.locks.setdefault(uid, asyncio.Lock())
-    last_full = 0.0
+async def keep_converged(
+    stopped: kopf.DaemonStopped, body: kopf.Body, memo: kopf.Memo, **kwargs: Any
+) -> None:
+    """The environment's one converger, from its creation (or the operator's start) to its deletion."""
+    runtime: Runtime = memo.runtime
+    uid, namespace, name = (body["metadata"][key] for key in ("uid", "namespace", "name"))
+    waker = runtime.wakers.setdefault(uid, asyncio.Event())
+    lock = memo.setdefault("lock", asyncio.Lock())
+    apply_all = True  # the first pass applies everything: the operator may be new, the spec too
+    last_full, failures = 0.0, 0
     try:
         while not stopped:
-            snapshot = dict(body)
-            reason = expiry_reason(snapshot)
-            # Only once our finalizer is on: deleting earlier would skip tear_down, and a namespace
-            # the create handler is making right now would be left behind.
-            if reason and FINALIZER in (snapshot["metadata"].get("finalizers") or []):
-                await _in_thread(_expire, snapshot, reason)
-                return
-            # Namespaces and Deployments are checked every pass; the other kinds every resync.
-            full = time.monotonic() - last_full >= STATE.settings.resync_seconds
             waker.clear()  # before the pass: an event arriving during it must wake the next one
-            async with lock:
-                outcome = await _in_thread(_converge, snapshot, False, full, _siblings(kwargs, namespace))
-            if full:
-                last_full = time.monotonic()
-            timeout = seconds_to_next_pass(
-                outcome.status, STATE.settings.resync_seconds, seconds_to_expiry(snapshot)
-            )
+            snapshot = dict(body)
+            finalized = FINALIZER in (snapshot["metadata"].get("finalizers") or [])
+            reason = expiry_reason(snapshot)
+            # Only once our finalizer is on: deleting or applying earlier would skip tear_down,
+            # and a namespace made now would be left behind. Adding it wakes this loop.
+            if finalized and reason:
+                await runtime.in_thread(_expire, runtime, snapshot, reason)
+                return
+            timeout: float | None = None
+            if finalized:
+                apply_all = apply_all or spec_unhandled(snapshot)
+                full = time.monotonic() - last_full >= runtime.settings.resync_seconds
+                try:
+                    siblings = _siblings(kwargs, namespace)
+                    async with lock, runtime.passes:
+                        outcome = await runtime.in_thread(
+                            _converge, runtime, snapshot, apply_all, full or apply_all, siblings
+                        )
+                except Exception as exc:  # the API server refused or went away: try again, later each time
+                    failures += 1
+                    timeout = min(MAX_BACKOFF_SECONDS, 2.0**failures)
+                    log.warning(
+                        "a pass of %s/%s failed: %s; next try in %.0fs", namespace, name, exc, timeout
+                    )
+                else:
+                    apply_all, failures = False, 0
+                    if full:
+                        last_full = time.monotonic()
+                    timeout = seconds_to_next_pass(
+                        outcome.status, runtime.settings.resync_seconds, seconds_to_expiry(snapshot)
+                    )
             waiters = [asyncio.ensure_future(waker.wait()), asyncio.ensure_future(stopped.wait())]
             await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             for waiter in waiters:
                 waiter.cancel()
     finally:
-        STATE.wakers.pop(uid, None)  # the lock stays: tear_down must wait for a converge in flight
-        STATE.waiting_for_room.pop(uid, None)
+        runtime.wakers.pop(uid, None)
+        runtime.waiting_for_room.pop(uid, None)
 
 
-def _expire(body: Mapping[str, Any], reason: str) -> None:
+def _expire(runtime: Runtime, body: Mapping[str, Any], reason: str) -> None:
     meta = body["metadata"]
-    _event(body, reason="Expired", message=f"deleting this TestEnvironment: {reason}")
-    try:
-        client.CustomObjectsApi(STATE.api).delete_namespaced_custom_object(
-            GROUP, VERSION, meta["namespace"], PLURAL, meta["name"]
-        )
-    except ApiException as exc:
-        if exc.status != 404:
-            raise
+    runtime.events.action(body, "Expired", f"deleting this TestEnvironment: {reason}")
+    kubeio.delete_environment(runtime.api, meta["namespace"], meta["name"])
 
 
-def _wake(uid: str | None) -> None:
-    waker = STATE.wakers.get(uid or "")
-    if waker:
-        waker.set()
-
-
-def _make_room(namespace: str) -> None:
-    """Wake the environments of `namespace` that wait for room under its limits."""
-    for uid, home in list(STATE.waiting_for_room.items()):
-        if home == namespace:
-            _wake(uid)
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def environment_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A new or changed spec, or the finalizer just added: wake the converger now."""
+    meta = body["metadata"]
+    if meta.get("deletionTimestamp") or not spec_unhandled(body):
+        return
+    runtime: Runtime = memo.runtime
+    runtime.wake(meta.get("uid"))
+    if (body.get("status") or {}).get("observedGeneration") is not None:
+        runtime.make_room(meta["namespace"])  # fewer workers may make room; a new one never does
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={LABEL_OWNER_UID: kopf.PRESENT})
-async def owned_deployment_changed(labels: Mapping[str, str], **_: Any) -> None:
-    _wake(labels.get(LABEL_OWNER_UID))
+async def owned_deployment_changed(labels: Mapping[str, str], memo: kopf.Memo, **_: Any) -> None:
+    memo.runtime.wake(labels.get(LABEL_OWNER_UID))
 
 
 @kopf.on.event("", "v1", "namespaces", labels={LABEL_OWNER_UID: kopf.PRESENT})
-async def owned_namespace_changed(labels: Mapping[str, str], **_: Any) -> None:
-    _wake(labels.get(LABEL_OWNER_UID))
+async def owned_namespace_changed(labels: Mapping[str, str], memo: kopf.Memo, **_: Any) -> None:
+    memo.runtime.wake(labels.get(LABEL_OWNER_UID))
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
-async def tear_down(body: kopf.Body, **_: Any) -> None:
-    uid = body["metadata"]["uid"]
-    # A converge still applying (create handler, daemon) could otherwise make a namespace after
-    # the list below, leaving it behind once the finalizer is gone.
-    async with STATE.locks.setdefault(uid, asyncio.Lock()):
-        await _in_thread(_tear_down, dict(body))
-    STATE.locks.pop(uid, None)
-    _make_room(body["metadata"]["namespace"])
+async def tear_down(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    runtime: Runtime = memo.runtime
+    # A pass still applying could otherwise make a namespace after the list below, leaving it
+    # behind once the finalizer is gone.
+    async with memo.setdefault("lock", asyncio.Lock()):
+        await runtime.in_thread(_tear_down, runtime, dict(body))
+    runtime.events.forget(body["metadata"]["uid"])
+    runtime.make_room(body["metadata"]["namespace"])
 
 
-def _tear_down(body: Mapping[str, Any]) -> None:
-    uid = body["metadata"]["uid"]
-    owned = kubeio.list_labelled(STATE.api, "Namespace", f"{LABEL_OWNER_UID}={uid}")
+def _tear_down(runtime: Runtime, body: Mapping[str, Any]) -> None:
+    meta = body["metadata"]
+    owned = kubeio.list_labelled(runtime.api, "Namespace", f"{LABEL_OWNER_UID}={meta['uid']}")
     if (body.get("status") or {}).get("phase") != Phase.TERMINATING:
-        _write_status(
-            body,
-            {
-                **(body.get("status") or {}),
-                "phase": Phase.TERMINATING.value,
-                "message": f"deleting {len(owned)} worker namespaces",
-            },
-        )
-        _event(body, reason="Deleting", message=f"deleting {len(owned)} worker namespaces")
+        message = f"deleting {len(owned)} worker namespaces"
+        status = {**(body.get("status") or {}), "phase": Phase.TERMINATING.value, "message": message}
+        kubeio.patch_environment_status(runtime.api, meta["namespace"], meta["name"], status)
+        runtime.events.action(body, "Deleting", message)
     for ns in owned:
         if not ns["metadata"].get("deletionTimestamp"):
-            kubeio.delete(STATE.api, "Namespace", ns["metadata"]["name"])
+            kubeio.delete(runtime.api, "Namespace", ns["metadata"]["name"])
         # Test services hold nothing worth a graceful stop, and pods still in their grace period
         # make the namespace controller back off for many seconds per namespace.
-        kubeio.delete_pods_now(STATE.api, ns["metadata"]["name"])
+        kubeio.delete_pods_now(runtime.api, ns["metadata"]["name"])
     if owned:
         names = ", ".join(sorted(n["metadata"]["name"] for n in owned))
         raise kopf.TemporaryError(f"waiting for {len(owned)} namespaces to go: {names}", delay=1)
 
 
-# -- orphans ------------------------------------------------------------------------------------
-
-
-def sweep_orphans(api: client.ApiClient, watched: tuple[str, ...] = ()) -> list[str]:
-    """Delete managed namespaces whose owning TestEnvironment (by UID) no longer exists.
-
-    With `watched` namespaces, only namespaces owned from those are judged: another operator
-    (or release) serves the rest, and this one may not even be allowed to read their owners.
-    """
-    objects = client.CustomObjectsApi(api)
-    removed = []
-    owners: dict[str, set[str] | None] = {}  # owner namespace -> UIDs of its environments
-    for ns in kubeio.list_labelled(api, "Namespace", f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_OWNER_UID}"):
-        meta = ns["metadata"]
-        labels = meta.get("labels") or {}
-        owner_namespace = labels.get(LABEL_OWNER_NAMESPACE, "")
-        if meta.get("deletionTimestamp") or (watched and owner_namespace not in watched):
-            continue
-        if owner_namespace not in owners:
-            # By UID, never by the name label: a label may be a truncated name.
-            try:
-                listed = objects.list_namespaced_custom_object(GROUP, VERSION, owner_namespace, PLURAL)
-                owners[owner_namespace] = {te["metadata"]["uid"] for te in listed.get("items") or []}
-            except ApiException as exc:
-                if exc.status != 403:
-                    raise
-                owners[owner_namespace] = None  # not ours to judge
-        uids = owners[owner_namespace]
-        if uids is None:
-            continue
-        if labels[LABEL_OWNER_UID] not in uids:
-            kubeio.delete(api, "Namespace", meta["name"])
-            removed.append(meta["name"])
-    if removed:
-        log.info("deleted orphaned namespaces: %s", ", ".join(removed))
-    return removed
-
-
-async def _sweep_orphans_forever() -> None:
+async def _sweep_orphans_forever(runtime: Runtime) -> None:
     while True:
         try:
-            await _in_thread(sweep_orphans, STATE.api, STATE.settings.namespaces)
+            await runtime.in_thread(sweep_orphans, runtime.api, runtime.settings.namespaces)
         except Exception:  # a failed sweep must not stop the next one
             log.exception("orphan sweep failed")
-        await asyncio.sleep(STATE.settings.sweep_seconds)
+        await asyncio.sleep(runtime.settings.sweep_seconds)

@@ -1,17 +1,23 @@
-"""The few API calls the operator makes: server-side apply, delete, label-selected lists.
+"""Every API call the operator makes: server-side apply, delete, reads, label-selected lists,
+its own status and deletion.
 
 Lists come back as plain dicts (camelCase, as the API server sends them): the reconciler reads
-a handful of fields and model deserialisation would only cost time.
+a handful of fields and model deserialisation would only cost time. A refusal comes back as a
+typed `ApiError` (`NotFoundError`, `ConflictError`, `ForbiddenError`, `GoneError`,
+`InvalidError`), so callers say which answers they expect instead of comparing status codes.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from kubernetes import client
+from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+
+from testenv_api import GROUP, PLURAL, VERSION
 
 FIELD_MANAGER = "testenv-operator"
 _APPLY = {"field_manager": FIELD_MANAGER, "force": True, "_content_type": "application/apply-patch+yaml"}
@@ -31,10 +37,81 @@ KINDS: dict[str, tuple[type, str, bool]] = {
 }
 
 
+def connect() -> client.ApiClient:
+    """The in-cluster ServiceAccount inside a pod, else the kubeconfig ($KUBECONFIG)."""
+    try:
+        config.load_incluster_config()
+        return client.ApiClient()
+    except config.ConfigException:
+        return config.new_client_from_config()
+
+
+class ApiError(Exception):
+    """The API server refused a call: its HTTP status, reason and message."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}" if message else f"{status} {reason}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+class NotFoundError(ApiError):
+    """404: the object (or its namespace) does not exist."""
+
+
+class ForbiddenError(ApiError):
+    """403: RBAC refused it, or its namespace is being deleted."""
+
+
+class ConflictError(ApiError):
+    """409: it exists already, or another writer changed it first."""
+
+
+class GoneError(ApiError):
+    """410: a watch or list continuation that expired."""
+
+
+class InvalidError(ApiError):
+    """422: the API server's validation (the CRD's schema and rules) refused it."""
+
+
+_TYPED: dict[int, type[ApiError]] = {
+    404: NotFoundError,
+    403: ForbiddenError,
+    409: ConflictError,
+    410: GoneError,
+    422: InvalidError,
+}
+
+
+def typed(exc: ApiException) -> ApiError:
+    """The typed error for a client exception, with the server's own message when it sent one."""
+    message = ""
+    try:
+        message = str(json.loads(exc.body or "{}").get("message", ""))
+    except (ValueError, AttributeError):
+        message = str(exc.body or "")[:500]
+    return _TYPED.get(exc.status or 0, ApiError)(exc.status or 0, str(exc.reason or ""), message)
+
+
+@contextmanager
+def _refusals() -> Iterator[None]:
+    try:
+        yield
+    except ApiException as exc:
+        raise typed(exc) from exc
+
+
 def _method(api: client.ApiClient, verb: str, kind: str) -> tuple[Callable[..., Any], bool]:
     cls, suffix, namespaced = KINDS[kind]
     name = f"{verb}_namespaced_{suffix}" if namespaced else f"{verb}_{suffix}"
     return getattr(cls(api), name), namespaced
+
+
+def _json(response: Any) -> Obj:
+    found: Obj = json.loads(response.data)
+    return found
 
 
 def apply(api: client.ApiClient, obj: Obj) -> None:
@@ -42,17 +119,17 @@ def apply(api: client.ApiClient, obj: Obj) -> None:
     patch, namespaced = _method(api, "patch", obj["kind"])
     meta = obj["metadata"]
     args = (meta["name"], meta["namespace"]) if namespaced else (meta["name"],)
-    patch(*args, obj, _preload_content=False, **_APPLY)
+    with _refusals():
+        patch(*args, obj, _preload_content=False, **_APPLY)
 
 
 def create_namespace(api: client.ApiClient, obj: Obj) -> bool:
     """Create a namespace; False if one of that name exists already (it is then not ours to touch)."""
     try:
-        client.CoreV1Api(api).create_namespace(obj, _preload_content=False)
-    except ApiException as exc:
-        if exc.status == 409:
-            return False
-        raise
+        with _refusals():
+            client.CoreV1Api(api).create_namespace(obj, _preload_content=False)
+    except ConflictError:
+        return False
     return True
 
 
@@ -61,42 +138,40 @@ def delete(api: client.ApiClient, kind: str, name: str, namespace: str | None = 
     remove, namespaced = _method(api, "delete", kind)
     args = (name, namespace) if namespaced else (name,)
     try:
-        remove(*args, propagation_policy="Background", _preload_content=False)
-    except ApiException as exc:
-        if exc.status != 404:
-            raise
+        with _refusals():
+            remove(*args, propagation_policy="Background", _preload_content=False)
+    except NotFoundError:
+        pass
 
 
 def delete_pods_now(api: client.ApiClient, namespace: str) -> None:
     """Delete every pod of a namespace without a grace period."""
     try:
-        client.CoreV1Api(api).delete_collection_namespaced_pod(
-            namespace, grace_period_seconds=0, _preload_content=False
-        )
-    except ApiException as exc:
-        if exc.status != 404:
-            raise
+        with _refusals():
+            client.CoreV1Api(api).delete_collection_namespaced_pod(
+                namespace, grace_period_seconds=0, _preload_content=False
+            )
+    except NotFoundError:
+        pass
 
 
 def list_labelled(api: client.ApiClient, kind: str, selector: str) -> list[Obj]:
     """Every object of `kind` in any namespace that matches a label selector."""
     cls, suffix, namespaced = KINDS[kind]
     name = f"list_{suffix}_for_all_namespaces" if namespaced else f"list_{suffix}"
-    response = getattr(cls(api), name)(label_selector=selector, _preload_content=False)
-    items: list[Obj] = json.loads(response.data)["items"]
+    with _refusals():
+        response = getattr(cls(api), name)(label_selector=selector, _preload_content=False)
+    items: list[Obj] = _json(response)["items"]
     return items
 
 
 def _read(call: Callable[..., Any], *args: str) -> Obj | None:
     """One object as a dict, or None when it does not exist."""
     try:
-        response = call(*args, _preload_content=False)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
-    found: Obj = json.loads(response.data)
-    return found
+        with _refusals():
+            return _json(call(*args, _preload_content=False))
+    except NotFoundError:
+        return None
 
 
 def read_namespace(api: client.ApiClient, name: str) -> Obj | None:
@@ -105,3 +180,70 @@ def read_namespace(api: client.ApiClient, name: str) -> Obj | None:
 
 def read_secret(api: client.ApiClient, namespace: str, name: str) -> Obj | None:
     return _read(client.CoreV1Api(api).read_namespaced_secret, name, namespace)
+
+
+# -- TestEnvironments -----------------------------------------------------------------------------
+
+
+def environment_uids(api: client.ApiClient, namespace: str) -> set[str]:
+    """The UIDs of a namespace's TestEnvironments (a metadata-only list: no specs or statuses)."""
+    with _refusals():
+        response = client.CustomObjectsApi(api).list_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            _preload_content=False,
+            _headers={"Accept": "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"},
+        )
+    return {item["metadata"]["uid"] for item in _json(response).get("items") or []}
+
+
+def patch_environment_status(api: client.ApiClient, namespace: str, name: str, status: Obj) -> None:
+    """Merge `status` into an environment's status; an environment deleted meanwhile is fine."""
+    try:
+        with _refusals():
+            client.CustomObjectsApi(api).patch_namespaced_custom_object_status(
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                {"status": status},
+                _content_type="application/merge-patch+json",
+                _preload_content=False,
+            )
+    except NotFoundError:
+        pass
+
+
+def delete_environment(api: client.ApiClient, namespace: str, name: str) -> None:
+    """Delete a TestEnvironment (its finalizer then tears it down); already gone is fine."""
+    try:
+        with _refusals():
+            client.CustomObjectsApi(api).delete_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name, _preload_content=False
+            )
+    except NotFoundError:
+        pass
+
+
+# -- the leader-election Lease --------------------------------------------------------------------
+
+
+def read_lease(api: client.ApiClient, namespace: str, name: str) -> Obj | None:
+    return _read(client.CoordinationV1Api(api).read_namespaced_lease, name, namespace)
+
+
+def write_lease(api: client.ApiClient, lease: Obj) -> None:
+    """Create a Lease, or replace the one whose resourceVersion it carries (ConflictError when
+    someone else wrote it since)."""
+    meta = lease["metadata"]
+    coordination = client.CoordinationV1Api(api)
+    with _refusals():
+        if meta.get("resourceVersion"):
+            coordination.replace_namespaced_lease(
+                meta["name"], meta["namespace"], lease, _preload_content=False
+            )
+        else:
+            coordination.create_namespaced_lease(meta["namespace"], lease, _preload_content=False)

@@ -15,7 +15,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 import testenv_api
 from testenv_api import LABEL_OWNER_UID, LABEL_SHAREABLE, ConditionType, Phase
@@ -247,7 +246,7 @@ class Reconciler:
             def apply_one(index: int) -> bool:
                 try:
                     return self._apply_worker(owner, todo[index], states[index], secrets)
-                except ApiException as exc:  # e.g. 403: say so instead of "Provisioning" forever
+                except kubeio.ApiError as exc:  # e.g. 403: say so instead of "Provisioning" forever
                     refused.append(
                         Problem(
                             f"worker {todo[index].index}",

@@ -16,6 +16,8 @@
 | TESTENV_RESYNC_SECONDS | 10 | how often drift, expiry and readiness are re-checked |
 | TESTENV_SWEEP_SECONDS | 60 | how often namespaces whose owner is gone are looked for |
 | TESTENV_LIVENESS | http://0.0.0.0:8080/healthz | kopf liveness endpoint ("" turns it off) |
+| TESTENV_LEADER_ELECTION | (off) | `namespace/name` of a Lease: only the process holding it acts |
+| TESTENV_LEASE_SECONDS | 15 | how long a holder's Lease lasts unrenewed before another may take it |
 | TESTENV_LOG_LEVEL | INFO | DEBUG, INFO, WARNING or ERROR |
 """
 
@@ -55,6 +57,19 @@ def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
     return value
 
 
+def _lease(raw: str) -> tuple[str, str] | None:
+    """`testenv-system/testenv-operator` -> ('testenv-system', 'testenv-operator'); '' -> None."""
+    if not raw.strip():
+        return None
+    namespace, _, name = raw.strip().partition("/")
+    if not namespace or not name or "/" in name:
+        raise SettingsError(
+            f"TESTENV_LEADER_ELECTION={raw!r}: write the Lease as namespace/name, "
+            "for example testenv-system/testenv-operator"
+        )
+    return namespace, name
+
+
 def _registries(raw: str) -> tuple[str, ...]:
     """`docker.io, ghcr.io/acme/` -> ('docker.io', 'ghcr.io/acme')."""
     entries = tuple(e.strip().strip("/").lower() for e in raw.split(",") if e.strip().strip("/"))
@@ -85,6 +100,8 @@ class Settings:
     sweep_seconds: int = 60
     liveness: str = "http://0.0.0.0:8080/healthz"
     log_level: str = "INFO"
+    leader_election: tuple[str, str] | None = None
+    lease_seconds: int = 15
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -113,4 +130,6 @@ class Settings:
             sweep_seconds=_int(env, "TESTENV_SWEEP_SECONDS", 60, 1, 86400),
             liveness=env.get("TESTENV_LIVENESS", "http://0.0.0.0:8080/healthz"),
             log_level=level,
+            leader_election=_lease(env.get("TESTENV_LEADER_ELECTION", "")),
+            lease_seconds=_int(env, "TESTENV_LEASE_SECONDS", 15, 3, 300),
         )

@@ -41,6 +41,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.chaos
 def test_kill_9_of_the_controller_takes_its_operator_along(
     pytester: pytest.Pytester, local_cluster: Cluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:

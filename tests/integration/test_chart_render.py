@@ -156,21 +156,29 @@ def test_default_render_is_the_operator_and_its_roles(default: list[Doc]) -> Non
         ("ClusterRole", "testenv-operator-worker-access"),
         ("ClusterRoleBinding", "testenv-operator"),
         ("Deployment", "testenv-operator"),
+        ("Role", "testenv-operator-leader"),
+        ("RoleBinding", "testenv-operator-leader"),
         ("ServiceAccount", "testenv-operator"),
     ]
     for doc in default:
         labels = doc["metadata"]["labels"]
         assert labels["app.kubernetes.io/instance"] == RELEASE
         assert labels["app.kubernetes.io/managed-by"] == "Helm"
-        if doc["kind"] in ("Deployment", "ServiceAccount"):
+        if doc["kind"] in ("Deployment", "ServiceAccount", "Role", "RoleBinding"):
             assert doc["metadata"]["namespace"] == NAMESPACE
 
 
-def test_deployment_is_one_recreated_probed_restricted_replica(default: list[Doc]) -> None:
+def test_deployment_is_a_rolling_probed_restricted_set_of_elected_replicas(default: list[Doc]) -> None:
     deployment = one(default, "Deployment")
     spec = deployment["spec"]
     assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}
+    assert one(render({"replicas": 2}), "Deployment")["spec"]["replicas"] == 2
+    # Safe to roll: the new pod waits for the Lease the old one gives up on SIGTERM.
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }
+    assert env_of(default)["TESTENV_LEADER_ELECTION"] == f"{NAMESPACE}/{deployment['metadata']['name']}"
     pod = spec["template"]["spec"]
     assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
     assert pod["serviceAccountName"] == one(default, "ServiceAccount")["metadata"]["name"]
@@ -217,6 +225,7 @@ def test_the_operator_reads_the_environment_the_chart_sets() -> None:
         "resyncSeconds": 30,
         "orphanSweepSeconds": 600,
         "livenessPort": 9090,
+        "leaseSeconds": 20,
     }
     docs = render(values)
     env = env_of(docs)
@@ -246,6 +255,8 @@ def test_the_operator_reads_the_environment_the_chart_sets() -> None:
         sweep_seconds=600,
         liveness="http://0.0.0.0:9090/healthz",
         log_level="WARNING",
+        leader_election=(NAMESPACE, one(docs, "Deployment")["metadata"]["name"]),
+        lease_seconds=20,
     )
 
 
@@ -262,6 +273,7 @@ def test_default_settings_are_the_operators_defaults(default: list[Doc]) -> None
         "worker_ephemeral_storage",
         "worker_egress",
         "allowed_registries",
+        "lease_seconds",
     ):
         assert getattr(from_chart, field) == getattr(built_in, field), field
     assert (from_chart.images, from_chart.resync_seconds, from_chart.sweep_seconds) == ({}, 10, 60)
@@ -281,6 +293,7 @@ def _schema() -> dict[str, Any]:
         (("limits", "maxWorkersPerNamespace"), "TESTENV_MAX_WORKERS_PER_NAMESPACE"),
         (("resyncSeconds",), "TESTENV_RESYNC_SECONDS"),
         (("orphanSweepSeconds",), "TESTENV_SWEEP_SECONDS"),
+        (("leaseSeconds",), "TESTENV_LEASE_SECONDS"),
     ],
 )
 def test_schema_ranges_are_the_operators_ranges(path: tuple[str, ...], variable: str) -> None:
@@ -361,6 +374,19 @@ def test_operator_cluster_role_is_exactly_what_the_operator_uses(default: list[D
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "testenv-operator", "namespace": NAMESPACE}
     ]
+
+
+def test_the_leader_role_reads_and_renews_one_lease_in_the_release_namespace(default: list[Doc]) -> None:
+    role = one(default, "Role", "leader-election")
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert rules(role) == {("coordination.k8s.io", "leases", verb) for verb in ("get", "create", "update")}
+    binding = one(default, "RoleBinding", "leader-election")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    assert binding["subjects"] == one(default, "ClusterRoleBinding")["subjects"]
 
 
 def test_no_role_grants_wildcards_or_escalation(default: list[Doc]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -159,6 +160,13 @@ def test_deletion_removes_every_namespace_before_the_object_goes(api: client.Api
     assert te.owned_namespaces(api, uid) == [], "no namespace may be left, not even Terminating"
 
 
+def _events(api: client.ApiClient, namespace: str, name: str, reason: str) -> list[Any]:
+    listed = client.CoreV1Api(api).list_namespaced_event(
+        namespace, field_selector=f"involvedObject.name={name},reason={reason}"
+    )
+    return list(listed.items)
+
+
 def test_foreign_namespace_is_reported_and_left_alone(
     api: client.ApiClient,
     tenant: str,
@@ -186,6 +194,10 @@ def test_foreign_namespace_is_reported_and_left_alone(
             timeout=60,
             what="worker 1 ready",
         )
+        # Said once, however many passes see the conflict again (one every resync here).
+        wait_for(lambda: _events(api, tenant, "clash", "NamespaceConflict"), timeout=30, what="the event")
+        time.sleep(3 * float(te.OPERATOR_SETTINGS["TESTENV_RESYNC_SECONDS"]))
+        assert len(_events(api, tenant, "clash", "NamespaceConflict")) == 1
         te.delete(api, tenant, "clash")
         ns = core.read_namespace(taken)
         assert ns.metadata.deletion_timestamp is None
@@ -366,6 +378,7 @@ def _can_list_pods(core: client.CoreV1Api, namespace: str) -> bool:
     return True
 
 
+@pytest.mark.chaos
 def test_invalid_environments_at_load_leave_the_valid_ones_ready(
     api: client.ApiClient, tenant: str, other_tenant: str
 ) -> None:

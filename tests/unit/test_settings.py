@@ -47,3 +47,12 @@ def test_environment_overrides() -> None:
 def test_bad_values_name_the_variable(env: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError, match=message):
         Settings.from_env(env)
+
+
+def test_leader_election_names_a_lease_as_namespace_and_name() -> None:
+    assert Settings.from_env({}).leader_election is None
+    chosen = Settings.from_env({"TESTENV_LEADER_ELECTION": "testenv-system/testenv-operator"})
+    assert chosen.leader_election == ("testenv-system", "testenv-operator")
+    for bad in ("testenv-operator", "/x", "a/b/c"):
+        with pytest.raises(SettingsError, match="namespace/name"):
+            Settings.from_env({"TESTENV_LEADER_ELECTION": bad})

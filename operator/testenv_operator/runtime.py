@@ -1,0 +1,67 @@
+"""What the operator's handlers share, made once at start-up and carried in kopf's `memo`.
+
+One thread pool runs all blocking client code: convergence passes, their per-worker applies,
+tear-downs, the orphan sweep and kopf's own synchronous handlers. A pass waits for its applies
+on that same pool, so at most `PASSES` passes run at once and the pool is larger than that:
+the applies always find a free thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import dataclasses
+import functools
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from kubernetes import client
+
+from testenv_operator.events import EventPoster
+from testenv_operator.reconciler import Reconciler
+from testenv_operator.settings import Settings
+
+#: Convergence passes at once (each may wait on the pool for its workers' applies).
+PASSES = 8
+#: Threads of the one pool: PASSES waiting passes leave the rest to applies and short calls.
+THREADS = 32
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass
+class Runtime:
+    api: client.ApiClient
+    settings: Settings
+    pool: ThreadPoolExecutor
+    reconciler: Reconciler
+    events: EventPoster = dataclasses.field(default_factory=EventPoster)
+    #: uid -> the event that wakes that environment's converger.
+    wakers: dict[str, asyncio.Event] = dataclasses.field(default_factory=dict)
+    #: uid -> namespace, of environments refused for a per-namespace limit.
+    waiting_for_room: dict[str, str] = dataclasses.field(default_factory=dict)
+    passes: asyncio.Semaphore = dataclasses.field(default_factory=lambda: asyncio.Semaphore(PASSES))
+    sweeper: asyncio.Task[None] | None = None
+
+    @classmethod
+    def make(cls, api: client.ApiClient, settings: Settings) -> Runtime:
+        pool = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="testenv")
+        return cls(api, settings, pool, Reconciler(api, settings, pool))
+
+    async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run blocking client code on the pool, in a copy of the context as asyncio.to_thread
+        does (kopf keeps its settings, and the object an event is posted for, in context vars)."""
+        call = functools.partial(contextvars.copy_context().run, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self.pool, call)
+
+    def wake(self, uid: str | None) -> None:
+        waker = self.wakers.get(uid or "")
+        if waker:
+            waker.set()
+
+    def make_room(self, namespace: str) -> None:
+        """Wake the environments of `namespace` that wait for room under its limits."""
+        for uid, home in list(self.waiting_for_room.items()):
+            if home == namespace:
+                self.wake(uid)
