@@ -43,7 +43,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hostinfo import load, machine  # bench/ is on sys.path when a script runs
+from apimetrics import api_requests  # bench/ is on sys.path when a script runs
+from hostinfo import load, machine
 from testenv_api import primary_port
 from testenv_harness import children
 from testenv_harness.localports import free_port
@@ -326,20 +327,6 @@ def measure_in_test(testenv: TestEnv, out: Path, params: Json) -> None:
         forward.close()
 
 
-def api_requests(testenv: TestEnv) -> dict[str, float]:
-    """apiserver_request_total summed by verb and resource, from the API server's own /metrics."""
-    method, url, headers, _, _ = testenv.api.param_serialize("GET", "/metrics", auth_settings=["BearerToken"])
-    text = testenv.api.call_api(method, url, header_params=headers).read()
-    totals: dict[str, float] = {}
-    for line in text.decode().splitlines():
-        if line.startswith("apiserver_request_total{"):
-            labels, value = line.rsplit(" ", 1)
-            found = dict(re.findall(r'(\w+)="([^"]*)"', labels))
-            key = f"{found.get('verb', '?')} {found.get('resource') or found.get('subresource') or '-'}"
-            totals[key] = totals.get(key, 0.0) + float(value)
-    return totals
-
-
 def barrier(folder: Path, name: str, me: str, parties: int, timeout: float = 300) -> None:
     """Wait until `parties` workers reached the barrier `name` (a file each in `folder`)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -370,9 +357,9 @@ def measure_parallel_in_test(testenv: TestEnv, out: Path, params: Json) -> None:
         barrier(sync, "idle", me, parties)
         idle: Json = {}
         if me == "gw0":
-            before, started = api_requests(testenv), time.monotonic()
+            before, started = api_requests(testenv.api), time.monotonic()
             time.sleep(params["idle_seconds"])
-            after, elapsed = api_requests(testenv), time.monotonic() - started
+            after, elapsed = api_requests(testenv.api), time.monotonic() - started
             idle = {verb: (after.get(verb, 0) - before.get(verb, 0)) / elapsed for verb in after}
         else:
             time.sleep(params["idle_seconds"])

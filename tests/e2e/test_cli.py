@@ -8,18 +8,21 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
-from testenv_api import GROUP, LABEL_OWNER_NAMESPACE, PLURAL, VERSION
+from testenv_api import ANNOTATION_HEARTBEAT, GROUP, LABEL_OWNER_NAMESPACE, PLURAL, VERSION
 from testenv_harness import kube, runstate, toolchain
 from testenv_harness.clusters import Cluster
 from testenv_harness.errors import ToolchainError
 from testenv_harness.waiting import wait_for
+from tests.e2e import outages
 from tests.suites import EXAMPLES
 
 _SCRIPT = Path(sys.executable).with_name("testenv")
@@ -275,3 +278,63 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+def _heartbeat(cluster: Cluster, namespace: str) -> str:
+    """The heartbeat of the one environment in `namespace`."""
+    objects = client.CustomObjectsApi(kube.api_client(cluster.kubeconfig))
+    (body,) = objects.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]
+    return str(body["metadata"]["annotations"][ANNOTATION_HEARTBEAT])
+
+
+@pytest.mark.chaos
+@pytest.mark.parametrize("component", ["kube-apiserver", "etcd"])
+def test_a_run_goes_on_through_a_control_plane_restart(
+    component: str, where: list[str], run_name: str, local_cluster: Cluster
+) -> None:
+    """Killed (-9) and back 3 s later: forwards reconnect, the heartbeat is renewed, down is clean."""
+    up = subprocess.run(
+        [*TESTENV, "up", "--service", "redis", "--workers", "2", "--forward", "--run", run_name, *where],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert up.returncode == 0, up.stderr
+    env = subprocess.run(
+        [*TESTENV, "env", "--run", run_name, "--worker", "1", "--format", "json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    port = int(json.loads(env.stdout)["REDIS_PORT"])
+    assert _redis(port, "SET", "survives", "yes") == b"+OK\r\n"
+    namespace = _namespace_of(where)
+    before = _heartbeat(local_cluster, namespace)
+
+    outages.restart(local_cluster.kubeconfig.parent, component)
+    restarted = time.monotonic()
+    # A new connection needs a new tunnel through the API server, which must be back.
+    answer = wait_for(
+        lambda: _redis(port, "GET", "survives"),
+        timeout=90,
+        what=f"worker 1's Redis through a new forward after the {component} restart",
+        retry=(OSError,),
+    )
+    assert answer == b"$3\r\nyes\r\n"
+    reconnected = time.monotonic() - restarted
+    # The run's heartbeat (every 30 s) retries through the outage rather than giving up.
+    wait_for(
+        lambda: _heartbeat(local_cluster, namespace) != before,
+        timeout=90,
+        what="a heartbeat after the restart",
+        retry=(OSError, ApiException),
+    )
+    print(f"[chaos] {component} killed and restarted: a new connection answered {reconnected:.1f}s later")
+
+    down = subprocess.run(
+        [*TESTENV, "down", "--run", run_name], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert down.returncode == 0, down.stderr
+    assert runstate.load(run_name) is None
+    _nothing_left(local_cluster, namespace)
