@@ -42,7 +42,9 @@ from testenv_harness.waiting import wait_for
 
 def _pods(testenv, service):
     pods = testenv.core.list_namespaced_pod(testenv.namespace, label_selector=f"{LABEL_SERVICE}={service}")
-    return {p.metadata.uid for p in pods.items if p.status.phase == "Running"}
+    # A pod being deleted can still say Running for its grace period: it is the old one.
+    live = [p for p in pods.items if not p.metadata.deletion_timestamp]
+    return {p.metadata.uid for p in live if p.status.phase == "Running"}
 
 
 def test_redis_answers_and_restarts_into_a_new_pod(testenv):
