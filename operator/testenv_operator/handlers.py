@@ -181,10 +181,11 @@ async def keep_converged(
                 full = time.monotonic() - last_full >= runtime.settings.resync_seconds
                 try:
                     siblings = _siblings(kwargs, namespace)
-                    async with lock, runtime.passes:
-                        outcome = await runtime.in_thread(
-                            _converge, runtime, snapshot, apply_all, full or apply_all, siblings
-                        )
+                    one_pass = _locked_pass(runtime, lock, snapshot, apply_all, full or apply_all, siblings)
+                    # Shielded: kopf cancels a daemon that outlives its cancellation timeout, but the
+                    # pass's thread cannot be cancelled; the lock must stay held until it ends, or
+                    # tear_down could list namespaces while the pass still creates one.
+                    outcome = await asyncio.shield(asyncio.ensure_future(one_pass))
                 except Exception as exc:  # the API server refused or went away: try again, later each time
                     failures += 1
                     timeout = min(MAX_BACKOFF_SECONDS, 2.0**failures)
@@ -205,6 +206,18 @@ async def keep_converged(
     finally:
         runtime.wakers.pop(uid, None)
         runtime.waiting_for_room.pop(uid, None)
+
+
+async def _locked_pass(
+    runtime: Runtime,
+    lock: asyncio.Lock,
+    body: Mapping[str, Any],
+    apply_all: bool,
+    full: bool,
+    siblings: list[Sibling],
+) -> Outcome:
+    async with lock, runtime.passes:
+        return await runtime.in_thread(_converge, runtime, body, apply_all, full, siblings)
 
 
 def _expire(runtime: Runtime, body: Mapping[str, Any], reason: str) -> None:
