@@ -323,7 +323,7 @@ def run_direct_case(
         wait_for(check, timeout=left(timeout, started), what=what, interval=poll, seen=waiting_for)
         ready, first = max(ready_at.values()), min(ready_at.values())
         rate = (total(api_requests(api)) - requests_before) / (time.monotonic() - started)
-    except WaitTimeoutError as exc:
+    except (WaitTimeoutError, kubeio.ApiError) as exc:
         log(f"direct {case.label} run {run}: {exc}")
     teardown = delete_direct(api, [plan.namespace for _, plan in jobs], selector, poll, timeout)
     return Sample(case, "direct", run, started_at, ready, first, teardown, rate)

@@ -103,6 +103,13 @@ def _refusals() -> Iterator[None]:
         raise typed(exc) from exc
 
 
+def _done(response: Any) -> None:
+    """Read the rest of an unread response and hand its connection back to the pool: an
+    abandoned one is closed, and the next call pays a new TCP and TLS handshake."""
+    response.drain_conn()
+    response.release_conn()
+
+
 def _method(api: client.ApiClient, verb: str, kind: str) -> tuple[Callable[..., Any], bool]:
     cls, suffix, namespaced = KINDS[kind]
     name = f"{verb}_namespaced_{suffix}" if namespaced else f"{verb}_{suffix}"
@@ -111,6 +118,7 @@ def _method(api: client.ApiClient, verb: str, kind: str) -> tuple[Callable[..., 
 
 def _json(response: Any) -> Obj:
     found: Obj = json.loads(response.data)
+    response.release_conn()  # read to the end: the connection can serve the next call
     return found
 
 
@@ -120,14 +128,14 @@ def apply(api: client.ApiClient, obj: Obj) -> None:
     meta = obj["metadata"]
     args = (meta["name"], meta["namespace"]) if namespaced else (meta["name"],)
     with _refusals():
-        patch(*args, obj, _preload_content=False, **_APPLY)
+        _done(patch(*args, obj, _preload_content=False, **_APPLY))
 
 
 def create_namespace(api: client.ApiClient, obj: Obj) -> bool:
     """Create a namespace; False if one of that name exists already (it is then not ours to touch)."""
     try:
         with _refusals():
-            client.CoreV1Api(api).create_namespace(obj, _preload_content=False)
+            _done(client.CoreV1Api(api).create_namespace(obj, _preload_content=False))
     except ConflictError:
         return False
     return True
@@ -139,7 +147,7 @@ def delete(api: client.ApiClient, kind: str, name: str, namespace: str | None = 
     args = (name, namespace) if namespaced else (name,)
     try:
         with _refusals():
-            remove(*args, propagation_policy="Background", _preload_content=False)
+            _done(remove(*args, propagation_policy="Background", _preload_content=False))
     except NotFoundError:
         pass
 
@@ -148,8 +156,10 @@ def delete_pods_now(api: client.ApiClient, namespace: str) -> None:
     """Delete every pod of a namespace without a grace period."""
     try:
         with _refusals():
-            client.CoreV1Api(api).delete_collection_namespaced_pod(
-                namespace, grace_period_seconds=0, _preload_content=False
+            _done(
+                client.CoreV1Api(api).delete_collection_namespaced_pod(
+                    namespace, grace_period_seconds=0, _preload_content=False
+                )
             )
     except NotFoundError:
         pass
@@ -203,15 +213,17 @@ def patch_environment_status(api: client.ApiClient, namespace: str, name: str, s
     """Merge `status` into an environment's status; an environment deleted meanwhile is fine."""
     try:
         with _refusals():
-            client.CustomObjectsApi(api).patch_namespaced_custom_object_status(
-                GROUP,
-                VERSION,
-                namespace,
-                PLURAL,
-                name,
-                {"status": status},
-                _content_type="application/merge-patch+json",
-                _preload_content=False,
+            _done(
+                client.CustomObjectsApi(api).patch_namespaced_custom_object_status(
+                    GROUP,
+                    VERSION,
+                    namespace,
+                    PLURAL,
+                    name,
+                    {"status": status},
+                    _content_type="application/merge-patch+json",
+                    _preload_content=False,
+                )
             )
     except NotFoundError:
         pass
@@ -221,8 +233,10 @@ def delete_environment(api: client.ApiClient, namespace: str, name: str) -> None
     """Delete a TestEnvironment (its finalizer then tears it down); already gone is fine."""
     try:
         with _refusals():
-            client.CustomObjectsApi(api).delete_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, name, _preload_content=False
+            _done(
+                client.CustomObjectsApi(api).delete_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, name, _preload_content=False
+                )
             )
     except NotFoundError:
         pass
@@ -242,8 +256,7 @@ def write_lease(api: client.ApiClient, lease: Obj) -> None:
     coordination = client.CoordinationV1Api(api)
     with _refusals():
         if meta.get("resourceVersion"):
-            coordination.replace_namespaced_lease(
-                meta["name"], meta["namespace"], lease, _preload_content=False
-            )
+            name, namespace = meta["name"], meta["namespace"]
+            _done(coordination.replace_namespaced_lease(name, namespace, lease, _preload_content=False))
         else:
-            coordination.create_namespaced_lease(meta["namespace"], lease, _preload_content=False)
+            _done(coordination.create_namespaced_lease(meta["namespace"], lease, _preload_content=False))

@@ -250,7 +250,7 @@ class Reconciler:
                     refused.append(
                         Problem(
                             f"worker {todo[index].index}",
-                            f"the API server refused an apply: {exc.status} {exc.reason}",
+                            f"the API server refused an apply: {exc}",
                         )
                     )
                     return False

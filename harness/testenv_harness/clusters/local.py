@@ -34,6 +34,8 @@ def kwok_workdir() -> Path:
     return toolchain.cache_root() / "kwok"
 
 
+#: ClusterIPs for Services (kube-apiserver and kube-controller-manager must agree on it).
+SERVICE_CIDR = "10.96.0.0/16"
 #: What each simulated node offers; worker namespaces quota ephemeral-storage, so it is listed too.
 _CAPACITY = {"cpu": "64", "memory": "256Gi", "ephemeral-storage": "1Ti", "pods": "500"}
 
@@ -195,6 +197,12 @@ class LocalProvider:
                 "--disable-qps-limits",
                 "--extra-args",
                 "kube-controller-manager=concurrent-namespace-syncs=20",
+                # The API server's default Service range, a /24, holds 254 Services: 85 workers of
+                # three services. A /16 holds what the worker limit allows (256 x 16 services).
+                "--extra-args",
+                f"kube-apiserver=service-cluster-ip-range={SERVICE_CIDR}",
+                "--extra-args",
+                f"kube-controller-manager=service-cluster-ip-range={SERVICE_CIDR}",
                 "--wait",
                 f"{self.timeout:.0f}s",
                 "--timeout",
