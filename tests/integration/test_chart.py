@@ -272,7 +272,7 @@ def test_install_makes_the_operator_deployment_ready(api: client.ApiClient, rele
         what="the operator Deployment to be Ready",
     )
     assert deployment.spec.replicas == 1
-    assert deployment.spec.strategy.type == "Recreate"
+    assert deployment.spec.strategy.type == "RollingUpdate"  # safe: replicas elect one leader
     selector = ",".join(f"{k}={v}" for k, v in deployment.spec.selector.match_labels.items())
     pods = [
         p

@@ -404,8 +404,9 @@ def test_watch_namespaces_moves_the_tenant_rules_into_roles_there() -> None:
     docs = render({"watchNamespaces": ["team-a", "team-b"]})
     assert env_of(docs)["TESTENV_NAMESPACES"] == "team-a,team-b"
     assert rules(one(docs, "ClusterRole", "operator")) == _expected_cluster_rules()
-    roles = {d["metadata"]["namespace"]: d for d in docs if d["kind"] == "Role"}
-    bindings = {d["metadata"]["namespace"]: d for d in docs if d["kind"] == "RoleBinding"}
+    tenant = [d for d in docs if d["metadata"]["labels"].get("app.kubernetes.io/component") == "operator"]
+    roles = {d["metadata"]["namespace"]: d for d in tenant if d["kind"] == "Role"}
+    bindings = {d["metadata"]["namespace"]: d for d in tenant if d["kind"] == "RoleBinding"}
     assert set(roles) == set(bindings) == {"team-a", "team-b"}
     for namespace, role in roles.items():
         assert rules(role) == TENANT_RULES
