@@ -109,6 +109,7 @@ def _run_options(args: argparse.Namespace) -> tuple[str, RunOptions]:
         operator=args.operator,
         keep=args.keep,
         timeout=args.timeout,
+        wait_teardown=args.wait_teardown,
     )
     return name, options
 
@@ -427,7 +428,9 @@ def _reclaim(state: RunState) -> None:
     else:
         handoff = state.handoff_object()
         say(f"run {state.name!r}: process {state.pid} is gone; deleting {handoff.namespace}/{handoff.name}")
-        options = RunOptions(workers=state.workers, manifest={}, namespace=handoff.namespace)
+        options = RunOptions(
+            workers=state.workers, manifest={}, namespace=handoff.namespace, wait_teardown=True
+        )
         say(RunSession.reclaim(options, handoff, state.uid, state.operator, say))
     runstate.remove(state.name, state.pid)
 
@@ -472,6 +475,11 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         help="run our own, or use the cluster's (default: cluster for existing, else subprocess)",
     )
     where.add_argument("--keep", action="store_true", help="keep the environment afterwards, for debugging")
+    where.add_argument(
+        "--wait-teardown",
+        action="store_true",
+        help="return only once the namespaces are deleted (default: they are deleted in the background)",
+    )
     where.add_argument(
         "--timeout", type=float, default=300.0, help="seconds each worker may take (default: %(default)s)"
     )

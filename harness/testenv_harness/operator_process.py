@@ -20,6 +20,10 @@ from testenv_harness.errors import ClusterError
 from testenv_harness.localports import free_port
 from testenv_harness.waiting import WaitTimeoutError, wait_for
 
+#: What the operator logs when it takes SIGUSR1 (testenv_operator.finishing.TAKEN: the harness
+#: and the operator share no code, only this contract).
+FINISHING = '"finishing:'
+
 
 class OperatorProcess:
     """One operator process (restartable) writing its log to `log`, appended to across restarts."""
@@ -79,6 +83,32 @@ class OperatorProcess:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def finish_in_background(self, timeout: float = 5) -> bool:
+        """Ask it to finish the deletions under way on its own and exit when done (SIGUSR1).
+
+        True once it said so in its log: from then on it outlives this process, and exits by
+        itself (after TESTENV_FINISH_SECONDS at most). False if it did not take the request in
+        `timeout` seconds (or already exited): the caller must wait for the deletion and `stop` it.
+        """
+        if not self.alive():
+            return False
+        assert self.proc is not None
+        start = self.log.stat().st_size if self.log.exists() else 0
+        self.proc.send_signal(signal.SIGUSR1)
+
+        def taken() -> bool:
+            if not self.alive():
+                raise ClusterError("it exited")
+            with self.log.open("rb") as handle:
+                handle.seek(start)
+                return FINISHING.encode() in handle.read()
+
+        try:
+            wait_for(taken, timeout=timeout, what="the operator to take the request to finish", interval=0.02)
+        except (ClusterError, WaitTimeoutError):
+            return False
+        return True
 
     def stop(self) -> None:
         """SIGTERM, and SIGKILL if it is still there 15 seconds later."""

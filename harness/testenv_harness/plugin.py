@@ -59,6 +59,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--testenv-keep", action="store_true", help="keep the environment after the run, for debugging"
     )
     group.addoption(
+        "--testenv-wait-teardown",
+        action="store_true",
+        help="end the run only once its namespaces are deleted (default: they go in the background)",
+    )
+    group.addoption(
         "--testenv-timeout", type=float, default=None, help="seconds a worker waits for its services"
     )
     parser.addini("testenv", "enable kube-testenv (like --testenv)", type="bool", default=False)
@@ -68,6 +73,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     parser.addini("testenv_cluster", "auto, local, kind or existing", default="auto")
     parser.addini("testenv_timeout", "seconds a worker waits for its services", default="300")
+    parser.addini(
+        "testenv_wait_teardown",
+        "end the run only once its namespaces are deleted (like --testenv-wait-teardown)",
+        type="bool",
+        default=False,
+    )
 
 
 def _active(config: pytest.Config) -> bool:
@@ -128,6 +139,9 @@ def _options(config: pytest.Config) -> RunOptions:
         operator=config.getoption("testenv_operator"),
         keep=bool(config.getoption("testenv_keep")),
         timeout=timeout,
+        wait_teardown=bool(
+            config.getoption("testenv_wait_teardown") or config.getini("testenv_wait_teardown")
+        ),
     )
 
 

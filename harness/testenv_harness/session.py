@@ -64,6 +64,8 @@ class RunOptions:
     operator: str = "auto"  # subprocess | cluster | auto
     keep: bool = False
     timeout: float = 300.0
+    #: Wait until the namespaces are gone before returning from `stop` (else they go meanwhile).
+    wait_teardown: bool = False
 
 
 def parse_services(entries: list[str]) -> list[dict[str, Any]]:
@@ -372,21 +374,28 @@ class RunSession:
     def stop(self) -> str:
         """Delete the environment (unless kept) and stop what the run started; returns a summary.
 
-        A second call does nothing and returns "". The run folder stays until `remove_run_dir`:
-        workers may still read a published set-up failure from it.
+        The namespaces go in the background unless `wait_teardown`: the cluster's operator deletes
+        them, or this run's own operator, which then exits by itself. A second call does nothing
+        and returns "". The run folder stays until `remove_run_dir`: workers may still read a
+        published set-up failure from it.
         """
         if self._stop.is_set():
             return ""
         self._stop.set()
         started = time.monotonic()
         left: list[str] = []
+        background = ""
         try:
-            if self.api is not None and self.name and not self.options.keep:
-                left = self._delete_environment()
+            if self.dataplane is not None:  # the services are not needed any more: end them now
+                self.dataplane.close()
+            if self.api is not None and self.name and not self.options.keep and self._delete_environment():
+                background = "" if self.options.wait_teardown else self._hand_deletion_over()
+                if not background:
+                    left = self._wait_deleted()
         finally:
             if self.dataplane is not None:
                 self.dataplane.close()
-            if self.operator is not None and not self.options.keep:
+            if self.operator is not None and not self.options.keep and not background:
                 self.operator.stop()
             release_block(self.run_id)
         ready = f"{len(self.ready_at)}/{self.options.workers} workers ready"
@@ -394,19 +403,42 @@ class RunSession:
             ready += f" (slowest {max(self.ready_at.values()):.1f}s)"
         if self.options.keep:
             return f"{ready}; kept {self.options.namespace}/{self.name} and its namespaces (--testenv-keep)"
+        took = f"{time.monotonic() - started:.1f}s"
+        if background:
+            return f"{ready}; stopped in {took}, {background}"
         gone = "all namespaces deleted" if not left else f"namespaces still present: {', '.join(left)}"
-        return f"{ready}; torn down in {time.monotonic() - started:.1f}s, {gone}"
+        return f"{ready}; torn down in {took}, {gone}"
+
+    def _hand_deletion_over(self) -> str:
+        """Leave the deletion to an operator; what the summary says of it ("" if none took it)."""
+        if self.operator is None:
+            return "the cluster's operator deletes the namespaces in the background"
+        if not self.operator.finish_in_background():
+            return ""
+        assert self.operator.proc is not None
+        return (
+            f"the namespaces are deleted in the background by operator pid {self.operator.proc.pid}, "
+            "which exits when done (--testenv-wait-teardown waits for it)"
+        )
 
     def remove_run_dir(self) -> None:
         if not self.options.keep:
             shutil.rmtree(self.run_dir, ignore_errors=True)
 
-    def _delete_environment(self, timeout: float = 120) -> list[str]:
+    def _delete_environment(self) -> bool:
+        """Ask for the environment's deletion: False if it was not there (or could not be asked)."""
         assert self.api is not None
-        with contextlib.suppress(ApiException):
+        try:
             client.CustomObjectsApi(self.api).delete_namespaced_custom_object(
                 GROUP, VERSION, self.options.namespace, PLURAL, self.name
             )
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            self.report(f"deleting {self.options.namespace}/{self.name} failed: {exc.status} {exc.reason}")
+        return True
+
+    def _wait_deleted(self, timeout: float = 120) -> list[str]:
         left: list[str] = []
 
         def gone() -> bool:

@@ -195,18 +195,37 @@ def read_secret(api: client.ApiClient, namespace: str, name: str) -> Obj | None:
 # -- TestEnvironments -----------------------------------------------------------------------------
 
 
-def environment_uids(api: client.ApiClient, namespace: str) -> set[str]:
-    """The UIDs of a namespace's TestEnvironments (a metadata-only list: no specs or statuses)."""
+def _environments_metadata(api: client.ApiClient, namespace: str) -> list[Obj]:
+    """A namespace's TestEnvironments ("": every namespace's), metadata only (no specs or statuses)."""
+    objects = client.CustomObjectsApi(api)
+    where = (
+        (objects.list_namespaced_custom_object, namespace)
+        if namespace
+        else (objects.list_cluster_custom_object,)
+    )
     with _refusals():
-        response = client.CustomObjectsApi(api).list_namespaced_custom_object(
+        response = where[0](
             GROUP,
             VERSION,
-            namespace,
+            *where[1:],
             PLURAL,
             _preload_content=False,
             _headers={"Accept": "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"},
         )
-    return {item["metadata"]["uid"] for item in _json(response).get("items") or []}
+    items: list[Obj] = _json(response).get("items") or []
+    return items
+
+
+def environment_uids(api: client.ApiClient, namespace: str) -> set[str]:
+    """The UIDs of a namespace's TestEnvironments."""
+    return {item["metadata"]["uid"] for item in _environments_metadata(api, namespace)}
+
+
+def environments_deleting(api: client.ApiClient, namespace: str) -> int:
+    """How many of a namespace's TestEnvironments have a deletionTimestamp."""
+    return sum(
+        1 for item in _environments_metadata(api, namespace) if item["metadata"].get("deletionTimestamp")
+    )
 
 
 def patch_environment_status(api: client.ApiClient, namespace: str, name: str, status: Obj) -> None:

@@ -112,23 +112,31 @@ class Reconciler:
     # -- observing ----------------------------------------------------------------------------
 
     def observe(self, uid: str, plans: Iterable[WorkerPlan], full: bool) -> Observed:
+        """What the environment owns now: its namespaces first, then the objects inside them.
+
+        Every owned object lives in an owned namespace, so when there is none (a new environment)
+        the per-kind lists are skipped; otherwise they, and the reads of planned namespaces that
+        are not labelled ours, run at once on the pool.
+        """
         selector = f"{LABEL_OWNER_UID}={uid}"
         namespaces = {
             ns["metadata"]["name"]: NamespaceState(uid, bool(ns["metadata"].get("deletionTimestamp")))
             for ns in kubeio.list_labelled(self.api, "Namespace", selector)
         }
-        for plan in plans:
-            if plan.namespace not in namespaces:
-                found = kubeio.read_namespace(self.api, plan.namespace)
-                if found is not None:  # exists but is not labelled ours: never touch it
-                    labels = found["metadata"].get("labels") or {}
-                    namespaces[plan.namespace] = NamespaceState(
-                        labels.get(LABEL_OWNER_UID), bool(found["metadata"].get("deletionTimestamp"))
-                    )
+        unlisted = [p.namespace for p in plans if p.namespace not in namespaces]
+        kinds = (_NAMESPACED_KINDS if full else ("Deployment",)) if namespaces else ()
+        reads = self.pool.map(lambda name: kubeio.read_namespace(self.api, name), unlisted)
+        lists = self.pool.map(lambda kind: (kind, kubeio.list_labelled(self.api, kind, selector)), kinds)
+        for name, found in zip(unlisted, reads, strict=True):
+            if found is not None:  # exists but is not labelled ours: never touch it
+                labels = found["metadata"].get("labels") or {}
+                namespaces[name] = NamespaceState(
+                    labels.get(LABEL_OWNER_UID), bool(found["metadata"].get("deletionTimestamp"))
+                )
         ready: set[tuple[str, str]] = set()
         present: set[tuple[str, str, str]] = set()
-        for kind in _NAMESPACED_KINDS if full else ("Deployment",):
-            for obj in kubeio.list_labelled(self.api, kind, selector):
+        for kind, objects in lists:
+            for obj in objects:
                 meta = obj["metadata"]
                 present.add((kind, meta["namespace"], meta["name"]))
                 if kind == "Deployment" and _deployment_ready(obj):

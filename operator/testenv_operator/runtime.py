@@ -43,6 +43,9 @@ class Runtime:
     waiting_for_room: dict[str, str] = dataclasses.field(default_factory=dict)
     passes: asyncio.Semaphore = dataclasses.field(default_factory=lambda: asyncio.Semaphore(PASSES))
     sweeper: asyncio.Task[None] | None = None
+    #: Set by SIGUSR1 (`finishing`): no more passes, only deletions, then exit.
+    finishing: bool = False
+    finisher: asyncio.Task[None] | None = None
 
     @classmethod
     def make(cls, api: client.ApiClient, settings: Settings) -> Runtime:

@@ -15,6 +15,7 @@
 | TESTENV_ACCESS_CLUSTERROLE | testenv-worker-access | ClusterRole bound to spec.access.subjects |
 | TESTENV_RESYNC_SECONDS | 10 | how often drift, expiry and readiness are re-checked |
 | TESTENV_SWEEP_SECONDS | 60 | how often namespaces whose owner is gone are looked for |
+| TESTENV_FINISH_SECONDS | 120 | after SIGUSR1 (its run ended): the most time to finish deletions, then exit |
 | TESTENV_LIVENESS | http://0.0.0.0:8080/healthz | kopf liveness endpoint ("" turns it off) |
 | TESTENV_LEADER_ELECTION | (off) | `namespace/name` of a Lease: only the process holding it acts |
 | TESTENV_LEASE_SECONDS | 15 | how long a holder's Lease lasts unrenewed before another may take it |
@@ -98,6 +99,7 @@ class Settings:
     access_cluster_role: str = "testenv-worker-access"
     resync_seconds: int = 10
     sweep_seconds: int = 60
+    finish_seconds: int = 120
     liveness: str = "http://0.0.0.0:8080/healthz"
     log_level: str = "INFO"
     leader_election: tuple[str, str] | None = None
@@ -128,6 +130,7 @@ class Settings:
             access_cluster_role=env.get("TESTENV_ACCESS_CLUSTERROLE", "testenv-worker-access"),
             resync_seconds=_int(env, "TESTENV_RESYNC_SECONDS", 10, 1, 3600),
             sweep_seconds=_int(env, "TESTENV_SWEEP_SECONDS", 60, 1, 86400),
+            finish_seconds=_int(env, "TESTENV_FINISH_SECONDS", 120, 1, 3600),
             liveness=env.get("TESTENV_LIVENESS", "http://0.0.0.0:8080/healthz"),
             log_level=level,
             leader_election=_lease(env.get("TESTENV_LEADER_ELECTION", "")),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from kubernetes import client
 from testenv_api import LABEL_MANAGED_BY, MANAGED_BY
 from testenv_harness import kube
 from testenv_harness.clusters import Cluster
+from testenv_harness.waiting import wait_for
 
 from .conftest import Run
 
@@ -21,6 +23,11 @@ SERVICE_PROCESSES = ("redis-server", "moto.server", "kafka.Kafka", "mosquitto -c
 def _service_processes() -> set[int]:
     """Our host processes (data plane, operator). Containers' processes show in /proc too, but in
     PID namespaces of their own (kind's pods, other Docker containers): those are not counted."""
+    return services_of(SERVICE_PROCESSES)
+
+
+def services_of(markers: Sequence[str]) -> set[int]:
+    """The processes of this PID namespace whose command line holds one of `markers`."""
     pids = set()
     mine = os.readlink("/proc/self/ns/pid")
     for entry in Path("/proc").iterdir():
@@ -31,7 +38,7 @@ def _service_processes() -> set[int]:
                     continue
             except OSError:
                 continue
-            if any(marker in cmdline for marker in SERVICE_PROCESSES):
+            if any(marker in cmdline for marker in markers):
                 pids.add(int(entry.name))
     return pids
 
@@ -43,24 +50,49 @@ def _managed_namespaces(cluster: Cluster) -> set[str]:
     }
 
 
-@pytest.mark.parametrize("workers", ["0", "2", "4"])
+@pytest.mark.parametrize(
+    ("workers", "teardown"),
+    [("0", "wait"), ("2", "background"), ("4", "background")],
+)
 def test_the_example_suite_passes_and_leaves_nothing_behind(
-    run_suite: Run, example_suite: Path, e2e_cluster: Cluster, workers: str
+    run_suite: Run, example_suite: Path, e2e_cluster: Cluster, workers: str, teardown: str
 ) -> None:
     processes_before = _service_processes()
     namespaces_before = _managed_namespaces(e2e_cluster)
-    result = run_suite("-n", workers)
+    waits = teardown == "wait"
+    result = run_suite("-n", workers, *(["--testenv-wait-teardown"] if waits else []))
     result.assert_outcomes(passed=10)
     expected_workers = max(1, int(workers))
+    ending = (
+        "torn down in *all namespaces deleted*"
+        if waits
+        else "stopped in *s, the namespaces are deleted in the background by operator pid *"
+    )
     result.stdout.fnmatch_lines(
         [
             f"*environment *: {expected_workers} worker(s) x redis (redis), kafka (kafka), aws (localstack)*",
             "*worker 0 ready in *s (*kafka *s*redis *s)*",
-            f"*{expected_workers}/{expected_workers} workers ready*torn down in *all namespaces deleted*",
+            f"*{expected_workers}/{expected_workers} workers ready*{ending}",
         ]
     )
-    assert _service_processes() <= processes_before, "a service or operator process outlived the run"
-    assert _managed_namespaces(e2e_cluster) <= namespaces_before
+    if waits:
+        assert _service_processes() <= processes_before, "a service or operator process outlived the run"
+        assert _managed_namespaces(e2e_cluster) <= namespaces_before
+        return
+    # The services end with the run; the operator finishes the deletion, then exits by itself.
+    services = [m for m in SERVICE_PROCESSES if m != "testenv_operator"]
+    assert not services_of(services) - processes_before, "a service process outlived the run"
+    wait_for(
+        lambda: (
+            _service_processes() <= processes_before and _managed_namespaces(e2e_cluster) <= namespaces_before
+        ),
+        timeout=90,
+        what="the run's operator to delete its namespaces and exit",
+        seen=lambda: (
+            f"processes {_service_processes() - processes_before}, "
+            f"namespaces {_managed_namespaces(e2e_cluster) - namespaces_before}"
+        ),
+    )
 
 
 BARRIER = '''

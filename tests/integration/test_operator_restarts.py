@@ -303,3 +303,30 @@ def test_two_operators_elect_one_and_a_standby_takes_over_a_killed_leader(
     _say(f"SIGTERM of the leader: the successor held the Lease {time.monotonic() - stopped:.1f}s later")
     te.delete_many(api, tenant, ["first", "second"])
     client.CoordinationV1Api(api).delete_namespaced_lease(lease, "default")
+
+
+def test_a_finishing_operator_ends_the_deletions_under_way_then_exits_and_starts_nothing_new(
+    api: client.ApiClient,
+    tenant: str,
+    local_cluster: Cluster,
+    tmp_path: Path,
+    operators: list[OperatorProcess],
+) -> None:
+    """What a run that does not wait for its teardown relies on (SIGUSR1, `finishing`)."""
+    first = _start(local_cluster, tmp_path, operators, TESTENV_NAMESPACES=tenant)
+    old = te.create(api, tenant, te.manifest("old", workers=2))["metadata"]["uid"]
+    te.wait_phase(api, tenant, "old", Phase.READY, readyWorkers=2)
+    client.CustomObjectsApi(api).delete_namespaced_custom_object(GROUP, VERSION, tenant, PLURAL, "old")
+    assert first.finish_in_background(), first.tail()
+    new = te.create(api, tenant, te.manifest("new", workers=1))["metadata"]["uid"]
+    assert first.proc is not None
+    assert first.proc.wait(60) == 0, first.tail()
+    assert te.owned_namespaces(api, old) == []
+    with pytest.raises(ApiException) as gone:
+        te.get(api, tenant, "old")
+    assert gone.value.status == 404
+    assert te.owned_namespaces(api, new) == [], "a finishing operator must leave new work to others"
+    assert "phase" not in (te.get(api, tenant, "new").get("status") or {})
+    _start(local_cluster, tmp_path, operators, TESTENV_NAMESPACES=tenant)  # serves "new" from here on
+    te.wait_phase(api, tenant, "new", Phase.READY, readyWorkers=1)
+    te.delete(api, tenant, "new")

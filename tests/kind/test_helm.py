@@ -66,6 +66,7 @@ def test_the_helm_installed_operator_serves_the_example_suite(
             "--testenv-operator=cluster",
             f"--testenv-namespace={tenant}",
             "--testenv-timeout=240",
+            "--testenv-wait-teardown",  # the release is uninstalled next: its operator must be done
             "-n",
             "2",
             timeout=900,

@@ -11,6 +11,7 @@ def test_defaults() -> None:
     assert settings.namespaces == ()
     assert settings.max_workers == DEFAULT_MAX_WORKERS
     assert settings.images == {}
+    assert settings.finish_seconds == 120
 
 
 def test_environment_overrides() -> None:
@@ -22,8 +23,10 @@ def test_environment_overrides() -> None:
             "TESTENV_LOG_LEVEL": "debug",
             "TESTENV_WORKER_EGRESS": "Open",
             "TESTENV_ALLOWED_REGISTRIES": " registry.example.com:5000 , ghcr.io/acme/ ,",
+            "TESTENV_FINISH_SECONDS": "30",
         }
     )
+    assert settings.finish_seconds == 30
     assert settings.worker_egress == "open"
     assert settings.allowed_registries == ("registry.example.com:5000", "ghcr.io/acme")
     assert settings.namespaces == ("team-a", "team-b")
@@ -39,6 +42,7 @@ def test_environment_overrides() -> None:
         ({"TESTENV_MAX_WORKERS": "0"}, rf"out of range: use 1\.\.{MAX_WORKERS}"),
         ({"TESTENV_MAX_WORKERS": str(MAX_WORKERS + 1)}, "out of range"),
         ({"TESTENV_LOG_LEVEL": "LOUD"}, "use one of DEBUG"),
+        ({"TESTENV_FINISH_SECONDS": "0"}, r"TESTENV_FINISH_SECONDS=0 is out of range: use 1\.\.3600"),
         ({"TESTENV_WORKER_EGRESS": "closed"}, "TESTENV_WORKER_EGRESS='closed': use one of restricted, open"),
         ({"TESTENV_ALLOWED_REGISTRIES": "ghcr.io/acme/api:1.2"}, "names an image, not a registry"),
         ({"TESTENV_ALLOWED_REGISTRIES": "ghcr.io/acme/api@sha256:ab"}, "names an image, not a registry"),
