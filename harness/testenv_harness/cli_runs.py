@@ -26,7 +26,7 @@ from typing import Any
 from kubernetes import client
 
 from testenv_api import GROUP, MAX_WORKERS, PLURAL, VERSION
-from testenv_harness import exports, kube, runstate, supervise
+from testenv_harness import exports, kube, reuse, runstate, supervise
 from testenv_harness.errors import TestEnvError
 from testenv_harness.holder import Holder
 from testenv_harness.localports import bindable
@@ -167,7 +167,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     name, options = _run_options(args)
     if args.foreground:
-        return _hold(name, options, args.forward)
+        return _hold(name, options, args.forward, args.idle_exit)
     current = runstate.load(name)
     if current is not None and current.alive:
         raise TestEnvError(
@@ -192,22 +192,30 @@ def cmd_up(args: argparse.Namespace) -> int:
         return 130
 
 
-def _hold(name: str, options: RunOptions, forward: bool) -> int:
-    """`up --foreground`: hold the run in this process until SIGTERM, SIGINT or SIGHUP."""
+def _hold(name: str, options: RunOptions, forward: bool, idle_exit: float | None = None) -> int:
+    """`up --foreground`: hold the run in this process until SIGTERM, SIGINT or SIGHUP, or, with
+    `idle_exit`, until no process has claimed it (reuse.py) for that many seconds."""
     holder = Holder(
         name, options, command="up", forward=forward, report=say, log=runstate.folder() / f"{name}.log"
     )
+    own: reuse.Claim | None = None
     try:
         with _signals_interrupt():
             holder.start()
             _out(name)
-            while True:
-                time.sleep(3600)
+            if idle_exit is None:
+                while True:
+                    time.sleep(3600)
+            own = reuse.keep_while_claimed(name, idle_exit, say)
     except KeyboardInterrupt:
         say("stopping")
     finally:
         with _shielded():
             holder.stop()
+            if idle_exit is not None:
+                reuse.forget(name)
+            if own is not None:
+                own.release()
     return 0
 
 
@@ -512,6 +520,13 @@ def add_parsers(sub: Any) -> None:
     _add_run_options(up)
     up.add_argument("--forward", action="store_true", help="also forward every worker from the run's process")
     up.add_argument("--foreground", action="store_true", help="hold the run in this process until a signal")
+    up.add_argument(
+        "--idle-exit",
+        type=float,
+        metavar="SECONDS",
+        help="tear the run down once no test run has claimed it for SECONDS (how the pytest plugin "
+        "keeps an environment for reuse)",
+    )
     up.set_defaults(func=cmd_up)
 
     env = sub.add_parser(

@@ -30,6 +30,8 @@ class Handoff:
     run_dir: str  # per-run folder shared by all workers (temp paths, shared cache)
     provider: str  # local | kind | existing
     timeout: float  # seconds a worker waits for its own services
+    #: The environment served an earlier run (reuse.py): every worker resets its services first.
+    reused: bool = False
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))

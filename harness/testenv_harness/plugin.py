@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from testenv_api import MAX_WORKERS
+from testenv_harness import reuse
 from testenv_harness.errors import TestEnvError
 from testenv_harness.handoff import Slots, publish_failure, receive
 from testenv_harness.session import PROVIDERS, RunOptions, RunSession, load_manifest, services_manifest
@@ -64,6 +65,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="end the run only once its namespaces are deleted (default: they go in the background)",
     )
     group.addoption(
+        "--testenv-reuse",
+        action="store_true",
+        help="keep the environment after the run and reuse it in the next one, reset (see docs/harness.md)",
+    )
+    group.addoption(
         "--testenv-timeout", type=float, default=None, help="seconds a worker waits for its services"
     )
     parser.addini("testenv", "enable kube-testenv (like --testenv)", type="bool", default=False)
@@ -73,6 +79,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     parser.addini("testenv_cluster", "auto, local, kind or existing", default="auto")
     parser.addini("testenv_timeout", "seconds a worker waits for its services", default="300")
+    parser.addini(
+        "testenv_reuse", "reuse environments between runs (like --testenv-reuse)", type="bool", default=False
+    )
+    parser.addini(
+        "testenv_reuse_idle",
+        "seconds a kept environment waits for the next run before it is torn down",
+        default=str(reuse.DEFAULT_IDLE_SECONDS),
+    )
     parser.addini(
         "testenv_wait_teardown",
         "end the run only once its namespaces are deleted (like --testenv-wait-teardown)",
@@ -95,6 +109,24 @@ def _workers(config: pytest.Config) -> int:
 def _timeout(config: pytest.Config) -> float:
     """Seconds a worker waits (ValueError for a value that is not a number)."""
     return float(config.getoption("testenv_timeout") or config.getini("testenv_timeout"))
+
+
+def _reuse_idle(config: pytest.Config) -> float | None:
+    """Seconds a kept environment waits for the next run, or None with reuse off."""
+    if not (config.getoption("testenv_reuse") or config.getini("testenv_reuse")):
+        return None
+    if config.getoption("testenv_keep"):
+        raise pytest.UsageError("kube-testenv: --testenv-keep and reuse exclude each other: choose one")
+    raw = config.getini("testenv_reuse_idle")
+    try:
+        idle = float(raw)
+    except ValueError:
+        idle = -1.0
+    if idle <= 0:
+        raise pytest.UsageError(
+            f"kube-testenv: testenv_reuse_idle = {raw!r}: give the seconds a kept environment waits, e.g. 900"
+        )
+    return idle
 
 
 def _options(config: pytest.Config) -> RunOptions:
@@ -166,10 +198,11 @@ class Controller:
     reason other than the user's input makes their tests error with that cause.
     """
 
-    def __init__(self, config: pytest.Config, options: RunOptions) -> None:
+    def __init__(self, config: pytest.Config, options: RunOptions, reuse_idle: float | None) -> None:
         self.config = config
         self.options = options
-        self.session: RunSession | None = None
+        self.reuse_idle = reuse_idle
+        self.session: RunSession | reuse.ReuseSession | None = None
         self.slots = Slots(options.workers)
         self.started = False
 
@@ -182,8 +215,20 @@ class Controller:
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         if _nothing_will_run(self.config):
             return
-        self.session = RunSession(self.options, self.report)
+        self.session = self._session()
         signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+
+    def _session(self) -> RunSession | reuse.ReuseSession:
+        if self.reuse_idle is None:
+            return RunSession(self.options, self.report)
+        name = reuse.keeper_name(self.options)
+        claim = reuse.Claim.take(name)
+        if claim is None:
+            self.report(
+                f"reuse: another run holds keeper {name!r}; this run sets up an environment of its own"
+            )
+            return RunSession(self.options, self.report)
+        return reuse.ReuseSession(self.options, claim, self.reuse_idle, self.report)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:
@@ -252,7 +297,7 @@ def pytest_configure(config: pytest.Config) -> None:
         if config.getoption("testenv_keep") or config.getoption("testenv_manifest"):
             raise pytest.UsageError("kube-testenv options were given without --testenv (or `testenv = true`)")
         return
-    controller = Controller(config, _options(config))
+    controller = Controller(config, _options(config), _reuse_idle(config))
     config.stash[_CONTROLLER] = controller
     config.pluginmanager.register(controller, "testenv-controller")
 
@@ -286,7 +331,9 @@ def testenv(request: pytest.FixtureRequest) -> Iterator[TestEnv]:
     timeout = _timeout(request.config)
     handoff = receive(run_dir, timeout)
     env = TestEnv(handoff, slot).connect()
-    if reused:  # a crashed worker held this slot: start from clean services, not its leftovers
+    # A crashed worker held this slot, or an earlier run the environment: start from clean
+    # services, not their leftovers.
+    if reused or handoff.reused:
         env.reset_all()
     yield env
     env.close()

@@ -1,0 +1,171 @@
+"""Reuse between runs (`--testenv-reuse`): a kept environment is claimed, reset and released."""
+
+from __future__ import annotations
+
+import textwrap
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+
+from testenv_api import LABEL_OWNER_NAMESPACE
+from testenv_harness import kube, reuse, runstate
+from testenv_harness.clusters import Cluster
+from testenv_harness.localports import alive
+from testenv_harness.waiting import wait_for
+
+from .conftest import Run
+
+#: Run 1 leaves data in every service; run 2, on the same kept environment, must find none.
+SUITE = """
+import os
+
+import boto3
+import redis
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient
+
+PHASE = os.environ["REUSE_PHASE"]
+
+
+import pytest
+
+
+@pytest.mark.parametrize("item", range(4))  # -n 2 hands both workers some
+def test_services_hold_nothing_of_an_earlier_run(testenv, item):
+    r = redis.Redis.from_url(testenv.url("redis"))
+    s3 = boto3.client("s3", endpoint_url=testenv.url("aws"), region_name="us-east-1",
+                      aws_access_key_id="test", aws_secret_access_key="test")
+    admin = AdminClient({"bootstrap.servers": testenv.url("kafka")})
+    topics = set(admin.list_topics(timeout=10).topics)
+    if PHASE == "write":
+        left = f"left-by-run-1-{item}"
+        r.set(left, "x")
+        s3.create_bucket(Bucket=left)
+        producer = Producer({"bootstrap.servers": testenv.url("kafka")})
+        producer.produce(left, value=b"x")
+        assert producer.flush(30) == 0
+        consumer = Consumer({"bootstrap.servers": testenv.url("kafka"), "group.id": left,
+                             "auto.offset.reset": "earliest"})
+        consumer.subscribe([left])
+        while (message := consumer.poll(1.0)) is None or message.error():
+            pass
+        consumer.commit(message=message, asynchronous=False)
+        consumer.close()
+    else:
+        assert r.dbsize() == 0, r.keys()
+        assert s3.list_buckets()["Buckets"] == []
+        assert not {t for t in topics if not t.startswith("__")}, topics
+        groups = admin.list_consumer_groups().result(timeout=10).valid
+        assert [g.group_id for g in groups] == []
+"""
+
+
+@pytest.fixture
+def reuse_suite(pytester: pytest.Pytester, example_suite: Path) -> Path:
+    for test in example_suite.glob("test_*.py"):
+        test.unlink()
+    pytester.makepyfile(test_reuse=SUITE)
+    return example_suite
+
+
+@pytest.fixture
+def namespace() -> str:
+    return f"reuse-{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture
+def keepers() -> Iterator[list[str]]:
+    """Names of the keepers a test started: ended (and awaited) afterwards, whatever happened."""
+    names: list[str] = []
+    yield names
+    for name in names:
+        state = runstate.load(name)
+        if state is not None and state.alive:
+            reuse._stop(state)
+
+
+def _keeper(result: pytest.RunResult) -> str:
+    line = next(line for line in result.outlines if "keeper 'reuse-" in line)
+    return line.split("keeper '", 1)[1].split("'", 1)[0]
+
+
+def _clean(cluster: Cluster, namespace: str) -> str:
+    core = client.CoreV1Api(kube.api_client(cluster.kubeconfig))
+    owned = core.list_namespace(label_selector=f"{LABEL_OWNER_NAMESPACE}={namespace}").items
+    return ", ".join(n.metadata.name for n in owned)
+
+
+def test_a_kept_environment_is_reused_and_shows_nothing_of_the_earlier_run(
+    run_suite: Run,
+    reuse_suite: Path,
+    e2e_cluster: Cluster,
+    namespace: str,
+    keepers: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    where = (f"--testenv-namespace={namespace}", "--testenv-reuse")
+    monkeypatch.setenv("REUSE_PHASE", "write")
+    first = run_suite("-n", "2", *where)
+    keepers.append(name := _keeper(first))
+    first.assert_outcomes(passed=4)
+    first.stdout.fnmatch_lines(["*starting keeper*", "*released the environment to the next run*"])
+    state = runstate.load(name)
+    assert state is not None
+    assert state.alive, "the keeper must outlive the run"
+
+    monkeypatch.setenv("REUSE_PHASE", "check")
+    second = run_suite("-n", "2", *where)
+    second.assert_outcomes(passed=4)
+    second.stdout.fnmatch_lines([f"*reusing environment * of keeper '{name}'*2 of its 2 worker(s)*"])
+
+    fewer = run_suite("-n", "0", *where)  # one worker: the kept one serves it too
+    fewer.assert_outcomes(passed=4)
+    fewer.stdout.fnmatch_lines(["*reusing environment*1 of its 2 worker(s)*"])
+
+    reuse._stop(state)
+    assert not alive(state.pid)
+    wait_for(lambda: not _clean(e2e_cluster, namespace), timeout=90, what="the kept environment to go")
+
+
+def test_a_run_that_finds_the_kept_environment_claimed_makes_its_own(
+    run_suite: Run,
+    reuse_suite: Path,
+    e2e_cluster: Cluster,
+    namespace: str,
+    keepers: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makeini(
+        textwrap.dedent(
+            """
+            [pytest]
+            testenv = true
+            testenv_manifest = testenvironment.yaml
+            testenv_reuse_idle = 5
+            """
+        )
+    )
+    where = (f"--testenv-namespace={namespace}", "--testenv-reuse")
+    monkeypatch.setenv("REUSE_PHASE", "check")
+    first = run_suite(*where)
+    keepers.append(name := _keeper(first))
+    first.assert_outcomes(passed=4)
+    held = reuse.Claim.take(name)  # as a run in another terminal would hold it
+    assert held is not None
+    try:
+        other = run_suite(*where)
+        other.assert_outcomes(passed=4)
+        other.stdout.fnmatch_lines(
+            [f"*another run holds keeper '{name}'*of its own*", "*deleted in the background*"]
+        )
+    finally:
+        held.release()
+    state = runstate.load(name)
+    assert state is not None
+    # Unclaimed for testenv_reuse_idle (5 s), the keeper tears its environment down and exits.
+    wait_for(lambda: not alive(state.pid), timeout=60, what="the idle keeper to exit")
+    wait_for(lambda: not _clean(e2e_cluster, namespace), timeout=90, what="the kept environment to go")
