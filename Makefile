@@ -143,6 +143,10 @@ bench-flood: tools ## Benchmark another tenant's time to Ready under a flood of 
 bench-suite: local-deps tools ## Benchmark the example suite's wall time with -n 1, 2, 4, 3 runs each (cluster testenv-bench; ~5 min).
 	$(PY) bench/suite_wall_time.py $(BENCH_ARGS)
 
+.PHONY: bench-rerun
+bench-rerun: local-deps tools ## Benchmark time to the first test and after the last: fresh vs reused environment, -n 1, 2, 4 (cluster testenv-bench; ~10 min).
+	$(PY) bench/rerun.py $(BENCH_ARGS)
+
 .PHONY: bench-suite-kind
 bench-suite-kind: system-deps tools kind-images ## The same suite benchmark on a kind cluster: real pods (cluster testenv-bench; ~10 min).
 	$(PY) bench/suite_wall_time.py --cluster kind $(BENCH_ARGS)

@@ -46,7 +46,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 # xdist's progress dots can share a line with the plugin's lines: search, not match.
 WORKER_READY = re.compile(r"testenv: worker (\d+) ready in ([\d.]+)s(?: \((.*)\))?$")
 SUMMARY = re.compile(
-    r"testenv: (\d+)/(\d+) workers ready(?: \(slowest ([\d.]+)s\))?; torn down in ([\d.]+)s, (.*)$"
+    r"testenv: (\d+)/(\d+) workers ready(?: \(slowest ([\d.]+)s\))?; "
+    r"(?:torn down|stopped) in ([\d.]+)s, (.*)$"
 )
 PYTEST_SUMMARY = re.compile(r"^=+ (.+) in ([\d.]+)s(?: \([^)]*\))? =+$")
 COUNT = re.compile(r"(\d+) (passed|failed|errors?|skipped|xfailed|xpassed|deselected|warnings?)")
@@ -262,8 +263,8 @@ def render(runs: Sequence[Run], worker_counts: Sequence[int], header: Sequence[s
         "(in pytest_configure) until the last worker's services were all served and Ready.",
         "- pytest session: the time in pytest's summary line (collection and tests, including the "
         "workers waiting for their services; not the controller's set-up or teardown).",
-        "- teardown: the plugin's `torn down in` figure (delete the environment, wait until every "
-        "namespace is gone, stop the data plane and the operator).",
+        "- teardown: the plugin's `stopped in` figure (stop the services, delete the environment and "
+        "hand the namespaces' deletion to the operator, which finishes it in the background).",
         "- other testenv runs seen: operator processes of other runs (not started by this run) seen "
         "on the machine while it ran, one per run; they compete for CPU and for free local ports.",
         "",
@@ -276,7 +277,9 @@ def render(runs: Sequence[Run], worker_counts: Sequence[int], header: Sequence[s
             *per_service,
             "",
         ]
-    notes = sorted({r.teardown_note for r in runs} - {"", "all namespaces deleted"})
+    notes = sorted(
+        {re.sub(r"pid \d+", "pid N", r.teardown_note) for r in runs} - {"", "all namespaces deleted"}
+    )
     if notes:
         lines += [f"Teardown notes: {'; '.join(notes)}", ""]
     failed = [r for r in runs if r.exit_code != 0 or r.failed or r.errors]

@@ -25,10 +25,11 @@ from typing import Any
 import kopf
 
 from testenv_api import FINALIZER, GROUP, LABEL_OWNER_UID, PLURAL, VERSION, Phase
-from testenv_operator import finishing, kubeio
+from testenv_operator import finishing, kubeio, readiness
 from testenv_operator.diffbase import DigestDiffBaseStorage
 from testenv_operator.orphans import sweep_orphans
 from testenv_operator.pacing import seconds_to_next_pass
+from testenv_operator.readiness import Observed
 from testenv_operator.reconciler import Outcome, expiry_reason, seconds_to_expiry
 from testenv_operator.runtime import Runtime
 from testenv_operator.settings import Settings
@@ -103,6 +104,29 @@ def environments(
     return {namespace or "": (str(meta.get("creationTimestamp")), name, int(spec.get("workers", 1)))}
 
 
+@kopf.index("apps", "v1", "deployments", labels={LABEL_OWNER_UID: kopf.PRESENT})
+def owned_deployments(
+    labels: Mapping[str, str], namespace: str | None, name: str, body: kopf.Body, **_: Any
+) -> dict[str, tuple[str, str, bool]]:
+    """Owned Deployments by owner UID, with readiness: what a readiness pass reads, not a LIST."""
+    return {labels[LABEL_OWNER_UID]: (namespace or "", name, readiness.deployment_ready(body))}
+
+
+@kopf.index("", "v1", "namespaces", labels={LABEL_OWNER_UID: kopf.PRESENT})
+def owned_namespaces(
+    labels: Mapping[str, str], name: str, meta: kopf.Meta, **_: Any
+) -> dict[str, tuple[str, bool]]:
+    """Owned namespaces by owner UID, with whether each is terminating."""
+    return {labels[LABEL_OWNER_UID]: (name, bool(meta.get("deletionTimestamp")))}
+
+
+def _watched(handler_kwargs: Mapping[str, Any], uid: str) -> Observed:
+    """An environment's namespaces and Deployments as kopf's watches last saw them."""
+    deployments: kopf.Index[str, tuple[str, str, bool]] = handler_kwargs["owned_deployments"]
+    namespaces: kopf.Index[str, tuple[str, bool]] = handler_kwargs["owned_namespaces"]
+    return readiness.from_watches(uid, namespaces.get(uid, ()), deployments.get(uid, ()))
+
+
 def _siblings(handler_kwargs: Mapping[str, Any], namespace: str) -> list[Sibling]:
     """The namespace's environments, oldest first (ties by name, as the API server lists them)."""
     index: kopf.Index[str, Indexed] = handler_kwargs["environments"]  # kopf passes indices by name
@@ -143,10 +167,17 @@ def _report(runtime: Runtime, body: Mapping[str, Any], outcome: Outcome, before:
 
 
 def _converge(
-    runtime: Runtime, body: Mapping[str, Any], apply_all: bool, full: bool, siblings: list[Sibling]
+    runtime: Runtime,
+    body: Mapping[str, Any],
+    apply_all: bool,
+    full: bool,
+    siblings: list[Sibling],
+    known: Observed | None,
 ) -> Outcome:
     before = dict(body.get("status") or {})
-    outcome = runtime.reconciler.converge(body, apply_all=apply_all, full=full, siblings=siblings)
+    outcome = runtime.reconciler.converge(
+        body, apply_all=apply_all, full=full, siblings=siblings, known=known
+    )
     meta = body["metadata"]
     if outcome.over_limit:
         runtime.waiting_for_room[meta["uid"]] = meta["namespace"]
@@ -189,7 +220,13 @@ async def keep_converged(
                 full = time.monotonic() - last_full >= runtime.settings.resync_seconds
                 try:
                     siblings = _siblings(kwargs, namespace)
-                    one_pass = _locked_pass(runtime, lock, snapshot, apply_all, full or apply_all, siblings)
+                    # Between full passes, readiness comes from the watches: no LIST per pass. An
+                    # operator serving some namespaces does not watch its workers' namespaces.
+                    watched = not (full or apply_all or runtime.settings.namespaces)
+                    known = _watched(kwargs, uid) if watched else None
+                    one_pass = _locked_pass(
+                        runtime, lock, snapshot, apply_all, full or apply_all, siblings, known
+                    )
                     # Shielded: kopf cancels a daemon that outlives its cancellation timeout, but the
                     # pass's thread cannot be cancelled; the lock must stay held until it ends, or
                     # tear_down could list namespaces while the pass still creates one.
@@ -223,9 +260,10 @@ async def _locked_pass(
     apply_all: bool,
     full: bool,
     siblings: list[Sibling],
+    known: Observed | None,
 ) -> Outcome:
     async with lock, runtime.passes:
-        return await runtime.in_thread(_converge, runtime, body, apply_all, full, siblings)
+        return await runtime.in_thread(_converge, runtime, body, apply_all, full, siblings, known)
 
 
 def _expire(runtime: Runtime, body: Mapping[str, Any], reason: str) -> None:

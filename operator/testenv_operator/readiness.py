@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from testenv_api import ConditionType, Phase
@@ -27,6 +27,25 @@ class Observed:
     ready: frozenset[tuple[str, str]]
     #: (kind, namespace, name) of every owned namespaced object that exists.
     present: frozenset[tuple[str, str, str]]
+
+
+def deployment_ready(obj: Mapping[str, Any]) -> bool:
+    """Its newest generation is rolled out and one of its pods is ready."""
+    status = obj.get("status") or {}
+    current = status.get("observedGeneration", 0) >= obj["metadata"].get("generation", 0)
+    return bool(current and status.get("readyReplicas", 0) >= 1 and status.get("updatedReplicas", 0) >= 1)
+
+
+def from_watches(
+    uid: str, namespaces: Iterable[tuple[str, bool]], deployments: Iterable[tuple[str, str, bool]]
+) -> Observed:
+    """What the operator's watches last saw of an environment: (name, terminating) of each owned
+    namespace, (namespace, name, ready) of each owned Deployment."""
+    return Observed(
+        {name: NamespaceState(uid, terminating) for name, terminating in namespaces},
+        frozenset((ns, name) for ns, name, ready in deployments if ready),
+        frozenset(("Deployment", ns, name) for ns, name, _ in deployments),
+    )
 
 
 def worker_status(plan: WorkerPlan, observed: Observed, uid: str, was_ready: bool) -> WorkerStatus:

@@ -123,25 +123,33 @@ class Reconciler:
             ns["metadata"]["name"]: NamespaceState(uid, bool(ns["metadata"].get("deletionTimestamp")))
             for ns in kubeio.list_labelled(self.api, "Namespace", selector)
         }
-        unlisted = [p.namespace for p in plans if p.namespace not in namespaces]
         kinds = (_NAMESPACED_KINDS if full else ("Deployment",)) if namespaces else ()
-        reads = self.pool.map(lambda name: kubeio.read_namespace(self.api, name), unlisted)
         lists = self.pool.map(lambda kind: (kind, kubeio.list_labelled(self.api, kind, selector)), kinds)
-        for name, found in zip(unlisted, reads, strict=True):
-            if found is not None:  # exists but is not labelled ours: never touch it
-                labels = found["metadata"].get("labels") or {}
-                namespaces[name] = NamespaceState(
-                    labels.get(LABEL_OWNER_UID), bool(found["metadata"].get("deletionTimestamp"))
-                )
+        namespaces.update(self._unlisted(plans, namespaces))
         ready: set[tuple[str, str]] = set()
         present: set[tuple[str, str, str]] = set()
         for kind, objects in lists:
             for obj in objects:
                 meta = obj["metadata"]
                 present.add((kind, meta["namespace"], meta["name"]))
-                if kind == "Deployment" and _deployment_ready(obj):
+                if kind == "Deployment" and readiness.deployment_ready(obj):
                     ready.add((meta["namespace"], meta["name"]))
         return Observed(namespaces, frozenset(ready), frozenset(present))
+
+    def _unlisted(
+        self, plans: Iterable[WorkerPlan], namespaces: Mapping[str, NamespaceState]
+    ) -> dict[str, NamespaceState]:
+        """Planned namespaces that exist but are not labelled ours (never to be touched), read at once."""
+        unlisted = [p.namespace for p in plans if p.namespace not in namespaces]
+        reads = self.pool.map(lambda name: kubeio.read_namespace(self.api, name), unlisted)
+        found = {}
+        for name, namespace in zip(unlisted, reads, strict=True):
+            if namespace is not None:
+                labels = namespace["metadata"].get("labels") or {}
+                found[name] = NamespaceState(
+                    labels.get(LABEL_OWNER_UID), bool(namespace["metadata"].get("deletionTimestamp"))
+                )
+        return found
 
     # -- applying -----------------------------------------------------------------------------
 
@@ -224,12 +232,19 @@ class Reconciler:
     # -- one pass -----------------------------------------------------------------------------
 
     def converge(
-        self, body: Mapping[str, Any], apply_all: bool, full: bool, siblings: list[Sibling]
+        self,
+        body: Mapping[str, Any],
+        apply_all: bool,
+        full: bool,
+        siblings: list[Sibling],
+        known: Observed | None = None,
     ) -> Outcome:
         """apply_all: the spec changed, apply every worker; otherwise only repair what is missing.
 
         full: observe every kind (drift check) instead of just namespaces and Deployments.
         siblings: the environments of this namespace, oldest first (for the per-namespace limits).
+        known: namespaces and Deployments as the operator's watches last saw them, instead of
+        listing them (a pass that is neither full nor apply_all); None lists.
         """
         owner = owner_of(body)
         spec = body["spec"]
@@ -244,8 +259,16 @@ class Reconciler:
             return Outcome(self._status(body, [], missing, waiting=True), missing)
 
         plans = plan_environment(owner, spec, self.settings)
-        observed = self.observe(owner.uid, plans, full or apply_all)
-        todo = [p for p in plans if apply_all or self._incomplete(owner, p, observed, full)]
+        # The watches' view may lag this operator's own applies: a pass that reads it only reports;
+        # repairs and pruning wait for the next pass that lists (at most resync_seconds away).
+        acting = known is None or full or apply_all
+        if known is not None and not acting:
+            # Planned namespaces the watches do not show may be someone else's: say so every pass.
+            unlisted = self._unlisted(plans, known.namespaces)
+            observed = dataclasses.replace(known, namespaces={**known.namespaces, **unlisted})
+        else:
+            observed = self.observe(owner.uid, plans, full or apply_all)
+        todo = [p for p in plans if acting and (apply_all or self._incomplete(owner, p, observed, full))]
         outcome = Outcome({}, [])
         refused: list[Problem] = []
         if todo:
@@ -268,7 +291,7 @@ class Reconciler:
             ):
                 if applied:
                     (outcome.created if state is None else outcome.repaired).append(plan.index)
-        outcome.removed_namespaces = self._prune(owner, plans, observed)
+        outcome.removed_namespaces = self._prune(owner, plans, observed) if acting else []
         previous = {w.get("index"): w.get("phase") for w in (body.get("status") or {}).get("workers") or []}
         workers = [
             readiness.worker_status(
@@ -339,9 +362,3 @@ class Reconciler:
                 ),
             ],
         }
-
-
-def _deployment_ready(obj: Obj) -> bool:
-    status = obj.get("status") or {}
-    current = status.get("observedGeneration", 0) >= obj["metadata"].get("generation", 0)
-    return bool(current and status.get("readyReplicas", 0) >= 1 and status.get("updatedReplicas", 0) >= 1)

@@ -1,0 +1,202 @@
+"""Benchmark: how long a run waits before its first test and after its last, fresh vs reused.
+
+For `-n` 1, 2 and 4 the shipped example suite (`examples/suite`: Redis, Kafka and LocalStack per
+worker) runs `--runs` times in three ways, on the local cluster `testenv-bench`:
+
+- fresh: no reuse, a new environment (its namespaces deleted in the background at the end);
+- reuse, first run: `--testenv-reuse` with no keeper yet (it starts one);
+- reuse, rerun: `--testenv-reuse` again, claiming the keeper's environment (every service reset).
+
+After each rerun the keeper is ended (`testenv down`), so every sample of a mode starts alike.
+Times come from `stamps.py`, loaded into every pytest process: *to first test* is from the
+pytest process's start until the first test's body begins (any worker; its fixtures, the
+services included, are ready by then); *last test to exit*
+is from the last test's teardown until the process has exited. The cluster is up before the
+first run (nobody pays for it). Benchmarks print numbers; they never assert on them.
+
+Run: `make bench-rerun` (or `.venv/bin/python bench/rerun.py --help`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from hostinfo import load, machine  # bench/ is on sys.path when a script runs
+
+CLUSTER_NAME = "testenv-bench"
+NAMESPACE = "bench-rerun"
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+SUITE = ROOT / "examples" / "suite"
+RESULTS = BENCH / "results"
+MODES = ("fresh", "reuse, first run", "reuse, rerun")
+KEEPER = re.compile(r"keeper '(reuse-[0-9a-f]+)'")
+PASSED = re.compile(r"(\d+) passed")
+
+
+def log(message: str) -> None:
+    print(f"[{datetime.datetime.now():%H:%M:%S}] {message}", file=sys.stderr, flush=True)
+
+
+@dataclasses.dataclass
+class Sample:
+    workers: int
+    mode: str
+    run: int
+    exit_code: int
+    wall_s: float
+    to_first_test_s: float | None
+    last_test_to_exit_s: float | None
+    passed: int
+    keeper: str = ""
+
+
+def run_pytest(workers: int, mode: str, run: int, out: Path) -> Sample:
+    stamps = Path(tempfile.mkstemp(prefix="stamps-")[1])
+    env = {
+        **os.environ,
+        "BENCH_STAMPS": str(stamps),
+        "PYTHONPATH": f"{BENCH}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    }
+    argv = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "stamps",
+        "-n",
+        str(workers),
+        "--testenv-cluster=local",
+        f"--testenv-cluster-name={CLUSTER_NAME}",
+        f"--testenv-namespace={NAMESPACE}",
+        *(["--testenv-reuse"] if mode != "fresh" else []),
+    ]
+    started = time.time()
+    result = subprocess.run(
+        argv, cwd=SUITE, env=env, capture_output=True, text=True, check=False, timeout=1800
+    )
+    ended = time.time()
+    output = result.stdout + result.stderr
+    slug = mode.replace(", ", "-").replace(" ", "-")
+    (out / f"rerun.n{workers}.{slug}.run{run}.log").write_text(f"$ {' '.join(argv[2:])}\n{output}")
+    starts, ends = [], []
+    for line in stamps.read_text().splitlines():
+        what, at = line.split()
+        (starts if what == "start" else ends).append(float(at))
+    stamps.unlink()
+    passed = PASSED.search(output)
+    keeper = KEEPER.search(output)
+    return Sample(
+        workers,
+        mode,
+        run,
+        result.returncode,
+        ended - started,
+        min(starts) - started if starts else None,
+        ended - max(ends) if ends else None,
+        int(passed.group(1)) if passed else 0,
+        keeper.group(1) if keeper else "",
+    )
+
+
+def end_keeper(name: str) -> None:
+    if name:
+        subprocess.run(
+            [sys.executable, "-m", "testenv_harness.cli", "down", "--run", name],
+            capture_output=True,
+            check=False,
+            timeout=600,
+        )
+
+
+def cell(values: Sequence[float | None]) -> str:
+    done = [v for v in values if v is not None]
+    if not done:
+        return "n/a"
+    return f"{statistics.median(done):.2f} ({min(done):.2f})"
+
+
+def render(samples: Sequence[Sample], header: Sequence[str]) -> str:
+    lines = [
+        *header,
+        "",
+        "| -n | mode | runs | to first test median (min) s | last test to exit median (min) s "
+        "| wall median (min) s | passed (all runs) | exit codes |",
+        "|---:|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for n in sorted({s.workers for s in samples}):
+        for mode in MODES:
+            mine = [s for s in samples if s.workers == n and s.mode == mode]
+            if mine:
+                lines.append(
+                    f"| {n} | {mode} | {len(mine)} | {cell([s.to_first_test_s for s in mine])} "
+                    f"| {cell([s.last_test_to_exit_s for s in mine])} | {cell([s.wall_s for s in mine])} "
+                    f"| {sum(s.passed for s in mine)} | {', '.join(str(s.exit_code) for s in mine)} |"
+                )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--workers", default="1,2,4", help="xdist worker counts (default 1,2,4)")
+    parser.add_argument("--runs", type=int, default=3, help="samples of every mode (default 3)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the .md and .log files")
+    parser.add_argument("--keep-cluster", action="store_true", help=f"leave {CLUSTER_NAME!r} running")
+    args = parser.parse_args(argv)
+    from testenv_harness.clusters import LocalProvider
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    began, began_wall, load_before = (
+        time.monotonic(),
+        f"{datetime.datetime.now(datetime.UTC):%Y-%m-%dT%H:%M:%SZ}",
+        load(),
+    )
+    provider = LocalProvider(CLUSTER_NAME, report=log)
+    samples: list[Sample] = []
+    try:
+        provider.up()
+        for n in (int(w) for w in str(args.workers).split(",") if w.strip()):
+            for run in range(1, args.runs + 1):
+                keeper = ""
+                for mode in MODES:
+                    sample = run_pytest(n, mode, run, args.out)
+                    keeper = sample.keeper or keeper
+                    samples.append(sample)
+                    log(
+                        f"-n {n} {mode} run {run}: first test after {sample.to_first_test_s}, "
+                        f"exit {sample.last_test_to_exit_s} after the last, {sample.passed} passed "
+                        f"(exit {sample.exit_code})"
+                    )
+                end_keeper(keeper)
+    finally:
+        if not args.keep_cluster:
+            provider.down()
+    header = [
+        "# First test and exit: a fresh run vs a reused environment",
+        "",
+        f"- started {began_wall}, total {(time.monotonic() - began) / 60:.1f} min; machine: {machine()} "
+        f"(load average at start {load_before}, at end {load()})",
+        f"- `pytest -n N --testenv-cluster=local --testenv-cluster-name={CLUSTER_NAME} "
+        f"--testenv-namespace={NAMESPACE} [--testenv-reuse]` in examples/suite (10 tests; every worker "
+        "gets Redis, a Kafka broker and LocalStack, served by host processes); the cluster is up first",
+    ]
+    report = render(samples, header)
+    print(report)
+    (args.out / "rerun.md").write_text(report)
+    log(f"wrote {args.out / 'rerun.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
