@@ -32,6 +32,8 @@ log = logging.getLogger("testenv_operator")
 TAKEN = "finishing:"
 #: Seconds between checks for environments still being deleted.
 CHECK_SECONDS = 0.5
+#: Seconds without an answer from the API server (a deleted cluster) after which it gives up.
+UNREACHABLE_SECONDS = 15.0
 _PR_SET_PDEATHSIG = 1
 
 
@@ -75,21 +77,33 @@ def deleting(runtime: Runtime) -> int:
 
 async def _exit_when_done(runtime: Runtime) -> None:
     deadline = time.monotonic() + runtime.settings.finish_seconds
-    left = -1
-    while time.monotonic() < deadline:
+    failing_since: float | None = None
+    while True:
+        now = time.monotonic()
         try:
             left = await runtime.in_thread(deleting, runtime)
-        except kubeio.ApiError as exc:  # the API server went away meanwhile: keep trying
-            log.warning("finishing: could not count the environments being deleted: %s", exc)
-        if left == 0:
-            log.info("finishing: nothing is being deleted any more: exiting")
-            break
+        except Exception as exc:  # refused, or the API server is away: keep trying, for a while
+            failing_since = failing_since or now
+            if now - failing_since >= UNREACHABLE_SECONDS or now >= deadline:
+                log.warning(
+                    "finishing: the API server has not answered for %.0fs (%s): exiting; the next "
+                    "operator for these namespaces (or `testenv sweep`) finishes what is left",
+                    now - failing_since,
+                    exc,
+                )
+                break
+        else:
+            failing_since = None
+            if left == 0:
+                log.info("finishing: nothing is being deleted any more: exiting")
+                break
+            if now >= deadline:
+                log.warning(
+                    "finishing: %s environment(s) still being deleted after %ss: exiting anyway; the "
+                    "next operator for these namespaces (or `testenv sweep`) takes them over",
+                    left,
+                    runtime.settings.finish_seconds,
+                )
+                break
         await asyncio.sleep(CHECK_SECONDS)
-    else:
-        log.warning(
-            "finishing: %s environment(s) still being deleted after %ss: exiting anyway; "
-            "the next operator for these namespaces (or `testenv sweep`) takes them over",
-            left,
-            runtime.settings.finish_seconds,
-        )
     os.kill(os.getpid(), signal.SIGTERM)  # kopf's own clean stop
