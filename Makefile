@@ -147,6 +147,10 @@ bench-suite: local-deps tools ## Benchmark the example suite's wall time with -n
 bench-rerun: local-deps tools ## Benchmark time to the first test and after the last: fresh vs reused environment, -n 1, 2, 4 (cluster testenv-bench; ~10 min).
 	$(PY) bench/rerun.py $(BENCH_ARGS)
 
+.PHONY: bench-kafka
+bench-kafka: local-deps venv ## Benchmark a Kafka broker's cold start, alone and 4 at once, before/after issue 12 (~3 min; images via BENCH_ARGS).
+	$(PY) bench/kafka_start.py $(BENCH_ARGS)
+
 .PHONY: bench-suite-kind
 bench-suite-kind: system-deps tools kind-images ## The same suite benchmark on a kind cluster: real pods (cluster testenv-bench; ~10 min).
 	$(PY) bench/suite_wall_time.py --cluster kind $(BENCH_ARGS)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import shutil
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
-from testenv_harness import cli_runs, imagebuild, kafka_runtime, toolchain
+from testenv_harness import cli_runs, imagebuild, kafka_cds, kafka_runtime, toolchain
 from testenv_harness.clusters.kind import KindProvider
 from testenv_harness.clusters.local import DEFAULT_NAME, LocalProvider
 from testenv_harness.errors import TestEnvError
@@ -53,6 +54,9 @@ def _cmd_tools(args: argparse.Namespace) -> int:
         return 0
     path = toolchain.build_all(report=_say)
     kafka_runtime.fetch(report=_say)
+    java = shutil.which("java")
+    if java:  # brokers without Java fail with their own hint; the archive needs a JVM to make
+        kafka_cds.ensure(java, report=_say, retry_failed=True)
     _say(f"tools ready in {path}")
     return 0
 

@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -23,6 +24,7 @@ from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
+from testenv_api import KAFKA_EXTERNAL_PORT, kafka_environment
 from testenv_harness import kafka_runtime, toolchain
 from testenv_harness.errors import ToolchainError
 
@@ -85,7 +87,7 @@ def _service(kind: str, suite: str = "bookworm", extras: tuple[str, ...] = ()) -
 #: One stand-in per service type of the catalog, honouring the upstream image's interface.
 SERVICE_IMAGES = (
     _service("redis"),
-    _service("kafka", extras=("kafka-libs",)),
+    _service("kafka", extras=("kafka-libs", "kafka-training")),
     _service("localstack", suite="trixie"),
     _service("moto", suite="trixie"),
     _service("postgres", suite="trixie"),
@@ -122,9 +124,27 @@ def _kafka_libs(report: Report) -> Path:
     return kafka_runtime.libs_dir()
 
 
+def kafka_training_env() -> str:
+    """The environment the Kafka image's training run uses: the operator's, for any worker.
+
+    The image's class-data archive and storage template are made from a broker configured as
+    the operator configures every Kafka pod; run.sh copies the template for exactly that config.
+    """
+    env = kafka_environment("kube-testenv", "kafka", KAFKA_EXTERNAL_PORT)
+    return "".join(f"{name}={shlex.quote(value)}\n" for name, value in sorted(env.items()))
+
+
+def _kafka_training(report: Report) -> Path:
+    folder = toolchain.cache_root() / "images" / "kafka-training"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "training.env").write_text(kafka_training_env())
+    return folder
+
+
 #: Name -> (what fills it, the version that keys it) for `Image.extras`.
 _CONTEXT_SOURCES: dict[str, tuple[Callable[[Report], Path], Callable[[], str]]] = {
     "kafka-libs": (_kafka_libs, lambda: kafka_runtime.libs_dir().parent.name),
+    "kafka-training": (_kafka_training, lambda: hashlib.sha256(kafka_training_env().encode()).hexdigest()),
 }
 
 #: What `make kind-images` builds: node, services, operator (and what they are built from).

@@ -9,11 +9,13 @@ metadata pointing back at that same forward.
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from testenv_api import KAFKA_CLUSTER_ID
@@ -24,6 +26,16 @@ from testenv_harness.localports import free_port
 KAFKA_VERSION = "4.1.1"
 STORAGE_TOOL = "kafka.tools.StorageTool"
 _POM = Path(__file__).parent / "kafka" / "pom.xml"
+#: The JVM a test broker runs in. It lives for minutes and serves little, so start-up is what
+#: counts: C1 alone, and the serial collector. Other flags measured no better (bench/README.md,
+#: kafka_start.py). The class-data archive (kafka_cds) is made with, and keyed by, these flags.
+BROKER_JVM = (
+    "-Xms128m",
+    "-Xmx512m",
+    "-XX:+UseSerialGC",
+    "-XX:TieredStopAtLevel=1",
+    "-Djava.awt.headless=true",
+)
 
 
 def libs_dir() -> Path:
@@ -145,3 +157,106 @@ def log4j_config(workdir: Path) -> Path:
         "logger.kafka.level = INFO\n"
     )
     return path
+
+
+def write_properties(properties: Mapping[str, str], path: Path) -> Path:
+    path.write_text("".join(f"{k}={v}\n" for k, v in sorted(properties.items())))
+    return path
+
+
+def broker_argv(java: str, conf: Path, log4j: Path, jvm: Sequence[str] = BROKER_JVM) -> list[str]:
+    return [java, *jvm, f"-Dlog4j2.configurationFile={log4j}", "-cp", classpath(), "kafka.Kafka", str(conf)]
+
+
+def format_storage(
+    java: str, conf: Path, cluster_id: str, log4j: Path, jvm: Sequence[str] = BROKER_JVM
+) -> None:
+    """Run Kafka's own formatter on the log directories `conf` names (a JVM of its own)."""
+    result = subprocess.run(
+        [
+            java,
+            *jvm,
+            f"-Dlog4j2.configurationFile={log4j}",
+            "-cp",
+            classpath(),
+            STORAGE_TOOL,
+            "format",
+            "-t",
+            cluster_id,
+            "-c",
+            str(conf),
+            "--ignore-formatted",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise ToolchainError(f"formatting Kafka storage failed: {result.stderr[-2000:]}")
+
+
+#: Properties whose values carry this broker's own host ports: they do not change what the
+#: formatter writes (static voters put no endpoint into the bootstrap checkpoint), so the
+#: template key ignores the port numbers in them.
+_PORTED = (
+    "listeners",
+    "advertised.listeners",
+    "controller.quorum.voters",
+    "controller.quorum.bootstrap.servers",
+)
+
+
+def storage_template_key(properties: Mapping[str, str]) -> str | None:
+    """What a formatted log directory depends on, as a key; None if a template cannot stand in.
+
+    The formatter writes meta.properties (cluster id, node id, a directory id) and the bootstrap
+    checkpoint (feature levels, from the release and the config). One log directory holding the
+    metadata log is the harness's layout; anything else is formatted by the tool itself.
+    """
+    log_dirs = properties.get("log.dirs", "")
+    if not log_dirs or "," in log_dirs or "metadata.log.dir" in properties:
+        return None
+    inputs = {
+        name: re.sub(r":\d+\b", ":*", value) if name in _PORTED else value
+        for name, value in properties.items()
+        if name != "log.dirs"
+    }
+    inputs["(jars)"] = libs_dir().parent.name
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def prepare_storage(
+    java: str, properties: Mapping[str, str], conf: Path, log4j: Path, jvm: Sequence[str] = BROKER_JVM
+) -> None:
+    """Formatted KRaft storage in log.dirs, without a formatter JVM per broker where possible.
+
+    The formatter is a JVM start of its own (0.6-1 s on 2 cores, more with four brokers
+    starting). Its output depends only on the config, so it runs once per config into a
+    template, and every broker gets a copy. The copies share a directory id, which is unique
+    where it has to be: within one cluster, and each of these brokers is a cluster of one.
+    """
+    key = storage_template_key(properties)
+    if key is None:
+        format_storage(java, conf, properties["cluster.id"], log4j, jvm)
+        return
+    template = _storage_template(key, java, properties, log4j, jvm)
+    shutil.copytree(template, properties["log.dirs"], dirs_exist_ok=True)
+
+
+def _storage_template(
+    key: str, java: str, properties: Mapping[str, str], log4j: Path, jvm: Sequence[str]
+) -> Path:
+    template = libs_dir().parent / "storage" / key
+    if template.is_dir():
+        return template
+    with toolchain.locked(template.with_name(f".{key}.lock")):
+        if template.is_dir():  # another broker formatted it while we waited
+            return template
+        staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=template.parent))
+        try:
+            conf = write_properties({**properties, "log.dirs": str(staging / "data")}, staging / "conf")
+            format_storage(java, conf, properties["cluster.id"], log4j, jvm)
+            (staging / "data").rename(template)  # whole or absent: a broker never copies half
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return template

@@ -12,15 +12,14 @@ import dataclasses
 import importlib.util
 import os
 import shutil
-import subprocess
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from testenv_api import ANNOTATION_SERVICE_TYPE
-from testenv_harness import kafka_runtime
-from testenv_harness.errors import TestEnvError
+from testenv_harness import kafka_cds, kafka_runtime
+from testenv_harness.errors import TestEnvError, ToolchainError
 
 
 class RunnerError(TestEnvError):
@@ -84,42 +83,22 @@ def _mosquitto(pod: PodSpec, workdir: Path) -> Launch:
 
 def _kafka(pod: PodSpec, workdir: Path) -> Launch:
     properties = kafka_runtime.server_properties(pod.env, pod.ports, workdir / "data")
-    conf = workdir / "server.properties"
-    conf.write_text("".join(f"{k}={v}\n" for k, v in sorted(properties.items())))
-    classpath = kafka_runtime.classpath()
+    conf = kafka_runtime.write_properties(properties, workdir / "server.properties")
     java = _need("java", "openjdk-17-jre-headless")
-    env = dict(os.environ)
-    jvm = ["-Xms128m", "-Xmx512m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Djava.awt.headless=true"]
     log4j = kafka_runtime.log4j_config(workdir)
+    # The archive's path is known before it exists: a JVM skips a missing archive silently.
+    # The formatter (run only where no storage template fits) maps the broker's archive too.
+    jvm = [*kafka_runtime.BROKER_JVM, *kafka_cds.use_flags(kafka_cds.archive_path(java))]
 
-    def format_storage() -> None:
-        result = subprocess.run(
-            [
-                java,
-                *jvm,
-                f"-Dlog4j2.configurationFile={log4j}",
-                "-cp",
-                classpath,
-                kafka_runtime.STORAGE_TOOL,
-                "format",
-                "-t",
-                properties["cluster.id"],
-                "-c",
-                str(conf),
-                "--ignore-formatted",
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-            env=env,
-        )
-        if result.returncode != 0:
-            raise RunnerError(
-                f"formatting Kafka storage for {pod.namespace}/{pod.name} failed: {result.stderr[-2000:]}"
-            )
+    def prepare() -> None:
+        kafka_cds.ensure(java)  # a no-op but on the first start with a new JDK or jar set
+        try:
+            kafka_runtime.prepare_storage(java, properties, conf, log4j, jvm)
+        except ToolchainError as exc:
+            raise RunnerError(f"Kafka storage for {pod.namespace}/{pod.name}: {exc}") from exc
 
-    argv = [java, *jvm, f"-Dlog4j2.configurationFile={log4j}", "-cp", classpath, "kafka.Kafka", str(conf)]
-    return Launch(argv, env, tuple(pod.ports.values()), prepare=format_storage)
+    argv = kafka_runtime.broker_argv(java, conf, log4j, jvm)
+    return Launch(argv, dict(os.environ), tuple(pod.ports.values()), prepare=prepare)
 
 
 RUNNERS: dict[str, Callable[[PodSpec, Path], Launch]] = {

@@ -48,6 +48,7 @@ from testenv_api.services import (
     KAFKA_EXTERNAL_PORT,
     KAFKA_INTERNAL_PORT,
     SERVICE_PORTS,
+    kafka_environment,
     primary_port,
     service_ports,
 )
@@ -86,6 +87,7 @@ __all__ = [
     "PlannedPort",
     "PortPlanError",
     "crd_manifest",
+    "kafka_environment",
     "local_ports",
     "plan_ports",
     "ports_needed",

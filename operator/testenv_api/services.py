@@ -1,4 +1,5 @@
-"""What each built-in service type exposes: the ports the harness forwards, and Kafka's listeners.
+"""What each built-in service type exposes: the ports the harness forwards, and Kafka's listeners
+and environment (the host data plane and the kind image's start-up training read it too).
 
 The operator renders workloads from these; the harness's local data plane, its tests and the
 benchmarks reach the services by them.
@@ -38,3 +39,29 @@ def service_ports(service: Mapping[str, Any]) -> list[tuple[str, int]]:
     if service["type"] == "custom":
         return [(p["name"], int(p["port"])) for p in service["custom"]["ports"]]
     return list(SERVICE_PORTS[service["type"]])
+
+
+def kafka_environment(namespace: str, service: str, external_port: int) -> dict[str, str]:
+    """KRaft combined-mode settings for one broker; EXTERNAL advertises the planned local port."""
+    return {
+        "KAFKA_NODE_ID": "1",
+        "KAFKA_PROCESS_ROLES": "broker,controller",
+        "CLUSTER_ID": KAFKA_CLUSTER_ID,
+        "KAFKA_LISTENERS": (
+            f"INTERNAL://:{KAFKA_INTERNAL_PORT},EXTERNAL://:{KAFKA_EXTERNAL_PORT},"
+            f"CONTROLLER://:{KAFKA_CONTROLLER_PORT}"
+        ),
+        "KAFKA_ADVERTISED_LISTENERS": (
+            f"INTERNAL://{service}.{namespace}.svc:{KAFKA_INTERNAL_PORT},EXTERNAL://localhost:{external_port}"
+        ),
+        "KAFKA_LISTENER_SECURITY_PROTOCOL_MAP": "INTERNAL:PLAINTEXT,EXTERNAL:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "KAFKA_CONTROLLER_LISTENER_NAMES": "CONTROLLER",
+        "KAFKA_INTER_BROKER_LISTENER_NAME": "INTERNAL",
+        "KAFKA_CONTROLLER_QUORUM_VOTERS": f"1@localhost:{KAFKA_CONTROLLER_PORT}",
+        "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR": "1",
+        "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR": "1",
+        "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR": "1",
+        "KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS": "0",
+        "KAFKA_AUTO_CREATE_TOPICS_ENABLE": "true",
+        "KAFKA_NUM_PARTITIONS": "1",
+    }

@@ -7,6 +7,7 @@ KAFKA_HOME=/opt/kafka
 CONFIG_DIR=$KAFKA_HOME/config
 MOUNTED_DIR=/mnt/shared/config
 CLASSPATH="$KAFKA_HOME/libs/*"
+ARCHIVE=$KAFKA_HOME/cds/kafka.jsa
 
 # `docker run IMAGE NAME=value ...` sets variables, as upstream's run script allows.
 for assignment in "$@"; do
@@ -101,7 +102,9 @@ fi
 
 # The JVM settings kafka-server-start.sh and kafka-run-class.sh would use, each overridable.
 read -ra heap <<<"${KAFKA_HEAP_OPTS:--Xmx512M -Xms512M}"
-read -ra performance <<<"${KAFKA_JVM_PERFORMANCE_OPTS:--server -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent -XX:MaxInlineLevel=15 -Djava.awt.headless=true}"
+# Not upstream's G1 options: a test broker lives for minutes on a fraction of a CPU, where C1 alone
+# and the serial collector start it in two thirds of the time (bench/kafka_start.py).
+read -ra performance <<<"${KAFKA_JVM_PERFORMANCE_OPTS:--XX:+UseSerialGC -XX:TieredStopAtLevel=1 -Djava.awt.headless=true}"
 read -ra logging <<<"${KAFKA_LOG4J_OPTS:--Dlog4j2.configurationFile=$log4j}"
 read -ra extra <<<"${KAFKA_OPTS:-}"
 jmx=()
@@ -110,13 +113,56 @@ if [ -n "${KAFKA_JMX_PORT:-}" ]; then
     read -ra jmx <<<"${KAFKA_JMX_OPTS:--Dcom.sun.management.jmxremote=true -Dcom.sun.management.jmxremote.authenticate=false -Dcom.sun.management.jmxremote.ssl=false} -Djava.rmi.server.hostname=$jmx_host -Dcom.sun.management.jmxremote.local.only=false -Dcom.sun.management.jmxremote.rmi.port=$KAFKA_JMX_PORT -Dcom.sun.management.jmxremote.port=$KAFKA_JMX_PORT"
 fi
 
-# KRaft storage is formatted once; a restart with the same data directory keeps it.
-if [ -n "${KAFKA_PROCESS_ROLES:-}" ]; then
+# The class-data archive made at image build (train.sh): both JVMs below map the classes it holds
+# instead of loading them from the jars, a large share of their start-up. A JVM that cannot use
+# it runs without it (-Xshare:auto), and -Xlog:cds*=off keeps its warning out of the log. JVM
+# options of the user's that name an archive or turn sharing off are left to decide alone.
+cds=()
+if [ -f "$ARCHIVE" ]; then
+    case " ${KAFKA_OPTS:-} ${KAFKA_JVM_PERFORMANCE_OPTS:-} " in
+        *SharedArchiveFile* | *ArchiveClassesAtExit* | *-Xshare:off*) ;;
+        *) cds=(-XX:SharedArchiveFile="$ARCHIVE" -Xshare:auto "-Xlog:cds*=off") ;;
+    esac
+fi
+
+# What the formatter's output depends on: the cluster id and the config, less what differs
+# between the operator's pods (advertised addresses) and the listeners' port numbers (train.sh
+# runs on ports of its own). Its output is meta.properties and the bootstrap checkpoint.
+storage_key() {
+    {
+        echo "cluster.id=$CLUSTER_ID"
+        grep -v -E '^(advertised\.listeners|log\.dirs)=' "$properties" |
+            sed -E '/^(listeners|controller\.quorum\.(voters|bootstrap\.servers))=/ s/:[0-9]+/:*/g'
+    } | sort | sha256sum | cut -c1-16
+}
+
+format_storage() {
     echo "===> Formatting storage for cluster $CLUSTER_ID"
-    java -Xmx256M -XX:TieredStopAtLevel=1 -XX:+UseSerialGC "${logging[@]}" -cp "$CLASSPATH" \
+    java -Xmx256M -XX:TieredStopAtLevel=1 -XX:+UseSerialGC "${cds[@]}" "${logging[@]}" -cp "$CLASSPATH" \
         kafka.tools.StorageTool format --cluster-id "$CLUSTER_ID" -c "$properties" --ignore-formatted
+}
+
+# KRaft storage is formatted once; a restart with the same data directory keeps it. For the
+# configuration the image was trained with (the operator's), a copy of storage formatted at build
+# time stands in for the formatter, a JVM start of its own.
+if [ -n "${KAFKA_PROCESS_ROLES:-}" ]; then
+    log_dirs=$(grep -E '^log\.dirs=' "$properties" | tail -n 1 | cut -d= -f2-)
+    template=$KAFKA_HOME/storage/$(storage_key)
+    if [[ -z $log_dirs || $log_dirs == *,* ]] || grep -q '^metadata\.log\.dir=' "$properties"; then
+        format_storage  # a layout the templates do not cover
+    elif [ -f "$log_dirs/meta.properties" ]; then
+        echo "===> Storage for cluster $CLUSTER_ID is formatted already"
+    elif [ -d "$template" ]; then
+        echo "===> Storage for cluster $CLUSTER_ID: a copy of the image's formatted template"
+        mkdir -p "$log_dirs" && cp -R "$template/." "$log_dirs/"
+    else
+        format_storage
+        if [ -n "${KUBE_TESTENV_SAVE_STORAGE_TEMPLATE:-}" ]; then  # set by train.sh only
+            cp -R "$log_dirs" "$template"
+        fi
+    fi
 fi
 
 echo "===> Starting Kafka broker"
-exec java "${heap[@]}" "${performance[@]}" "${logging[@]}" "${jmx[@]}" "${extra[@]}" \
+exec java "${heap[@]}" "${performance[@]}" "${cds[@]}" "${logging[@]}" "${jmx[@]}" "${extra[@]}" \
     -cp "$CLASSPATH" kafka.Kafka "$properties"
