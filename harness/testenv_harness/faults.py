@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import struct
 import time
 import urllib.request
 from collections.abc import Iterator
 
 from kubernetes.client.exceptions import ApiException
 
-from testenv_harness import probes
+from testenv_harness import kafka_wire, probes
 from testenv_harness.clusters import provider_class
 from testenv_harness.connection import WorkerConnection
 from testenv_harness.errors import TestEnvError
@@ -63,8 +64,9 @@ class Faults(WorkerConnection):
             self.reset(service.name)
 
     def reset(self, name: str) -> None:
-        """Wipe `name`'s state: FLUSHALL for Redis, the reset API this cluster's service has (moto's),
-        a restart for the rest."""
+        """Wipe `name`'s state: FLUSHALL for Redis, every topic and consumer group deleted for Kafka,
+        the reset API this cluster's service has (moto's), a restart for the rest (and for a
+        broker that refuses)."""
         service = self.service(name)
         port = service.primary.local_port
         endpoint = provider_class(self.handoff.provider).reset_endpoint(service.type)
@@ -73,6 +75,11 @@ class Faults(WorkerConnection):
                 sock.sendall(b"*1\r\n$8\r\nFLUSHALL\r\n")
                 if not sock.recv(16).startswith(b"+OK"):
                     raise TestEnvError(f"FLUSHALL on {name} did not answer +OK")
+        elif service.type == "kafka":
+            try:
+                kafka_wire.reset(port)
+            except (kafka_wire.ResetError, OSError, ValueError, struct.error):
+                self.restart(name)  # e.g. a consumer group a crashed test left members in: start empty
         elif endpoint is not None:
             request = urllib.request.Request(f"http://127.0.0.1:{port}{endpoint}", method="POST")
             with urllib.request.urlopen(request, timeout=10):
