@@ -36,7 +36,7 @@ from testenv_api import (
     local_ports,
     ports_needed,
 )
-from testenv_api.status import workers_from_status
+from testenv_api.status import WorkerStatus, workers_from_status
 from testenv_harness import kube
 from testenv_harness.clusters.base import Cluster, Provider
 from testenv_harness.clusters.existing import ExistingProvider
@@ -317,11 +317,7 @@ class RunSession:
                     GROUP, VERSION, self.options.namespace, PLURAL, self.name
                 )
                 for worker in workers_from_status(body.get("status")):
-                    if (
-                        worker.index in self.ready_at
-                        or not worker.ready
-                        or not self._served(worker.namespace)
-                    ):
+                    if worker.index in self.ready_at or not worker.ready or not self._served(worker):
                         continue
                     took = time.monotonic() - self.started
                     self.ready_at[worker.index] = took
@@ -329,11 +325,17 @@ class RunSession:
                         f"worker {worker.index} ready in {took:.1f}s{self._service_times(worker.namespace)}"
                     )
 
-    def _served(self, namespace: str) -> bool:
+    def _served(self, worker: WorkerStatus) -> bool:
+        """Every service of the worker has a host process that listens (on a simulated data plane);
+        a service whose pod the data plane has not picked up yet is not served."""
         if self.dataplane is None:
             return True
-        mine = [s for s in list(self.dataplane.served.values()) if s.pod.namespace == namespace]
-        return bool(mine) and all(s.ready_after is not None for s in mine)
+        listening = {
+            s.pod.name.rsplit("-", 2)[0]
+            for s in list(self.dataplane.served.values())
+            if s.pod.namespace == worker.namespace and s.ready_after is not None
+        }
+        return all(service.name in listening for service in worker.services)
 
     def _service_times(self, namespace: str) -> str:
         if self.dataplane is not None:

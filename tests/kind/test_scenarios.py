@@ -16,12 +16,12 @@ test_a_restart_in_one_worker_fails_no_test_in_another = (
 )
 
 
-@pytest.mark.parametrize("workers", ["1", "2", "4"])
+@pytest.mark.parametrize(("workers", "teardown"), [("1", "wait"), ("2", "background"), ("4", "background")])
 def test_the_example_suite_passes_on_kind_and_leaves_nothing_behind(
-    run_suite: Run, example_suite: Path, e2e_cluster: Cluster, workers: str
+    run_suite: Run, example_suite: Path, e2e_cluster: Cluster, workers: str, teardown: str
 ) -> None:
     shared.test_the_example_suite_passes_and_leaves_nothing_behind(
-        run_suite, example_suite, e2e_cluster, workers
+        run_suite, example_suite, e2e_cluster, workers, teardown
     )
 
 
