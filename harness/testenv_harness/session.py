@@ -325,25 +325,26 @@ class RunSession:
                         f"worker {worker.index} ready in {took:.1f}s{self._service_times(worker.namespace)}"
                     )
 
+    def _host_ready_times(self, namespace: str) -> list[tuple[str, float]]:
+        """(service, seconds until its host process listened) of each pod the data plane serves."""
+        assert self.dataplane is not None
+        return [
+            (s.pod.name.rsplit("-", 2)[0], s.ready_after)
+            for s in list(self.dataplane.served.values())
+            if s.pod.namespace == namespace and s.ready_after is not None
+        ]
+
     def _served(self, worker: WorkerStatus) -> bool:
         """Every service of the worker has a host process that listens (on a simulated data plane);
         a service whose pod the data plane has not picked up yet is not served."""
         if self.dataplane is None:
             return True
-        listening = {
-            s.pod.name.rsplit("-", 2)[0]
-            for s in list(self.dataplane.served.values())
-            if s.pod.namespace == worker.namespace and s.ready_after is not None
-        }
+        listening = {name for name, _ in self._host_ready_times(worker.namespace)}
         return all(service.name in listening for service in worker.services)
 
     def _service_times(self, namespace: str) -> str:
         if self.dataplane is not None:
-            times = sorted(
-                (s.pod.name.rsplit("-", 2)[0], s.ready_after)
-                for s in list(self.dataplane.served.values())
-                if s.pod.namespace == namespace and s.ready_after is not None
-            )
+            times = sorted(self._host_ready_times(namespace))
         else:
             times = sorted(self._pod_ready_times(namespace).items())
         return " (" + ", ".join(f"{name} {took:.1f}s" for name, took in times) + ")" if times else ""
