@@ -11,6 +11,8 @@ CLUSTER ?= testenv
 KIND_CLUSTER ?= testenv-kind
 CRD := crds/testenv.dev_testenvironments.yaml
 CRD_COPIES := operator/testenv_api/crd.yaml charts/testenv-operator/crds/testenv.dev_testenvironments.yaml
+POOL_CRD := crds/testenv.dev_testenvironmentpools.yaml
+POOL_CRD_COPIES := operator/testenv_api/pool_crd.yaml charts/testenv-operator/crds/testenv.dev_testenvironmentpools.yaml
 PYTEST_ARGS ?=
 # helm built from source assumes Kubernetes v1.20 unless told; the chart needs 1.28+.
 KUBE_VERSION := v1.36.3
@@ -46,8 +48,10 @@ cluster-down: venv ## Delete the local cluster and stop its processes.
 	$(PY) -m testenv_harness.cli cluster down --name $(CLUSTER)
 
 .PHONY: sync-crds
-sync-crds: ## Copy the CRD from crds/ into every place that ships it.
+sync-crds: venv ## Copy the CRD from crds/ into every place that ships it; make the pool CRD from it.
 	for copy in $(CRD_COPIES); do cp $(CRD) $$copy; done
+	$(PY) -c 'import sys, yaml; from testenv_api.crd import pool_crd_text; sys.stdout.write(pool_crd_text(yaml.safe_load(open("$(CRD)"))))' > $(POOL_CRD)
+	for copy in $(POOL_CRD_COPIES); do cp $(POOL_CRD) $$copy; done
 
 .PHONY: chart-lint
 chart-lint: tools ## helm lint --strict the operator chart (charts/testenv-operator).
@@ -148,6 +152,9 @@ bench-rerun: local-deps tools ## Benchmark time to the first test and after the 
 	$(PY) bench/rerun.py $(BENCH_ARGS)
 
 .PHONY: bench-kafka
+bench-pool: tools ## Benchmark a 4-worker claim from a warm pool against a fresh environment (cluster testenv-bench; ~3 min).
+	$(PY) bench/pool_claim.py $(BENCH_ARGS)
+
 bench-kafka: local-deps venv ## Benchmark a Kafka broker's cold start, alone and 4 at once, before/after issue 12 (~3 min; images via BENCH_ARGS).
 	$(PY) bench/kafka_start.py $(BENCH_ARGS)
 

@@ -8,10 +8,12 @@ Both sides import this package and nothing else from each other. The CRD it ship
 
 from __future__ import annotations
 
-from testenv_api.crd import crd_manifest
+from testenv_api.crd import crd_manifest, pool_crd_manifest
 from testenv_api.limits import DEFAULT_MAX_WORKERS, MAX_WORKERS
 from testenv_api.names import (
     ANNOTATION_HEARTBEAT,
+    ANNOTATION_POOL_NAME,
+    ANNOTATION_PORT_BASE,
     ANNOTATION_SERVICE_TYPE,
     CRD_NAME,
     FINALIZER,
@@ -21,12 +23,17 @@ from testenv_api.names import (
     LABEL_OWNER_NAME,
     LABEL_OWNER_NAMESPACE,
     LABEL_OWNER_UID,
+    LABEL_POOL_UID,
     LABEL_RUN_ID,
     LABEL_SERVICE,
     LABEL_SHAREABLE,
     LABEL_WORKER,
     MANAGED_BY,
     PLURAL,
+    POOL_CRD_NAME,
+    POOL_KIND,
+    POOL_PLURAL,
+    POOL_SHORT_NAMES,
     SERVICE_TYPES,
     SHORT_NAMES,
     VERSION,
@@ -55,6 +62,8 @@ from testenv_api.services import (
 
 __all__ = [
     "ANNOTATION_HEARTBEAT",
+    "ANNOTATION_POOL_NAME",
+    "ANNOTATION_PORT_BASE",
     "ANNOTATION_SERVICE_TYPE",
     "CRD_NAME",
     "DEFAULT_MAX_WORKERS",
@@ -70,6 +79,7 @@ __all__ = [
     "LABEL_OWNER_NAME",
     "LABEL_OWNER_NAMESPACE",
     "LABEL_OWNER_UID",
+    "LABEL_POOL_UID",
     "LABEL_RUN_ID",
     "LABEL_SERVICE",
     "LABEL_SHAREABLE",
@@ -78,6 +88,10 @@ __all__ = [
     "MAX_PORT",
     "MAX_WORKERS",
     "PLURAL",
+    "POOL_CRD_NAME",
+    "POOL_KIND",
+    "POOL_PLURAL",
+    "POOL_SHORT_NAMES",
     "SERVICE_PORTS",
     "SERVICE_TYPES",
     "SHORT_NAMES",
@@ -90,6 +104,7 @@ __all__ = [
     "kafka_environment",
     "local_ports",
     "plan_ports",
+    "pool_crd_manifest",
     "ports_needed",
     "primary_port",
     "service_ports",

@@ -7,3 +7,5 @@ from __future__ import annotations
 MAX_WORKERS = 256
 #: Most workers an operator allows when TESTENV_MAX_WORKERS is not set.
 DEFAULT_MAX_WORKERS = 64
+#: Most free workers one TestEnvironmentPool may keep (spec.size's maximum in its CRD).
+MAX_POOL_SIZE = 64

@@ -10,6 +10,11 @@ KIND = "TestEnvironment"
 PLURAL = "testenvironments"
 SHORT_NAMES = ("testenv", "te")
 CRD_NAME = f"{PLURAL}.{GROUP}"
+#: A warm pool: worker namespaces kept provisioned and Ready for TestEnvironments to claim.
+POOL_KIND = "TestEnvironmentPool"
+POOL_PLURAL = "testenvironmentpools"
+POOL_SHORT_NAMES = ("tepool",)
+POOL_CRD_NAME = f"{POOL_PLURAL}.{GROUP}"
 
 SERVICE_TYPES = ("redis", "kafka", "localstack", "moto", "postgres", "rabbitmq", "mosquitto", "custom")
 
@@ -27,6 +32,14 @@ LABEL_RUN_ID = f"{GROUP}/run-id"
 #: into their workers. Only someone who can write the Secret can set it, so a spec never
 #: reads through the operator what its author could not read.
 LABEL_SHAREABLE = f"{GROUP}/shareable"
+
+#: On a pooled worker namespace: the UID of the TestEnvironmentPool that made it. It stays when a
+#: TestEnvironment claims the namespace (then LABEL_OWNER_UID names the claimer); the objects
+#: inside keep the pool's owner labels, as their selectors cannot change.
+LABEL_POOL_UID = f"{GROUP}/pool-uid"
+#: On a pooled worker namespace: the pool's name, and the first local port of its slot's port block.
+ANNOTATION_POOL_NAME = f"{GROUP}/pool"
+ANNOTATION_PORT_BASE = f"{GROUP}/port-base"
 
 #: RFC 3339 time the harness renews while tests run (see spec.lifetime.heartbeatTimeoutSeconds).
 ANNOTATION_HEARTBEAT = f"{GROUP}/heartbeat"

@@ -69,6 +69,8 @@ class WorkerStatus:
     phase: str
     services: tuple[ServiceStatus, ...]
     message: str = ""
+    #: The TestEnvironmentPool the worker's namespace was claimed from, or "".
+    pool: str = ""
 
     @property
     def ready(self) -> bool:
@@ -88,6 +90,7 @@ class WorkerStatus:
             "phase": self.phase,
             "message": self.message,
             "services": [s.to_dict() for s in self.services],
+            **({"pool": self.pool} if self.pool else {}),
         }
 
     @classmethod
@@ -97,6 +100,7 @@ class WorkerStatus:
             namespace=data["namespace"],
             phase=data.get("phase", ""),
             message=data.get("message", ""),
+            pool=data.get("pool", ""),
             services=tuple(ServiceStatus.from_dict(s) for s in data.get("services") or []),
         )
 

@@ -18,7 +18,7 @@ import urllib.parse
 
 import kopf
 
-from testenv_operator import handlers, kubeio  # noqa: F401  (handlers registers itself with kopf)
+from testenv_operator import handlers, kubeio, pool_handlers  # noqa: F401  (the handlers register with kopf)
 from testenv_operator.election import Lease
 from testenv_operator.settings import Settings, SettingsError
 

@@ -40,6 +40,14 @@ class EventPoster:
         self.action(body, reason, message, warning)
         return True
 
+    def problem(self, body: Mapping[str, Any], reason: str | None, message: str = "") -> None:
+        """The object's one standing problem: a warning when it starts or changes (reason), or
+        its end (None), after which the same problem is said again should it come back."""
+        if reason:
+            self.statement(body, "problem", reason, message, warning=True)
+        else:
+            self.clear(str(body["metadata"]["uid"]), "problem")
+
     def clear(self, uid: str, *topics: str) -> None:
         """The state behind these topics of the object ended (none named: nothing ends)."""
         with self._lock:

@@ -17,6 +17,7 @@ What the handlers share is a `Runtime` in kopf's memo; what one environment's ha
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -24,7 +25,7 @@ from typing import Any
 
 import kopf
 
-from testenv_api import FINALIZER, GROUP, LABEL_OWNER_UID, PLURAL, VERSION, Phase
+from testenv_api import FINALIZER, GROUP, LABEL_OWNER_UID, PLURAL, POOL_PLURAL, VERSION, Phase
 from testenv_operator import finishing, kubeio, readiness
 from testenv_operator.diffbase import DigestDiffBaseStorage
 from testenv_operator.orphans import sweep_orphans
@@ -120,6 +121,25 @@ def owned_namespaces(
     return {labels[LABEL_OWNER_UID]: (name, bool(meta.get("deletionTimestamp")))}
 
 
+@kopf.index(GROUP, VERSION, POOL_PLURAL, when=lambda meta, **_: not meta.get("deletionTimestamp"))
+def environment_pools(
+    namespace: str | None, name: str, meta: kopf.Meta, spec: kopf.Spec, **_: Any
+) -> dict[str, dict[str, Any]]:
+    """TestEnvironmentPools by namespace, from kopf's watch: what a new environment may claim from."""
+    copied = json.loads(json.dumps(dict(spec)))
+    return {
+        namespace or "": {
+            "metadata": {"namespace": namespace, "name": name, "uid": meta["uid"]},
+            "spec": copied,
+        }
+    }
+
+
+def _pools(handler_kwargs: Mapping[str, Any], namespace: str) -> list[dict[str, Any]]:
+    index: kopf.Index[str, dict[str, Any]] = handler_kwargs["environment_pools"]
+    return sorted(index.get(namespace, ()), key=lambda p: p["metadata"]["name"])
+
+
 def _watched(handler_kwargs: Mapping[str, Any], uid: str) -> Observed:
     """An environment's namespaces and Deployments as kopf's watches last saw them."""
     deployments: kopf.Index[str, tuple[str, str, bool]] = handler_kwargs["owned_deployments"]
@@ -146,11 +166,10 @@ def spec_unhandled(body: Mapping[str, Any]) -> bool:
 def _report(runtime: Runtime, body: Mapping[str, Any], outcome: Outcome, before: Mapping[str, Any]) -> None:
     """Kubernetes Events for what changed, so `kubectl describe te` tells the story."""
     events, uid, status = runtime.events, body["metadata"]["uid"], outcome.status
-    if outcome.problems:
-        reason = status["conditions"][-1]["reason"]
-        events.statement(body, "problem", reason, status["message"], warning=True)
-    else:
-        events.clear(uid, "problem")
+    reason = status["conditions"][-1]["reason"] if outcome.problems else None
+    events.problem(body, reason, status.get("message", ""))
+    if outcome.claimed:
+        events.action(body, "Claimed", f"claimed ready pooled workers {outcome.claimed}")
     if outcome.created:
         events.action(body, "Provisioning", f"created the namespaces of workers {outcome.created}")
     if outcome.repaired:
@@ -173,12 +192,15 @@ def _converge(
     full: bool,
     siblings: list[Sibling],
     known: Observed | None,
+    pools: list[dict[str, Any]],
 ) -> Outcome:
     before = dict(body.get("status") or {})
     outcome = runtime.reconciler.converge(
-        body, apply_all=apply_all, full=full, siblings=siblings, known=known
+        body, apply_all=apply_all, full=full, siblings=siblings, known=known, pools=pools
     )
     meta = body["metadata"]
+    for pooled in outcome.pooled_namespaces:
+        runtime.claimers[pooled] = meta["uid"]
     if outcome.over_limit:
         runtime.waiting_for_room[meta["uid"]] = meta["namespace"]
     else:
@@ -224,8 +246,9 @@ async def keep_converged(
                     # operator serving some namespaces does not watch its workers' namespaces.
                     watched = not (full or apply_all or runtime.settings.namespaces)
                     known = _watched(kwargs, uid) if watched else None
+                    pools = _pools(kwargs, namespace)
                     one_pass = _locked_pass(
-                        runtime, lock, snapshot, apply_all, full or apply_all, siblings, known
+                        runtime, lock, snapshot, apply_all, full or apply_all, siblings, known, pools
                     )
                     # Shielded: kopf cancels a daemon that outlives its cancellation timeout, but the
                     # pass's thread cannot be cancelled; the lock must stay held until it ends, or
@@ -239,15 +262,14 @@ async def keep_converged(
                     )
                 else:
                     apply_all, failures = False, 0
+                    for pool_uid in outcome.drained_pools:  # refill what this pass claimed
+                        runtime.wake(pool_uid)
                     if full:
                         last_full = time.monotonic()
                     timeout = seconds_to_next_pass(
                         outcome.status, runtime.settings.resync_seconds, seconds_to_expiry(snapshot)
                     )
-            waiters = [asyncio.ensure_future(waker.wait()), asyncio.ensure_future(stopped.wait())]
-            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-            for waiter in waiters:
-                waiter.cancel()
+            await runtime.sleep(waker, stopped, timeout)
     finally:
         runtime.wakers.pop(uid, None)
         runtime.waiting_for_room.pop(uid, None)
@@ -261,9 +283,10 @@ async def _locked_pass(
     full: bool,
     siblings: list[Sibling],
     known: Observed | None,
+    pools: list[dict[str, Any]],
 ) -> Outcome:
     async with lock, runtime.passes:
-        return await runtime.in_thread(_converge, runtime, body, apply_all, full, siblings, known)
+        return await runtime.in_thread(_converge, runtime, body, apply_all, full, siblings, known, pools)
 
 
 def _expire(runtime: Runtime, body: Mapping[str, Any], reason: str) -> None:
@@ -285,8 +308,12 @@ async def environment_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> Non
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={LABEL_OWNER_UID: kopf.PRESENT})
-async def owned_deployment_changed(labels: Mapping[str, str], memo: kopf.Memo, **_: Any) -> None:
-    memo.runtime.wake(labels.get(LABEL_OWNER_UID))
+async def owned_deployment_changed(
+    labels: Mapping[str, str], namespace: str | None, memo: kopf.Memo, **_: Any
+) -> None:
+    runtime: Runtime = memo.runtime
+    runtime.wake(labels.get(LABEL_OWNER_UID))
+    runtime.wake(runtime.claimers.get(namespace or ""))  # a pooled worker's: its claimer too
 
 
 @kopf.on.event("", "v1", "namespaces", labels={LABEL_OWNER_UID: kopf.PRESENT})
@@ -302,6 +329,7 @@ async def tear_down(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     async with memo.setdefault("lock", asyncio.Lock()):
         await runtime.in_thread(_tear_down, runtime, dict(body))
     runtime.events.forget(body["metadata"]["uid"])
+    runtime.forget_claimer(body["metadata"]["uid"])
     runtime.make_room(body["metadata"]["namespace"])
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from testenv_api import GROUP, PLURAL, VERSION
+from testenv_api import GROUP, PLURAL, POOL_PLURAL, VERSION
 
 FIELD_MANAGER = "testenv-operator"
 _APPLY = {"field_manager": FIELD_MANAGER, "force": True, "_content_type": "application/apply-patch+yaml"}
@@ -152,6 +152,21 @@ def delete(api: client.ApiClient, kind: str, name: str, namespace: str | None = 
         pass
 
 
+def delete_namespace_if_unchanged(api: client.ApiClient, name: str, resource_version: str) -> bool:
+    """Delete a namespace only if it is still at `resource_version` (a claim relabels it first);
+    False when it changed or is gone."""
+    options = client.V1DeleteOptions(
+        propagation_policy="Background",
+        preconditions=client.V1Preconditions(resource_version=resource_version),
+    )
+    try:
+        with _refusals():
+            _done(client.CoreV1Api(api).delete_namespace(name, body=options, _preload_content=False))
+    except (ConflictError, NotFoundError):
+        return False
+    return True
+
+
 def delete_pods_now(api: client.ApiClient, namespace: str) -> None:
     """Delete every pod of a namespace without a grace period."""
     try:
@@ -195,8 +210,9 @@ def read_secret(api: client.ApiClient, namespace: str, name: str) -> Obj | None:
 # -- TestEnvironments -----------------------------------------------------------------------------
 
 
-def _environments_metadata(api: client.ApiClient, namespace: str) -> list[Obj]:
-    """A namespace's TestEnvironments ("": every namespace's), metadata only (no specs or statuses)."""
+def _environments_metadata(api: client.ApiClient, namespace: str, plural: str = PLURAL) -> list[Obj]:
+    """A namespace's TestEnvironments ("": every namespace's), metadata only (no specs or statuses);
+    with `plural` POOL_PLURAL, its TestEnvironmentPools."""
     objects = client.CustomObjectsApi(api)
     where = (
         (objects.list_namespaced_custom_object, namespace)
@@ -208,7 +224,7 @@ def _environments_metadata(api: client.ApiClient, namespace: str) -> list[Obj]:
             GROUP,
             VERSION,
             *where[1:],
-            PLURAL,
+            plural,
             _preload_content=False,
             _headers={"Accept": "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"},
         )
@@ -221,6 +237,14 @@ def environment_uids(api: client.ApiClient, namespace: str) -> set[str]:
     return {item["metadata"]["uid"] for item in _environments_metadata(api, namespace)}
 
 
+def pool_uids(api: client.ApiClient, namespace: str) -> set[str]:
+    """The UIDs of a namespace's TestEnvironmentPools; none where the pool CRD is not installed."""
+    try:
+        return {item["metadata"]["uid"] for item in _environments_metadata(api, namespace, POOL_PLURAL)}
+    except NotFoundError:
+        return set()
+
+
 def environments_deleting(api: client.ApiClient, namespace: str) -> int:
     """How many of a namespace's TestEnvironments have a deletionTimestamp."""
     return sum(
@@ -228,8 +252,8 @@ def environments_deleting(api: client.ApiClient, namespace: str) -> int:
     )
 
 
-def patch_environment_status(api: client.ApiClient, namespace: str, name: str, status: Obj) -> None:
-    """Merge `status` into an environment's status; an environment deleted meanwhile is fine."""
+def _patch_status(api: client.ApiClient, plural: str, namespace: str, name: str, status: Obj) -> None:
+    """Merge `status` into a custom object's status; an object deleted meanwhile is fine."""
     try:
         with _refusals():
             _done(
@@ -237,7 +261,7 @@ def patch_environment_status(api: client.ApiClient, namespace: str, name: str, s
                     GROUP,
                     VERSION,
                     namespace,
-                    PLURAL,
+                    plural,
                     name,
                     {"status": status},
                     _content_type="application/merge-patch+json",
@@ -246,6 +270,11 @@ def patch_environment_status(api: client.ApiClient, namespace: str, name: str, s
             )
     except NotFoundError:
         pass
+
+
+def patch_environment_status(api: client.ApiClient, namespace: str, name: str, status: Obj) -> None:
+    """Merge `status` into an environment's status; an environment deleted meanwhile is fine."""
+    _patch_status(api, PLURAL, namespace, name, status)
 
 
 def delete_environment(api: client.ApiClient, namespace: str, name: str) -> None:
@@ -259,6 +288,45 @@ def delete_environment(api: client.ApiClient, namespace: str, name: str) -> None
             )
     except NotFoundError:
         pass
+
+
+# -- TestEnvironmentPools and the namespaces they lend ---------------------------------------------
+
+
+def list_pools(api: client.ApiClient, namespace: str) -> list[Obj]:
+    """A namespace's TestEnvironmentPools, whole; none where the pool CRD is not installed."""
+    try:
+        with _refusals():
+            response = client.CustomObjectsApi(api).list_namespaced_custom_object(
+                GROUP, VERSION, namespace, POOL_PLURAL, _preload_content=False
+            )
+    except NotFoundError:
+        return []
+    items: list[Obj] = _json(response).get("items") or []
+    return items
+
+
+def patch_pool_status(api: client.ApiClient, namespace: str, name: str, status: Obj) -> None:
+    """Merge `status` into a pool's status; a pool deleted meanwhile is fine."""
+    _patch_status(api, POOL_PLURAL, namespace, name, status)
+
+
+def relabel_namespace(
+    api: client.ApiClient, name: str, labels: dict[str, str], resource_version: str
+) -> bool:
+    """Merge `labels` into a namespace only if it is still at `resource_version`: False when
+    someone changed (or deleted) it since, so two claimers can never both take it."""
+    patch = {"metadata": {"labels": labels, "resourceVersion": resource_version}}
+    try:
+        with _refusals():
+            _done(
+                client.CoreV1Api(api).patch_namespace(
+                    name, patch, _content_type="application/merge-patch+json", _preload_content=False
+                )
+            )
+    except (ConflictError, NotFoundError):
+        return False
+    return True
 
 
 # -- the leader-election Lease --------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The orphan sweep: managed namespaces whose owning TestEnvironment is gone are deleted.
+"""The orphan sweep: managed namespaces whose owning TestEnvironment (or pool) is gone are deleted.
 
 An owner is looked up by UID, never by the name label (a label may hold a truncated name), with
 one metadata-only list per owner namespace.
@@ -32,7 +32,10 @@ def sweep_orphans(api: client.ApiClient, watched: tuple[str, ...] = ()) -> list[
             continue
         if owner_namespace not in owners:
             try:
-                owners[owner_namespace] = kubeio.environment_uids(api, owner_namespace)
+                # A pool's free workers are owned by the pool (claimed ones by their claimer).
+                owners[owner_namespace] = kubeio.environment_uids(api, owner_namespace) | kubeio.pool_uids(
+                    api, owner_namespace
+                )
             except kubeio.ForbiddenError:
                 owners[owner_namespace] = None  # not ours to judge
         uids = owners[owner_namespace]

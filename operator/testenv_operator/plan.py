@@ -40,19 +40,33 @@ class WorkerPlan:
         return objects
 
 
-def plan_environment(owner: Owner, spec: Mapping[str, Any], settings: Settings) -> list[WorkerPlan]:
-    services = spec["services"]
-    port_plan = plan_ports(spec)
+def plan_worker(
+    index: int,
+    namespace: str,
+    services: list[Mapping[str, Any]],
+    ports: list[PlannedPort],
+    settings: Settings,
+    subjects: tuple[Mapping[str, Any], ...] = (),
+) -> WorkerPlan:
+    """One worker's services rendered for `namespace`, reached on the given planned ports."""
     images = {**DEFAULT_IMAGES, **settings.images}
-    plans = []
-    for index, ports in enumerate(port_plan):
-        ns = naming.worker_namespace(owner.namespace, owner.name, owner.uid, index)
-        rendered = []
-        for service in services:
-            local = {p.name: p.local_port for p in ports if p.service == service["name"]}
-            rendered.append(render_service(service, ServiceContext(ns, local, images)))
-        subjects = tuple((spec.get("access") or {}).get("subjects") or ())
-        plans.append(
-            WorkerPlan(index, ns, tuple(rendered), tuple(ports), subjects, settings.access_cluster_role)
+    rendered = []
+    for service in services:
+        local = {p.name: p.local_port for p in ports if p.service == service["name"]}
+        rendered.append(render_service(service, ServiceContext(namespace, local, images)))
+    return WorkerPlan(index, namespace, tuple(rendered), tuple(ports), subjects, settings.access_cluster_role)
+
+
+def plan_environment(owner: Owner, spec: Mapping[str, Any], settings: Settings) -> list[WorkerPlan]:
+    subjects = tuple((spec.get("access") or {}).get("subjects") or ())
+    return [
+        plan_worker(
+            index,
+            naming.worker_namespace(owner.namespace, owner.name, owner.uid, index),
+            spec["services"],
+            ports,
+            settings,
+            subjects,
         )
-    return plans
+        for index, ports in enumerate(plan_ports(spec))
+    ]

@@ -10,17 +10,18 @@ import contextlib
 import dataclasses
 import datetime
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from kubernetes import client
 
 import testenv_api
-from testenv_api import LABEL_OWNER_UID, LABEL_SHAREABLE, ConditionType, Phase
+from testenv_api import LABEL_OWNER_UID, LABEL_POOL_UID, LABEL_SHAREABLE, ConditionType, Phase
 from testenv_operator import kubeio, manifests, readiness
 from testenv_operator.manifests import Fences, Obj, Owner
 from testenv_operator.plan import WorkerPlan, plan_environment
+from testenv_operator.pooling import Pool, Pools, Slot, services_digest
 from testenv_operator.readiness import NamespaceState, Observed
 from testenv_operator.settings import Settings
 from testenv_operator.validation import Problem, Sibling, environments_over_limit, validate
@@ -49,6 +50,11 @@ class Outcome:
     foreign: list[str] = dataclasses.field(default_factory=list)
     #: Refused for a per-namespace limit: waits for a sibling to make room.
     over_limit: bool = False
+    #: Workers taken ready from a pool, and the pools that must refill (their UIDs).
+    claimed: list[int] = dataclasses.field(default_factory=list)
+    drained_pools: set[str] = dataclasses.field(default_factory=set)
+    #: Namespaces whose Deployments carry a pool's labels: their changes concern this environment.
+    pooled_namespaces: list[str] = dataclasses.field(default_factory=list)
 
 
 def owner_of(body: Mapping[str, Any]) -> Owner:
@@ -108,20 +114,25 @@ class Reconciler:
         self.settings = settings
         self.pool = pool
         self.fences = Fences.from_settings(settings)
+        self.pools = Pools(api, settings, pool, self.fences, self._secrets)
 
     # -- observing ----------------------------------------------------------------------------
 
-    def observe(self, uid: str, plans: Iterable[WorkerPlan], full: bool) -> Observed:
+    def observe(
+        self, uid: str, plans: Iterable[WorkerPlan], full: bool, listed: list[Obj] | None = None
+    ) -> Observed:
         """What the environment owns now: its namespaces first, then the objects inside them.
 
         Every owned object lives in an owned namespace, so when there is none (a new environment)
         the per-kind lists are skipped; otherwise they, and the reads of planned namespaces that
-        are not labelled ours, run at once on the pool.
+        are not labelled ours, run at once on the pool. `listed`: the owned namespaces, if just listed.
         """
         selector = f"{LABEL_OWNER_UID}={uid}"
+        if listed is None:
+            listed = kubeio.list_labelled(self.api, "Namespace", selector)
         namespaces = {
             ns["metadata"]["name"]: NamespaceState(uid, bool(ns["metadata"].get("deletionTimestamp")))
-            for ns in kubeio.list_labelled(self.api, "Namespace", selector)
+            for ns in listed
         }
         kinds = (_NAMESPACED_KINDS if full else ("Deployment",)) if namespaces else ()
         lists = self.pool.map(lambda kind: (kind, kubeio.list_labelled(self.api, kind, selector)), kinds)
@@ -238,6 +249,7 @@ class Reconciler:
         full: bool,
         siblings: list[Sibling],
         known: Observed | None = None,
+        pools: Sequence[Mapping[str, Any]] = (),
     ) -> Outcome:
         """apply_all: the spec changed, apply every worker; otherwise only repair what is missing.
 
@@ -245,6 +257,8 @@ class Reconciler:
         siblings: the environments of this namespace, oldest first (for the per-namespace limits).
         known: namespaces and Deployments as the operator's watches last saw them, instead of
         listing them (a pass that is neither full nor apply_all); None lists.
+        pools: the TestEnvironmentPools of the environment's namespace; a new environment whose
+        services one of them runs claims its workers from it (see pooling).
         """
         owner = owner_of(body)
         spec = body["spec"]
@@ -262,12 +276,20 @@ class Reconciler:
         # The watches' view may lag this operator's own applies: a pass that reads it only reports;
         # repairs and pruning wait for the next pass that lists (at most resync_seconds away).
         acting = known is None or full or apply_all
+        pooled = any(w.get("pool") for w in (body.get("status") or {}).get("workers") or [])
+        listed: list[Obj] | None = None
+        if acting or pooled:
+            listed = kubeio.list_labelled(self.api, "Namespace", f"{LABEL_OWNER_UID}={owner.uid}")
+            slots = [Slot.of(ns) for ns in listed if LABEL_POOL_UID in (ns["metadata"].get("labels") or {})]
+            serving = [Pool.of(p) for p in pools if Pool.of(p).serves(spec)]
+            if slots or pooled or (not listed and apply_all and serving):
+                return self._claimed_pass(body, owner, spec, slots, serving, acting)
         if known is not None and not acting:
             # Planned namespaces the watches do not show may be someone else's: say so every pass.
             unlisted = self._unlisted(plans, known.namespaces)
             observed = dataclasses.replace(known, namespaces={**known.namespaces, **unlisted})
         else:
-            observed = self.observe(owner.uid, plans, full or apply_all)
+            observed = self.observe(owner.uid, plans, full or apply_all, listed)
         todo = [p for p in plans if acting and (apply_all or self._incomplete(owner, p, observed, full))]
         outcome = Outcome({}, [])
         refused: list[Problem] = []
@@ -305,6 +327,88 @@ class Reconciler:
             outcome.status = self._status(body, [], refused, reason="ApplyRefused")
             return outcome
         outcome.status = self._status(body, workers, [])
+        return outcome
+
+    def _claimed_pass(
+        self,
+        body: Mapping[str, Any],
+        owner: Owner,
+        spec: Mapping[str, Any],
+        slots: list[Slot],
+        serving: list[Pool],
+        acting: bool,
+    ) -> Outcome:
+        """A pass of an environment whose workers are pooled namespaces: claim what is missing
+        (ready ones first, then new ones made for it), drop the surplus, report readiness."""
+        outcome = Outcome({}, [])
+        workers = int(spec.get("workers", 1))
+        have = {s.worker for s in slots if not s.terminating}
+        missing = [i for i in range(workers) if i not in have]
+        if acting and missing and serving:
+            pool = serving[0]
+            claimed, made, problems = self.pools.provide(pool, owner, missing)
+            outcome.claimed, outcome.created = claimed, made
+            outcome.drained_pools.add(pool.uid)
+            if problems:  # the pool's Secrets: new workers wait for them, as the pool's own do
+                outcome.problems, outcome.status = problems, self._status(body, [], problems, waiting=True)
+                return outcome
+            listed = kubeio.list_labelled(self.api, "Namespace", f"{LABEL_OWNER_UID}={owner.uid}")
+            slots = [Slot.of(ns) for ns in listed if LABEL_POOL_UID in (ns["metadata"].get("labels") or {})]
+        by_index: dict[int, Slot] = {}
+        for slot in sorted((s for s in slots if not s.terminating), key=lambda s: (s.worker, s.created)):
+            if slot.worker in by_index or slot.worker >= workers:
+                if acting:
+                    kubeio.delete(self.api, "Namespace", slot.name)
+                    outcome.removed_namespaces.append(slot.name)
+            else:
+                by_index[slot.worker] = slot
+        outcome.pooled_namespaces = [s.name for s in by_index.values()]
+        problems = []
+        digest = services_digest(spec["services"])
+        if changed := sorted({s.pool_name for s in by_index.values() if s.services_digest != digest}):
+            problems.append(
+                Problem(
+                    "spec.services",
+                    f"this environment's workers were claimed from pool {', '.join(changed)}, which runs "
+                    "other services, and a pooled worker's services cannot change: delete this "
+                    "TestEnvironment and create it again",
+                )
+            )
+        if missing := [i for i in range(workers) if i not in by_index and not serving]:
+            problems.append(
+                Problem(
+                    "spec.workers",
+                    f"workers {missing} have no namespace, and no TestEnvironmentPool in {owner.namespace} "
+                    "runs these services any more to make one: delete this TestEnvironment and create it "
+                    "again",
+                )
+            )
+        subjects = tuple((spec.get("access") or {}).get("subjects") or ())
+        if acting and subjects:
+            for index, slot in by_index.items():
+                role = self.settings.access_cluster_role
+                kubeio.apply(self.api, manifests.access_binding(owner, slot.name, index, role, subjects))
+        ready = self.pools.ready_services(s.pool_uid for s in by_index.values())
+        observed = Observed(
+            {s.name: readiness.NamespaceState(owner.uid, s.terminating) for s in by_index.values()},
+            ready,
+            frozenset(),
+        )
+        previous = {w.get("index"): w.get("phase") for w in (body.get("status") or {}).get("workers") or []}
+        statuses = [
+            dataclasses.replace(
+                readiness.worker_status(
+                    self.pools.plan(index, slot, spec["services"]),
+                    observed,
+                    owner.uid,
+                    previous.get(index) in (Phase.READY, Phase.DEGRADED),
+                ),
+                pool=slot.pool_name,
+            )
+            for index, slot in sorted(by_index.items())
+        ]
+        outcome.problems = problems
+        outcome.status = self._status(body, statuses, problems)
         return outcome
 
     def _status(

@@ -39,6 +39,9 @@ class Runtime:
     events: EventPoster = dataclasses.field(default_factory=EventPoster)
     #: uid -> the event that wakes that environment's converger.
     wakers: dict[str, asyncio.Event] = dataclasses.field(default_factory=dict)
+    #: pooled worker namespace -> the UID of the environment that claimed it (its Deployments
+    #: carry the pool's owner label, so their events name the pool).
+    claimers: dict[str, str] = dataclasses.field(default_factory=dict)
     #: uid -> namespace, of environments refused for a per-namespace limit.
     waiting_for_room: dict[str, str] = dataclasses.field(default_factory=dict)
     passes: asyncio.Semaphore = dataclasses.field(default_factory=lambda: asyncio.Semaphore(PASSES))
@@ -62,6 +65,18 @@ class Runtime:
         waker = self.wakers.get(uid or "")
         if waker:
             waker.set()
+
+    @staticmethod
+    async def sleep(waker: asyncio.Event, stopped: Any, timeout: float | None) -> None:
+        """Until `waker` is set, the daemon is stopped (kopf's DaemonStopped), or `timeout` passes."""
+        waiters = [asyncio.ensure_future(waker.wait()), asyncio.ensure_future(stopped.wait())]
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in waiters:
+            waiter.cancel()
+
+    def forget_claimer(self, uid: str) -> None:
+        for namespace in [ns for ns, claimer in self.claimers.items() if claimer == uid]:
+            del self.claimers[namespace]
 
     def make_room(self, namespace: str) -> None:
         """Wake the environments of `namespace` that wait for room under its limits."""

@@ -37,9 +37,9 @@ def create(api: client.ApiClient, namespace: str, body: Manifest) -> Manifest:
     return result
 
 
-def get(api: client.ApiClient, namespace: str, name: str) -> Manifest:
+def get(api: client.ApiClient, namespace: str, name: str, plural: str = PLURAL) -> Manifest:
     result: Manifest = client.CustomObjectsApi(api).get_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, name
+        GROUP, VERSION, namespace, plural, name
     )
     return result
 
@@ -77,9 +77,9 @@ def owned_namespaces(api: client.ApiClient, uid: str) -> list[Any]:
     return client.CoreV1Api(api).list_namespace(label_selector=f"{LABEL_OWNER_UID}={uid}").items
 
 
-def _gone(api: client.ApiClient, namespace: str, name: str) -> bool:
+def _gone(api: client.ApiClient, namespace: str, name: str, plural: str) -> bool:
     try:
-        get(api, namespace, name)
+        get(api, namespace, name, plural)
     except ApiException as exc:
         if exc.status == 404:
             return True
@@ -92,12 +92,14 @@ def delete(api: client.ApiClient, namespace: str, name: str, timeout: float = 12
     delete_many(api, namespace, [name], timeout)
 
 
-def delete_many(api: client.ApiClient, namespace: str, names: list[str], timeout: float = 120) -> None:
+def delete_many(
+    api: client.ApiClient, namespace: str, names: list[str], timeout: float = 120, plural: str = PLURAL
+) -> None:
     """Delete all at once, then wait for all: teardown time is the slowest, not the sum."""
     objects = client.CustomObjectsApi(api)
     for name in names:
         try:
-            objects.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+            objects.delete_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
         except ApiException as exc:
             if exc.status != 404:
                 raise
@@ -105,7 +107,7 @@ def delete_many(api: client.ApiClient, namespace: str, names: list[str], timeout
 
     def all_gone() -> bool:
         nonlocal left
-        left = [n for n in left if not _gone(api, namespace, n)]
+        left = [n for n in left if not _gone(api, namespace, n, plural)]
         return not left
 
     wait_for(
@@ -120,3 +122,55 @@ def delete_many(api: client.ApiClient, namespace: str, names: list[str], timeout
 def delete_all(api: client.ApiClient, namespace: str) -> None:
     listing = client.CustomObjectsApi(api).list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
     delete_many(api, namespace, [item["metadata"]["name"] for item in listing["items"]])
+
+
+# -- TestEnvironmentPools ------------------------------------------------------------------------
+
+
+def pool_manifest(name: str, size: int, services: list[dict[str, Any]], **spec: Any) -> Manifest:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": testenv_api.POOL_KIND,
+        "metadata": {"name": name},
+        "spec": {"size": size, "services": services, **spec},
+    }
+
+
+def create_pool(api: client.ApiClient, namespace: str, body: Manifest) -> Manifest:
+    result: Manifest = client.CustomObjectsApi(api).create_namespaced_custom_object(
+        GROUP, VERSION, namespace, testenv_api.POOL_PLURAL, body
+    )
+    return result
+
+
+def get_pool(api: client.ApiClient, namespace: str, name: str) -> Manifest:
+    return get(api, namespace, name, testenv_api.POOL_PLURAL)
+
+
+def wait_pool(
+    api: client.ApiClient, namespace: str, name: str, timeout: float = 90, **wanted: Any
+) -> Manifest:
+    """Wait until the pool's status has every `wanted` value (e.g. ready=3, claimed=2)."""
+    status: dict[str, Any] = {}
+
+    def reached() -> Manifest | None:
+        nonlocal status
+        body = get_pool(api, namespace, name)
+        status = body.get("status") or {}
+        return body if all(status.get(k) == v for k, v in wanted.items()) else None
+
+    return wait_for(
+        reached, timeout=timeout, what=f"pool {namespace}/{name} {wanted}", seen=lambda: f"{status}"
+    )
+
+
+def delete_pool(api: client.ApiClient, namespace: str, name: str, timeout: float = 120) -> None:
+    """Delete a pool and wait until it (and so, through its finalizer, its free workers) is gone."""
+    delete_many(api, namespace, [name], timeout, testenv_api.POOL_PLURAL)
+
+
+def pooled_namespaces(api: client.ApiClient, pool_uid: str) -> dict[str, Any]:
+    """Every live namespace the pool made, claimed or free, by name."""
+    selector = f"{testenv_api.LABEL_POOL_UID}={pool_uid}"
+    found = client.CoreV1Api(api).list_namespace(label_selector=selector).items
+    return {ns.metadata.name: ns for ns in found if not ns.metadata.deletion_timestamp}

@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 import testenv_operator.settings as settings_module
-from testenv_api import GROUP, KIND, PLURAL, VERSION
+from testenv_api import GROUP, KIND, PLURAL, POOL_KIND, POOL_PLURAL, VERSION
 from testenv_harness import toolchain
 from testenv_operator import kubeio, reconciler
 from testenv_operator.catalog import DEFAULT_IMAGES
@@ -335,6 +335,10 @@ TENANT_RULES = {
     (GROUP, f"{PLURAL}/status", "patch"),
     ("", "events", "create"),  # kopf posts Events on the environment
     ("", "secrets", "get"),  # Secrets a spec references, in its own namespace
+    (GROUP, POOL_PLURAL, "list"),  # kopf, the orphan sweep (a pool owns its free workers)
+    (GROUP, POOL_PLURAL, "watch"),  # kopf
+    (GROUP, POOL_PLURAL, "patch"),  # kopf: finalizer and bookkeeping annotations
+    (GROUP, f"{POOL_PLURAL}/status", "patch"),
 }
 
 
@@ -447,6 +451,7 @@ def test_pipeline_role_manages_testenvironments_and_is_bound_by_nobody(default: 
     assert rules(pipeline) == {
         *((GROUP, PLURAL, verb) for verb in ("create", "get", "list", "watch", "patch", "delete")),
         *(("", "events", verb) for verb in ("get", "list", "watch")),
+        *((GROUP, POOL_PLURAL, verb) for verb in ("get", "list", "watch")),  # reads pools, makes none
     }
     # No pod rights: a pipeline reaches pods only through the operator's per-worker RoleBindings.
     # And the chart binds it to nobody: an admin binds it per pipeline, per namespace.
@@ -660,14 +665,41 @@ def test_notes_show_a_first_testenvironment_the_operator_accepts() -> None:
     assert "these namespaces only: ci-a, ci-b" in _notes({"watchNamespaces": ["ci-a", "ci-b"]})
 
 
-def test_chart_ships_exactly_the_crd_and_make_sync_crds_updates_it() -> None:
-    source = ROOT / "crds" / "testenv.dev_testenvironments.yaml"
-    assert [p.name for p in (CHART / "crds").iterdir()] == [source.name]
-    assert (CHART / "crds" / source.name).read_bytes() == source.read_bytes(), "run `make sync-crds`"
+def test_chart_ships_exactly_the_crds_and_make_sync_crds_updates_them() -> None:
+    sources = [
+        ROOT / "crds" / "testenv.dev_testenvironments.yaml",
+        ROOT / "crds" / "testenv.dev_testenvironmentpools.yaml",
+    ]
+    assert sorted(p.name for p in (CHART / "crds").iterdir()) == sorted(s.name for s in sources)
     makefile = (ROOT / "Makefile").read_text()
-    copies = re.search(r"^CRD_COPIES :=(.*)$", makefile, re.MULTILINE)
-    assert copies, "no CRD_COPIES line in the Makefile"
-    assert "charts/testenv-operator/crds/testenv.dev_testenvironments.yaml" in copies.group(1).split()
+    for source, variable in zip(sources, ("CRD_COPIES", "POOL_CRD_COPIES"), strict=True):
+        assert (CHART / "crds" / source.name).read_bytes() == source.read_bytes(), "run `make sync-crds`"
+        copies = re.search(rf"^{variable} :=(.*)$", makefile, re.MULTILINE)
+        assert copies, f"no {variable} line in the Makefile"
+        assert f"charts/testenv-operator/crds/{source.name}" in copies.group(1).split()
+
+
+def test_pools_render_as_testenvironmentpools_and_must_be_watched() -> None:
+    pool = {"name": "ci", "namespace": "ci-a", "size": 4, "services": [{"name": "cache", "type": "redis"}]}
+    result = _with_values(
+        {"pools": [pool]}, "template", RELEASE, str(CHART), "-n", NAMESPACE, "--kube-version", KUBE_VERSION
+    )
+    assert result.returncode == 0, result.stderr
+    (rendered,) = [d for d in yaml.safe_load_all(result.stdout) if d and d["kind"] == POOL_KIND]
+    assert rendered["metadata"]["namespace"] == "ci-a"
+    assert rendered["spec"] == {"size": 4, "services": pool["services"]}
+    refused = _with_values(
+        {"pools": [pool], "watchNamespaces": ["ci-b"]},
+        "template",
+        RELEASE,
+        str(CHART),
+        "-n",
+        NAMESPACE,
+        "--kube-version",
+        KUBE_VERSION,
+    )
+    assert refused.returncode != 0
+    assert "pool ci is in namespace ci-a, which watchNamespaces leaves out" in refused.stderr
 
 
 def _chart() -> dict[str, Any]:

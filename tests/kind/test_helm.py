@@ -1,16 +1,18 @@
 """The shared-CI-cluster path for real: the operator image in kind, installed by the Helm chart,
-running as a pod under the chart's ServiceAccount, serving the example suite; uninstall leaves
-nothing behind."""
+running as a pod under the chart's ServiceAccount, serving the example suite from a warm pool of
+real pods; uninstall leaves nothing behind."""
 
 from __future__ import annotations
 
 import shutil
 import uuid
+from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client
 
-from testenv_api import LABEL_OWNER_NAMESPACE
+from testenv_api import GROUP, LABEL_OWNER_NAMESPACE, POOL_KIND, POOL_PLURAL, VERSION
 from testenv_harness import imagebuild, kube
 from testenv_harness.clusters import Cluster
 from testenv_harness.clusters.kind import KindProvider
@@ -54,6 +56,11 @@ def test_the_helm_installed_operator_serves_the_example_suite(
         assert status.ready, status.state
         assert status.image_id, "a real container, started from a real image"
 
+        # A warm pool of the example's services: the suite's environment claims its two Ready
+        # workers (real brokers, started before the run) and forwards the pool's ports.
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=tenant)))
+        services = yaml.safe_load((EXAMPLES / "testenvironment.yaml").read_text())["spec"]["services"]
+        _fill_pool(api, tenant, services)
         shutil.copy(EXAMPLES / "testenvironment.yaml", pytester.path / "testenvironment.yaml")
         for test in (EXAMPLES / "suite").glob("test_*.py"):
             shutil.copy(test, pytester.path / test.name)
@@ -73,7 +80,10 @@ def test_the_helm_installed_operator_serves_the_example_suite(
         )
         result.assert_outcomes(passed=10)
         result.stdout.fnmatch_lines(["*2/2 workers ready*torn down in *all namespaces deleted*"])
+        reasons = {e.reason: e.message for e in core.list_namespaced_event(tenant).items}
+        assert reasons.get("Claimed") == "claimed ready pooled workers [0, 1]", reasons
     finally:
+        _drain_pool(api, tenant)  # while the operator runs: its finalizer deletes the free workers
         release.uninstall()
         core.delete_namespace(tenant)
 
@@ -91,3 +101,44 @@ def test_the_helm_installed_operator_serves_the_example_suite(
         what="the operator pod to go",
     )
     core.delete_namespace(release.namespace)
+
+
+def _fill_pool(api: client.ApiClient, namespace: str, services: list[dict[str, Any]]) -> None:
+    objects = client.CustomObjectsApi(api)
+    pool = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": POOL_KIND,
+        "metadata": {"name": "warm"},
+        "spec": {"size": 2, "services": services},
+    }
+    objects.create_namespaced_custom_object(GROUP, VERSION, namespace, POOL_PLURAL, pool)
+    status: dict[str, Any] = {}
+
+    def filled() -> bool:
+        nonlocal status
+        status = (
+            objects.get_namespaced_custom_object(GROUP, VERSION, namespace, POOL_PLURAL, "warm").get("status")
+            or {}
+        )
+        return status.get("phase") == "Ready"
+
+    wait_for(filled, timeout=300, what="the warm pool to be Ready", seen=lambda: f"status {status}")
+
+
+def _drain_pool(api: client.ApiClient, namespace: str) -> None:
+    objects = client.CustomObjectsApi(api)
+    try:
+        objects.delete_namespaced_custom_object(GROUP, VERSION, namespace, POOL_PLURAL, "warm")
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return
+        raise
+
+    def gone() -> bool:
+        try:
+            objects.get_namespaced_custom_object(GROUP, VERSION, namespace, POOL_PLURAL, "warm")
+        except client.ApiException as exc:
+            return exc.status == 404
+        return False
+
+    wait_for(gone, timeout=180, what="the warm pool and its free workers to go")

@@ -9,6 +9,8 @@ import pytest
 import yaml
 
 import testenv_api
+from testenv_api.crd import pool_crd_text
+from testenv_api.limits import MAX_POOL_SIZE
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCE = ROOT / "crds" / "testenv.dev_testenvironments.yaml"
@@ -82,3 +84,40 @@ def test_every_field_has_a_description_for_kubectl_explain() -> None:
     # Quantity maps (additionalProperties) and leaf list items of plain strings are exempt.
     missing = [p for p in _undocumented(schema, "") if not p.endswith(("[]",))]
     assert missing == []
+
+
+# -- the TestEnvironmentPool CRD, made from this one -------------------------------------------
+
+POOL_SOURCE = ROOT / "crds" / "testenv.dev_testenvironmentpools.yaml"
+POOL_COPIES = [
+    ROOT / "operator" / "testenv_api" / "pool_crd.yaml",
+    ROOT / "charts" / "testenv-operator" / "crds" / "testenv.dev_testenvironmentpools.yaml",
+]
+
+
+def test_pool_crd_is_made_from_the_environment_crd() -> None:
+    assert POOL_SOURCE.read_text() == pool_crd_text(_crd()), "run `make sync-crds`"
+    for copy in POOL_COPIES:
+        assert copy.read_bytes() == POOL_SOURCE.read_bytes(), f"{copy} drifted: run `make sync-crds`"
+    assert testenv_api.pool_crd_manifest() == yaml.safe_load(POOL_SOURCE.read_text())
+
+
+def test_a_pool_accepts_exactly_the_services_an_environment_does() -> None:
+    def spec_of(crd: dict[str, Any]) -> dict[str, Any]:
+        spec: dict[str, Any] = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        return spec
+
+    pool, environment = spec_of(testenv_api.pool_crd_manifest()), spec_of(_crd())
+    assert pool["properties"]["services"] == environment["properties"]["services"]
+    size_rule = [r for r in environment["x-kubernetes-validations"] if r.get("fieldPath") == ".services"]
+    assert size_rule
+    assert pool["x-kubernetes-validations"] == size_rule
+    assert pool["properties"]["size"]["maximum"] == MAX_POOL_SIZE
+    names = testenv_api.pool_crd_manifest()["spec"]["names"]
+    assert (names["kind"], names["plural"]) == (testenv_api.POOL_KIND, testenv_api.POOL_PLURAL)
+    assert testenv_api.pool_crd_manifest()["metadata"]["name"] == testenv_api.POOL_CRD_NAME
+
+
+def test_every_pool_field_has_a_description() -> None:
+    schema = testenv_api.pool_crd_manifest()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    assert [p for p in _undocumented(schema, "") if not p.endswith("[]")] == []

@@ -105,6 +105,14 @@ cluster-wide or, with watchNamespaces, by a Role in each watched namespace.
 - apiGroups: ["testenv.dev"]
   resources: ["testenvironments/status"]
   verbs: ["patch"]
+# TestEnvironmentPools likewise (kopf: list, watch, finalizer and annotations); the orphan sweep
+# lists them too, as a pool owns its free workers. The pools' status is the operator's.
+- apiGroups: ["testenv.dev"]
+  resources: ["testenvironmentpools"]
+  verbs: ["list", "watch", "patch"]
+- apiGroups: ["testenv.dev"]
+  resources: ["testenvironmentpools/status"]
+  verbs: ["patch"]
 # Events on TestEnvironments (Provisioning, Ready, Expired, ...), posted by kopf.
 - apiGroups: [""]
   resources: ["events"]
@@ -123,6 +131,11 @@ cluster-wide or, with watchNamespaces, by a Role in each watched namespace.
 {{- end -}}
 {{- if and (not .Values.workerAccess.create) (not .Values.workerAccess.name) -}}
 {{- fail "workerAccess.create=false needs workerAccess.name: the existing ClusterRole the operator binds to spec.access.subjects" -}}
+{{- end -}}
+{{- range .Values.pools -}}
+{{- if and $.Values.watchNamespaces (not (has .namespace $.Values.watchNamespaces)) -}}
+{{- fail (printf "pools: pool %s is in namespace %s, which watchNamespaces leaves out: add it there, or move the pool" .name .namespace) -}}
+{{- end -}}
 {{- end -}}
 {{- if and .Values.workerAccess.create .Values.pipelineRole.create (eq (include "testenv-operator.workerAccessRole" .) (include "testenv-operator.pipelineRole" .)) -}}
 {{- fail "workerAccess.name and pipelineRole.name must differ: they are two ClusterRoles with different rules" -}}

@@ -1,0 +1,177 @@
+"""Warm pools against the real API server: the operator fills them, environments claim from them.
+
+kwok makes the pooled pods Ready, which is what a claim waits for; the services themselves are
+the kind tier's business (tests/kind).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from testenv_api import (
+    ANNOTATION_PORT_BASE,
+    LABEL_OWNER_UID,
+    LABEL_POOL_UID,
+    LABEL_WORKER,
+    ConditionType,
+    Phase,
+)
+from testenv_api.status import workers_from_status
+from testenv_operator.orphans import sweep_orphans
+
+from . import environments as te
+
+pytestmark = pytest.mark.usefixtures("running_operator")
+REDIS_KAFKA = [{"name": "redis", "type": "redis"}, {"name": "kafka", "type": "kafka"}]
+
+
+@pytest.fixture
+def pools(api: client.ApiClient, tenant: str) -> Iterator[list[str]]:
+    """Names of the pools a test makes in `tenant`; deleted (and awaited) after it."""
+    names: list[str] = []
+    yield names
+    te.delete_all(api, tenant)  # claimers first: a pool's deletion leaves their workers alone
+    for name in names:
+        te.delete_pool(api, tenant, name)
+
+
+def _make_pool(
+    api: client.ApiClient, tenant: str, pools: list[str], name: str, size: int, **spec: Any
+) -> dict[str, Any]:
+    pools.append(name)
+    te.create_pool(api, tenant, te.pool_manifest(name, size, REDIS_KAFKA, **spec))
+    return te.wait_pool(api, tenant, name, ready=size, free=size, phase="Ready")
+
+
+def _events(api: client.ApiClient, tenant: str, name: str) -> dict[str, str]:
+    events = client.CoreV1Api(api).list_namespaced_event(tenant).items
+    return {e.reason: e.message for e in events if e.involved_object.name == name}
+
+
+def test_a_matching_environment_claims_ready_workers_and_the_pool_refills(
+    api: client.ApiClient, tenant: str, pools: list[str]
+) -> None:
+    pool = _make_pool(api, tenant, pools, "warm", 3, portBase=41000)
+    uid = pool["metadata"]["uid"]
+    free_before = te.pooled_namespaces(api, uid)
+    assert len(free_before) == 3
+    bases = sorted(int(ns.metadata.annotations[ANNOTATION_PORT_BASE]) for ns in free_before.values())
+    assert bases == [41000, 41002, 41004]  # 2 ports a worker (redis, kafka), blocks side by side
+
+    created = te.create(api, tenant, te.manifest("claimer", workers=2, services=REDIS_KAFKA))
+    body = te.wait_phase(api, tenant, "claimer", Phase.READY, readyWorkers=2)
+    workers = workers_from_status(body["status"])
+    assert {w.namespace for w in workers} <= set(free_before), "the workers are the pool's ready ones"
+    assert [w.pool for w in workers] == ["warm", "warm"]
+    core = client.CoreV1Api(api)
+    for worker in workers:
+        ns = core.read_namespace(worker.namespace).metadata
+        assert ns.labels[LABEL_OWNER_UID] == created["metadata"]["uid"]
+        assert ns.labels[LABEL_WORKER] == str(worker.index)
+        assert ns.labels[LABEL_POOL_UID] == uid
+        # The ports in status are the block the broker was started for, so the harness forwards them.
+        base = int(ns.annotations[ANNOTATION_PORT_BASE])
+        assert [p.local_port for s in worker.services for p in s.ports] == [base, base + 1]
+        kafka = client.AppsV1Api(api).read_namespaced_deployment("kafka", worker.namespace)
+        env = {e.name: e.value for e in kafka.spec.template.spec.containers[0].env}
+        assert f"EXTERNAL://localhost:{base + 1}" in env["KAFKA_ADVERTISED_LISTENERS"]
+    assert "Claimed" in _events(api, tenant, "claimer")
+
+    refilled = te.wait_pool(api, tenant, "warm", ready=3, free=3, claimed=2, phase="Ready")
+    now = te.pooled_namespaces(api, uid)
+    assert len(now) == 5
+    taken = {int(ns.metadata.annotations[ANNOTATION_PORT_BASE]) for ns in now.values()}
+    assert len(taken) == 5, "no two live workers of a pool share a port block"
+    assert refilled["status"]["message"] == "3 of 3 free workers ready, 2 claimed"
+
+    claimed = {w.namespace for w in workers}
+    te.delete(api, tenant, "claimer")
+    left = te.pooled_namespaces(api, uid)
+    assert not claimed & set(left), "a claimed worker is deleted with its claimer, never handed back"
+    assert te.wait_pool(api, tenant, "warm", free=3, claimed=0)["status"]["ready"] == 3
+
+
+def test_workers_beyond_the_ready_ones_are_made_for_the_claimer(
+    api: client.ApiClient, tenant: str, pools: list[str]
+) -> None:
+    pool = _make_pool(api, tenant, pools, "small", 1)
+    te.create(api, tenant, te.manifest("big", workers=3, services=REDIS_KAFKA))
+    body = te.wait_phase(api, tenant, "big", Phase.READY, readyWorkers=3)
+    workers = workers_from_status(body["status"])
+    assert [w.index for w in workers] == [0, 1, 2]
+    assert all(w.namespace.startswith("tp-") and w.pool == "small" for w in workers)
+    ports = [p.local_port for w in workers for s in w.services for p in s.ports]
+    assert len(set(ports)) == 6
+    events = _events(api, tenant, "big")
+    assert events["Claimed"] == "claimed ready pooled workers [0]"
+    assert events["Provisioning"] == "created the namespaces of workers [1, 2]"
+    te.wait_pool(api, tenant, "small", ready=1, free=1, claimed=3)
+    assert len(te.pooled_namespaces(api, pool["metadata"]["uid"])) == 4
+
+
+def test_other_services_get_their_own_namespaces(
+    api: client.ApiClient, tenant: str, pools: list[str]
+) -> None:
+    _make_pool(api, tenant, pools, "kafka-pool", 1)
+    te.create(api, tenant, te.manifest("redis-only", workers=1))
+    body = te.wait_phase(api, tenant, "redis-only", Phase.READY, readyWorkers=1)
+    (worker,) = workers_from_status(body["status"])
+    assert worker.namespace.startswith("te-")
+    assert worker.pool == ""
+    assert te.get_pool(api, tenant, "kafka-pool")["status"]["claimed"] == 0
+
+
+def test_claims_at_once_never_share_a_worker(api: client.ApiClient, tenant: str, pools: list[str]) -> None:
+    _make_pool(api, tenant, pools, "race", 4)
+    names = [f"racer-{i}" for i in range(4)]
+    with ThreadPoolExecutor(4) as threads:
+        list(
+            threads.map(
+                lambda n: te.create(api, tenant, te.manifest(n, workers=2, services=REDIS_KAFKA)), names
+            )
+        )
+    bodies = [te.wait_phase(api, tenant, n, Phase.READY, readyWorkers=2) for n in names]
+    namespaces = [w.namespace for b in bodies for w in workers_from_status(b["status"])]
+    assert len(namespaces) == len(set(namespaces)) == 8
+    ports = [
+        p.local_port
+        for b in bodies
+        for w in workers_from_status(b["status"])
+        for s in w.services
+        for p in s.ports
+    ]
+    assert len(set(ports)) == 16, "every claimer's ports differ, so two claimers can share a test machine"
+
+
+def test_a_deleted_pool_takes_its_free_workers_and_leaves_claimed_ones(
+    api: client.ApiClient, tenant: str, pools: list[str]
+) -> None:
+    pool = _make_pool(api, tenant, pools, "going", 2)
+    te.create(api, tenant, te.manifest("stays", workers=1, services=REDIS_KAFKA))
+    (worker,) = workers_from_status(
+        te.wait_phase(api, tenant, "stays", Phase.READY, readyWorkers=1)["status"]
+    )
+    te.delete_pool(api, tenant, "going")
+    pools.remove("going")
+    assert set(te.pooled_namespaces(api, pool["metadata"]["uid"])) == {worker.namespace}
+    # The claimer goes on being served, and changing its services now is refused by name.
+    te.patch_spec(api, tenant, "stays", {"services": [{"name": "redis", "type": "redis"}]})
+    body = te.wait_phase(api, tenant, "stays", Phase.FAILED)
+    (spec_valid,) = [c for c in body["status"]["conditions"] if c["type"] == ConditionType.SPEC_VALID]
+    assert spec_valid["message"].startswith(
+        "spec.services: this environment's workers were claimed from pool going"
+    )
+
+
+def test_the_orphan_sweep_counts_a_pool_as_its_free_workers_owner(
+    api: client.ApiClient, tenant: str, pools: list[str]
+) -> None:
+    pool = _make_pool(api, tenant, pools, "kept", 1)
+    (name,) = te.pooled_namespaces(api, pool["metadata"]["uid"])
+    assert name not in sweep_orphans(api)
+    assert name in te.pooled_namespaces(api, pool["metadata"]["uid"])
