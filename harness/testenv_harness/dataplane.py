@@ -29,7 +29,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from testenv_api import LABEL_OWNER_UID
+from testenv_api import LABEL_OWNER_UID, LABEL_POOL_UID
 from testenv_harness.children import dies_with_parent
 from testenv_harness.localports import free_port
 from testenv_harness.runners import Launch, PodSpec, RunnerError, launch_for, pod_spec
@@ -106,10 +106,18 @@ class DataPlane:
         self._stop_all()
 
     def _pods(self) -> list[dict[str, Any]]:
+        """The environment's pods: those it made, and those in namespaces it claimed from a pool
+        (they carry the pool's labels; nothing runs them before the claim on this cluster)."""
         response = self.core.list_pod_for_all_namespaces(
             label_selector=f"{LABEL_OWNER_UID}={self.owner_uid}", _preload_content=False
         )
         pods: list[dict[str, Any]] = json.loads(response.data)["items"]
+        claimed = self.core.list_namespace(
+            label_selector=f"{LABEL_OWNER_UID}={self.owner_uid},{LABEL_POOL_UID}", _preload_content=False
+        )
+        for namespace in json.loads(claimed.data)["items"]:
+            response = self.core.list_namespaced_pod(namespace["metadata"]["name"], _preload_content=False)
+            pods += json.loads(response.data)["items"]
         return pods
 
     def _sync(self) -> None:

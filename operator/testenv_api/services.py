@@ -64,4 +64,12 @@ def kafka_environment(namespace: str, service: str, external_port: int) -> dict[
         "KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS": "0",
         "KAFKA_AUTO_CREATE_TOPICS_ENABLE": "true",
         "KAFKA_NUM_PARTITIONS": "1",
+        # A one-client test broker needs few threads; Kafka's defaults (8 I/O, 3 network, 10
+        # background, a log cleaner) cost about 10% of a start's CPU (bench/README.md, kafka_start).
+        "KAFKA_NUM_IO_THREADS": "2",
+        "KAFKA_NUM_NETWORK_THREADS": "1",
+        "KAFKA_BACKGROUND_THREADS": "2",
+        "KAFKA_GROUP_COORDINATOR_THREADS": "1",
+        "KAFKA_SHARE_COORDINATOR_THREADS": "1",
+        "KAFKA_LOG_CLEANER_ENABLE": "false",
     }

@@ -250,6 +250,12 @@ class Pools:
             message = "; ".join(map(str, problems))
             outcome.status = _pool_status(generation, "Failed", message, len(free), 0, len(claimed))
             return outcome
+        # Workers of services the pool no longer runs (its spec changed) are replaced.
+        digest = services_digest(pool.services)
+        for slot in [s for s in free if s.services_digest != digest]:
+            free.remove(slot)
+            if kubeio.delete_namespace_if_unchanged(self.api, slot.name, slot.resource_version):
+                outcome.removed.append(slot.name)
         ready = self.ready_namespaces(pool)
         # Surplus (a smaller size): the newest go first, starting ones before ready ones.
         by_value = sorted(free, key=lambda s: (s.name in ready, s.created), reverse=True)
@@ -312,8 +318,8 @@ class Pools:
             (s for s in self.slots(f"{LABEL_POOL_UID}={pool.uid},{LABEL_OWNER_UID}={pool.uid}") if s.free),
             key=lambda s: (s.created, s.name),
         )
-        ready = self.ready_namespaces(pool)
-        candidates = iter([s for s in free if s.name in ready])
+        ready, digest = self.ready_namespaces(pool), services_digest(pool.services)
+        candidates = iter([s for s in free if s.name in ready and s.services_digest == digest])
         taken: dict[int, str] = {}
         for index in indexes:
             for slot in candidates:

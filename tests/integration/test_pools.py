@@ -15,13 +15,17 @@ from kubernetes import client
 
 from testenv_api import (
     ANNOTATION_PORT_BASE,
+    GROUP,
     LABEL_OWNER_UID,
     LABEL_POOL_UID,
     LABEL_WORKER,
+    POOL_PLURAL,
+    VERSION,
     ConditionType,
     Phase,
 )
 from testenv_api.status import workers_from_status
+from testenv_harness.waiting import wait_for
 from testenv_operator.orphans import sweep_orphans
 
 from . import environments as te
@@ -175,3 +179,34 @@ def test_the_orphan_sweep_counts_a_pool_as_its_free_workers_owner(
     (name,) = te.pooled_namespaces(api, pool["metadata"]["uid"])
     assert name not in sweep_orphans(api)
     assert name in te.pooled_namespaces(api, pool["metadata"]["uid"])
+
+
+def test_a_pool_whose_services_change_replaces_its_free_workers(
+    api: client.ApiClient, tenant: str, pools: list[str]
+) -> None:
+    pool = _make_pool(api, tenant, pools, "changing", 1)
+    uid = pool["metadata"]["uid"]
+    (old,) = te.pooled_namespaces(api, uid)
+    redis_only = [{"name": "redis", "type": "redis"}]
+    client.CustomObjectsApi(api).patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        tenant,
+        POOL_PLURAL,
+        "changing",
+        {"spec": {"services": redis_only}},
+        _content_type="application/merge-patch+json",
+    )
+    wait_for(
+        lambda: old not in te.pooled_namespaces(api, uid) and len(te.pooled_namespaces(api, uid)) == 1,
+        timeout=60,
+        what="the old free worker to be replaced",
+    )
+    te.wait_pool(api, tenant, "changing", ready=1, free=1, phase="Ready")
+    te.create(api, tenant, te.manifest("after", workers=1, services=redis_only))
+    (worker,) = workers_from_status(
+        te.wait_phase(api, tenant, "after", Phase.READY, readyWorkers=1)["status"]
+    )
+    assert worker.pool == "changing"
+    deployments = client.AppsV1Api(api).list_namespaced_deployment(worker.namespace).items
+    assert [d.metadata.name for d in deployments] == ["redis"]
