@@ -32,7 +32,7 @@ from testenv_operator.orphans import sweep_orphans
 from testenv_operator.pacing import seconds_to_next_pass
 from testenv_operator.readiness import Observed
 from testenv_operator.reconciler import Outcome, expiry_reason, seconds_to_expiry
-from testenv_operator.runtime import Runtime
+from testenv_operator.runtime import THREADS, Runtime
 from testenv_operator.settings import Settings
 from testenv_operator.validation import Sibling
 
@@ -69,7 +69,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # wake a converger (cheap, idempotent), so the default 0.1 s was pure latency on every
     # readiness change: a Deployment turning ready reached the status 60-120 ms later.
     settings.batching.batch_window = BATCH_WINDOW_SECONDS
-    runtime = Runtime.make(kubeio.connect(), ours)
+    runtime = Runtime.make(kubeio.connect(THREADS), ours)
     settings.execution.executor = runtime.pool  # kopf's synchronous handlers (the index) too
     runtime.sweeper = asyncio.create_task(_sweep_orphans_forever(runtime))
     memo.runtime = runtime
