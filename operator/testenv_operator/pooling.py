@@ -258,8 +258,8 @@ class Pools:
                 outcome.removed.append(slot.name)
         ready = self.ready_namespaces(pool)
         # Surplus (a smaller size): the newest go first, starting ones before ready ones.
-        by_value = sorted(free, key=lambda s: (s.name in ready, s.created), reverse=True)
-        surplus = by_value[pool.size :]
+        kept_first = sorted(free, key=lambda s: (s.name not in ready, s.created))
+        surplus = kept_first[pool.size :]
         for slot in surplus:  # unless a claim took it meanwhile
             if kubeio.delete_namespace_if_unchanged(self.api, slot.name, slot.resource_version):
                 outcome.removed.append(slot.name)

@@ -210,3 +210,27 @@ def test_a_pool_whose_services_change_replaces_its_free_workers(
     assert worker.pool == "changing"
     deployments = client.AppsV1Api(api).list_namespaced_deployment(worker.namespace).items
     assert [d.metadata.name for d in deployments] == ["redis"]
+
+
+def test_a_smaller_size_deletes_the_surplus_and_never_a_claimed_worker(
+    api: client.ApiClient, tenant: str, pools: list[str]
+) -> None:
+    pool = _make_pool(api, tenant, pools, "shrinking", 3)
+    uid = pool["metadata"]["uid"]
+    te.create(api, tenant, te.manifest("holder", workers=1, services=REDIS_KAFKA))
+    (worker,) = workers_from_status(
+        te.wait_phase(api, tenant, "holder", Phase.READY, readyWorkers=1)["status"]
+    )
+    te.wait_pool(api, tenant, "shrinking", ready=3, free=3, claimed=1)
+    client.CustomObjectsApi(api).patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        tenant,
+        POOL_PLURAL,
+        "shrinking",
+        {"spec": {"size": 1}},
+        _content_type="application/merge-patch+json",
+    )
+    te.wait_pool(api, tenant, "shrinking", ready=1, free=1, claimed=1, phase="Ready")
+    wait_for(lambda: len(te.pooled_namespaces(api, uid)) == 2, timeout=60, what="the surplus to go")
+    assert worker.namespace in te.pooled_namespaces(api, uid)
