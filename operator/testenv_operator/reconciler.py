@@ -57,6 +57,16 @@ class Outcome:
     pooled_namespaces: list[str] = dataclasses.field(default_factory=list)
 
 
+def _pooled(namespaces: Iterable[Obj]) -> list[Slot]:
+    """The namespaces, of those an environment owns, that a pool made (its claimed workers)."""
+    return [Slot.of(ns) for ns in namespaces if LABEL_POOL_UID in (ns["metadata"].get("labels") or {})]
+
+
+def _previous_phases(body: Mapping[str, Any]) -> dict[Any, Any]:
+    """Each worker's phase as the environment's status last said, by index."""
+    return {w.get("index"): w.get("phase") for w in (body.get("status") or {}).get("workers") or []}
+
+
 def owner_of(body: Mapping[str, Any]) -> Owner:
     meta = body["metadata"]
     return Owner(meta["namespace"], meta["name"], meta["uid"])
@@ -280,8 +290,8 @@ class Reconciler:
         listed: list[Obj] | None = None
         if acting or pooled:
             listed = kubeio.list_labelled(self.api, "Namespace", f"{LABEL_OWNER_UID}={owner.uid}")
-            slots = [Slot.of(ns) for ns in listed if LABEL_POOL_UID in (ns["metadata"].get("labels") or {})]
-            serving = [Pool.of(p) for p in pools if Pool.of(p).serves(spec)]
+            slots = _pooled(listed)
+            serving = [pool for pool in map(Pool.of, pools) if pool.serves(spec)]
             if slots or pooled or (not listed and apply_all and serving):
                 return self._claimed_pass(body, owner, spec, slots, serving, acting)
         if known is not None and not acting:
@@ -314,7 +324,7 @@ class Reconciler:
                 if applied:
                     (outcome.created if state is None else outcome.repaired).append(plan.index)
         outcome.removed_namespaces = self._prune(owner, plans, observed) if acting else []
-        previous = {w.get("index"): w.get("phase") for w in (body.get("status") or {}).get("workers") or []}
+        previous = _previous_phases(body)
         workers = [
             readiness.worker_status(
                 p, observed, owner.uid, previous.get(p.index) in (Phase.READY, Phase.DEGRADED)
@@ -352,8 +362,7 @@ class Reconciler:
             if problems:  # the pool's Secrets: new workers wait for them, as the pool's own do
                 outcome.problems, outcome.status = problems, self._status(body, [], problems, waiting=True)
                 return outcome
-            listed = kubeio.list_labelled(self.api, "Namespace", f"{LABEL_OWNER_UID}={owner.uid}")
-            slots = [Slot.of(ns) for ns in listed if LABEL_POOL_UID in (ns["metadata"].get("labels") or {})]
+            slots = _pooled(kubeio.list_labelled(self.api, "Namespace", f"{LABEL_OWNER_UID}={owner.uid}"))
         by_index: dict[int, Slot] = {}
         for slot in sorted((s for s in slots if not s.terminating), key=lambda s: (s.worker, s.created)):
             if slot.worker in by_index or slot.worker >= workers:
@@ -394,7 +403,7 @@ class Reconciler:
             ready,
             frozenset(),
         )
-        previous = {w.get("index"): w.get("phase") for w in (body.get("status") or {}).get("workers") or []}
+        previous = _previous_phases(body)
         statuses = [
             dataclasses.replace(
                 readiness.worker_status(
