@@ -3,12 +3,14 @@ control plane running as pods from images that were never pulled."""
 
 from __future__ import annotations
 
+import ipaddress
 import subprocess
 
 from kubernetes import client
 
 from testenv_harness import imagebuild, kube, toolchain
 from testenv_harness.clusters import Cluster
+from testenv_harness.clusters.kind import KindProvider
 from testenv_harness.waiting import wait_for
 
 
@@ -55,3 +57,16 @@ def test_every_system_pod_runs_from_images_that_were_never_pulled(kind_cluster: 
     assert {"kube-dns", "kube-proxy"} <= components
     images = {s.image for p in pods for s in p.status.container_statuses}
     assert all(image.startswith(f"{imagebuild.REPOSITORY}/") for image in images), images
+
+
+def test_the_clusters_published_ports_listen_on_loopback_only(
+    kind_cluster: Cluster, kind_provider: KindProvider
+) -> None:
+    """What the node container publishes on this machine (the API server's port) is reachable
+    from this machine only, never from the network (issue 24: a cluster-admin endpoint)."""
+    published = imagebuild.docker("port", f"{kind_provider.cluster_name}-control-plane").split("\n")
+    published = [line for line in published if line.strip()]
+    assert published, "the API server's port is published"
+    for line in published:  # e.g. "6443/tcp -> 127.0.0.1:39415"
+        address = line.split(" -> ", 1)[1].rsplit(":", 1)[0]
+        assert ipaddress.ip_address(address.strip("[]")).is_loopback, line

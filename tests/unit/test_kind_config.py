@@ -19,7 +19,7 @@ def _patches(config: dict[str, object]) -> list[dict[str, object]]:
 def test_our_node_points_kubeadm_at_our_repository_and_brings_its_own_cni() -> None:
     config = cluster_config(NodeImage("kube-testenv.local/node:abc", local=True), cgroup_v1=False)
     assert config["nodes"] == [{"role": "control-plane", "image": "kube-testenv.local/node:abc"}]
-    assert config["networking"] == {"disableDefaultCNI": True}
+    assert config["networking"] == {"apiServerAddress": "127.0.0.1", "disableDefaultCNI": True}
     (cluster,) = _patches(config)
     assert cluster["imageRepository"] == imagebuild.REPOSITORY
     assert cluster["etcd"] == {"local": {"imageTag": toolchain.ETCD_VERSION.lstrip("v")}}
@@ -29,7 +29,7 @@ def test_our_node_points_kubeadm_at_our_repository_and_brings_its_own_cni() -> N
 def test_upstream_node_is_left_to_its_defaults_and_pinned_by_digest() -> None:
     config = cluster_config(NodeImage(UPSTREAM_NODE_IMAGE, local=False), cgroup_v1=False)
     assert "@sha256:" in config["nodes"][0]["image"]  # type: ignore[index]
-    assert "networking" not in config
+    assert config["networking"] == {"apiServerAddress": "127.0.0.1"}, "never on every interface"
     assert "kubeadmConfigPatches" not in config
 
 

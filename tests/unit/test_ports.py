@@ -5,6 +5,8 @@ from typing import Any
 import pytest
 
 from testenv_api import DEFAULT_PORT_BASE, PortPlanError, local_ports, plan_ports, ports_needed, primary_port
+from testenv_harness.localports import free_port
+from testenv_harness.portforward import ServiceForward
 
 SERVICES = [
     {"name": "redis", "type": "redis"},
@@ -58,3 +60,12 @@ def test_ports_are_counted_before_the_api_server_validated_the_spec() -> None:
     spec = {"workers": 1, "services": [{"type": "redis"}, {"type": "custom", "custom": {"ports": [{}, {}]}}]}
     assert ports_needed(spec) == 3
     assert ports_needed({"services": [{"type": "memcached"}, {"type": "custom"}]}) == 0
+
+
+def test_a_forward_listens_on_loopback_only() -> None:
+    """A worker's forwards reach its services from this machine only, never from the network."""
+    forward = ServiceForward(None, "redis", 6379, free_port())  # type: ignore[arg-type]
+    try:
+        assert forward.server.getsockname()[0] == "127.0.0.1"
+    finally:
+        forward.close()

@@ -110,9 +110,12 @@ def cluster_config(node: NodeImage, cgroup_v1: bool) -> dict[str, Any]:
         "apiVersion": "kind.x-k8s.io/v1alpha4",
         "nodes": [{"role": "control-plane", "image": node.reference}],
     }
+    # The API server's published port on loopback only (kind's default, said here on purpose: a
+    # cluster-admin endpoint must never listen on every interface of a laptop or a CI runner).
+    config["networking"] = {"apiServerAddress": "127.0.0.1"}
     if node.local:
         # Our node carries a static CNI configuration; kind's kindnetd image cannot be had offline.
-        config["networking"] = {"disableDefaultCNI": True}
+        config["networking"]["disableDefaultCNI"] = True
     if patches:
         config["kubeadmConfigPatches"] = patches
     return config

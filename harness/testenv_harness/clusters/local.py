@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from testenv_harness import toolchain
+from testenv_harness.clusters import kwokctl_config
 from testenv_harness.clusters.base import MOTO_RESET, Cluster
 from testenv_harness.errors import ClusterError
 from testenv_harness.waiting import WaitTimeoutError, wait_for
@@ -171,6 +172,7 @@ class LocalProvider:
     def up(self) -> Cluster:
         self._check_tools()
         started = time.monotonic()
+        self._replace_if_exposed()
         if self.healthy():
             self.report(f"reusing local cluster {self.cluster_name!r}")
         elif self.exists():
@@ -184,33 +186,26 @@ class LocalProvider:
         self.report(f"local cluster {self.cluster_name!r} ready in {took:.1f}s ({self.kubeconfig})")
         return Cluster(self.name, self.cluster_name, self.kubeconfig, toolchain.bin_dir())
 
+    def _replace_if_exposed(self) -> None:
+        """Delete a cluster made before it was kept to loopback, so that `up` makes a new one.
+
+        kwokctl restarts a cluster with the flags it was created with: one made by an older
+        version would go on serving etcd, unauthenticated, on every interface.
+        """
+        if self.exists() and not kwokctl_config.is_loopback_with_etcd_tls(self.cluster_dir / "kwok.yaml"):
+            self.report(
+                f"local cluster {self.cluster_name!r} was made by an older kube-testenv and listens on "
+                "every interface with a plain-HTTP etcd: deleting it to create it anew"
+            )
+            self.down()
+
     def _create(self) -> None:
         self.report(f"creating local cluster {self.cluster_name!r} (kwokctl, binary runtime)")
         try:
-            self._kwokctl(
-                "create",
-                "cluster",
-                "--enable-crds",
-                ",".join(_KWOK_CRDS),
-                # Client QPS limits make the namespace controller take minutes to delete a few
-                # dozen namespaces (it lists and deletes every resource type in each one).
-                "--disable-qps-limits",
-                "--extra-args",
-                "kube-controller-manager=concurrent-namespace-syncs=20",
-                # The API server's default Service range, a /24, holds 254 Services: 85 workers of
-                # three services. A /16 holds what the worker limit allows (256 x 16 services).
-                "--extra-args",
-                f"kube-apiserver=service-cluster-ip-range={SERVICE_CIDR}",
-                "--extra-args",
-                f"kube-controller-manager=service-cluster-ip-range={SERVICE_CIDR}",
-                "--wait",
-                f"{self.timeout:.0f}s",
-                "--timeout",
-                f"{self.timeout:.0f}s",
-                # Empty: kwokctl's default merges the cluster into ~/.kube/config and switches the
-                # user's current context. Ours is the cluster's own kubeconfig.yaml.
-                "--kubeconfig=",
-            )
+            with kwokctl_config.config_file(self.cluster_dir) as config:
+                self._create_with(config)
+            # kwokctl makes it group-readable (0750); it holds the admin key and etcd's data.
+            self.cluster_dir.chmod(0o700)
             self._wait_ready()
         except ClusterError as exc:
             logs = self._component_logs()
@@ -218,6 +213,34 @@ class LocalProvider:
             raise ClusterError(
                 f"{exc}\n{logs}\nhint: the partial cluster was deleted; retry `make cluster-up`"
             ) from exc
+
+    def _create_with(self, config: Path) -> None:
+        """`kwokctl create cluster`; `config` keeps every component on loopback and etcd on TLS."""
+        self._kwokctl(
+            "create",
+            "cluster",
+            f"--config={config}",
+            "--enable-crds",
+            ",".join(_KWOK_CRDS),
+            # Client QPS limits make the namespace controller take minutes to delete a few
+            # dozen namespaces (it lists and deletes every resource type in each one).
+            "--disable-qps-limits",
+            "--extra-args",
+            "kube-controller-manager=concurrent-namespace-syncs=20",
+            # The API server's default Service range, a /24, holds 254 Services: 85 workers of
+            # three services. A /16 holds what the worker limit allows (256 x 16 services).
+            "--extra-args",
+            f"kube-apiserver=service-cluster-ip-range={SERVICE_CIDR}",
+            "--extra-args",
+            f"kube-controller-manager=service-cluster-ip-range={SERVICE_CIDR}",
+            "--wait",
+            f"{self.timeout:.0f}s",
+            "--timeout",
+            f"{self.timeout:.0f}s",
+            # Empty: kwokctl's default merges the cluster into ~/.kube/config and switches the
+            # user's current context. Ours is the cluster's own kubeconfig.yaml.
+            "--kubeconfig=",
+        )
 
     def _component_logs(self) -> str:
         tails = []
