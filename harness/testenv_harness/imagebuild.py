@@ -67,6 +67,9 @@ class Image:
     extras: tuple[str, ...] = ()
     #: A Dockerfile of the checkout (relative to its root), built with the checkout as context.
     dockerfile: str = ""
+    #: Parts of the checkout (relative to its root) copied into the recipe's build context under
+    #: the same paths, without what the operator image leaves out (see `checkout_files`).
+    checkout: tuple[str, ...] = ()
 
 
 def _debian(suite: str) -> Image:
@@ -115,6 +118,19 @@ IMAGES: dict[str, Image] = {
         # The operator's base, and the Helm path's operator from operator/Dockerfile on it.
         Image("python", base="debian-bookworm"),
         Image("operator", base="python", dockerfile="operator/Dockerfile", args=(("PYTHON_IMAGE", "@base"),)),
+        # A pod that runs the example suite in the cluster (a CI job there), on the same base.
+        Image(
+            "runner",
+            base="python",
+            checkout=(
+                "pyproject.toml",
+                "README.md",
+                "operator",
+                "harness",
+                "examples/suite",
+                "examples/testenvironment.yaml",
+            ),
+        ),
     )
 }
 
@@ -147,8 +163,8 @@ _CONTEXT_SOURCES: dict[str, tuple[Callable[[Report], Path], Callable[[], str]]] 
     "kafka-training": (_kafka_training, lambda: hashlib.sha256(kafka_training_env().encode()).hexdigest()),
 }
 
-#: What `make kind-images` builds: node, services, operator (and what they are built from).
-DEFAULT_SET = ("node", *(image.name for image in SERVICE_IMAGES), "operator")
+#: What `make kind-images` builds: node, services, operator, runner (and what they are built from).
+DEFAULT_SET = ("node", *(image.name for image in SERVICE_IMAGES), "operator", "runner")
 
 
 # -- keys and names ---------------------------------------------------------------------------
@@ -166,7 +182,30 @@ def _checkout_sources() -> list[Path]:
 
 
 #: What .dockerignore keeps out of the operator image: the tools for building clusters.
-_NOT_IN_OPERATOR = tuple(CHECKOUT / "harness" / "testenv_harness" / name for name in ("images", "gotools"))
+_NOT_IN_OPERATOR_PATHS = tuple(Path("harness", "testenv_harness", name) for name in ("images", "gotools"))
+_NOT_IN_OPERATOR = tuple(CHECKOUT / path for path in _NOT_IN_OPERATOR_PATHS)
+
+
+def checkout_files(part: str) -> list[Path]:
+    """The files of one part of the checkout that an `Image.checkout` copies in, relative to its root.
+
+    The same files the operator image's .dockerignore lets through: no byte code, no egg-info,
+    no image recipes or Go modules. The key hashes exactly these, so it follows what is copied.
+    """
+    root = CHECKOUT / part
+    if root.is_file():
+        return [Path(part)]
+    files = []
+    for path in root.rglob("*"):  # nothing when the part is missing: building says so
+        relative = path.relative_to(CHECKOUT)
+        if not path.is_file() or path.suffix == ".pyc":
+            continue
+        if any(name == "__pycache__" or name.endswith(".egg-info") for name in relative.parts):
+            continue
+        if any(relative.is_relative_to(excluded) for excluded in _NOT_IN_OPERATOR_PATHS):
+            continue
+        files.append(relative)
+    return sorted(files)
 
 
 def _hash_tree(digest: hashlib._Hash, root: Path, exclude: tuple[Path, ...] = ()) -> None:
@@ -193,6 +232,10 @@ def key(name: str) -> str:
             _hash_tree(digest, source, exclude=_NOT_IN_OPERATOR)
     else:
         _hash_tree(digest, _recipe_dir(image))
+    for part in image.checkout:
+        for path in checkout_files(part):
+            digest.update(str(path).encode())
+            digest.update((CHECKOUT / path).read_bytes())
     if image.recipe == "debian" and LOCAL_CAS.is_dir():
         _hash_tree(digest, LOCAL_CAS)
     for dependency in (image.base, *image.embeds):
@@ -360,6 +403,17 @@ def _build_rootfs(image: Image, ref: str, log: Path) -> None:
 
 def _context(image: Image, staging: Path, report: Report) -> None:
     shutil.copytree(_recipe_dir(image), staging, dirs_exist_ok=True)
+    for part in image.checkout:
+        if not (CHECKOUT / part).exists():
+            raise ToolchainError(
+                f"the {image.name} image copies {part} of a kube-testenv checkout, and {CHECKOUT} is not one"
+            )
+        for path in checkout_files(part):
+            target = staging / path
+            if target.exists():
+                raise ToolchainError(f"the {image.name} recipe has a file named like the checkout's {path}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(CHECKOUT / path, target)
     if image.binaries:
         paths = toolchain.build_binaries(image.binaries, report)
         (staging / "bin").mkdir(exist_ok=True)

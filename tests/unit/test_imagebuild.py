@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,85 @@ def test_the_apt_mirror_is_read_from_deb822_and_one_line_sources(tmp_path: Path)
         "http://m.example/debian"
     )
     assert imagebuild.mirror_from("deb http://security.example/debian-security bookworm main\n") is None
+
+
+def _fake_checkout(root: Path) -> None:
+    for path, text in {
+        "pyproject.toml": "[project]\n",
+        "README.md": "# readme\n",
+        "operator/testenv_operator/handlers.py": "",
+        "harness/testenv_harness/plugin.py": "",
+        "harness/testenv_harness/images/redis/Dockerfile": "FROM ${BASE}\n",
+        "harness/testenv_harness/__pycache__/plugin.cpython-311.pyc": "",
+        "examples/suite/pytest.ini": "[pytest]\ntestenv_manifest = ../testenvironment.yaml\n",
+        "examples/suite/test_redis.py": "def test_it(): pass\n",
+        "examples/testenvironment.yaml": "spec: {workers: 4}\n",
+        "examples/ginkgo/suite_test.go": "package suite\n",
+    }.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(text)
+
+
+def test_the_runner_key_follows_the_example_suite_and_nothing_it_leaves_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fake_checkout(tmp_path)
+    monkeypatch.setattr(imagebuild, "CHECKOUT", tmp_path)
+
+    def runner_key() -> str:
+        imagebuild.key.cache_clear()
+        return imagebuild.key("runner")
+
+    before = runner_key()
+    for ignored in ("examples/ginkgo/suite_test.go", "harness/testenv_harness/images/redis/Dockerfile"):
+        (tmp_path / ignored).write_text("changed\n")
+    (tmp_path / "examples/suite/__pycache__").mkdir()
+    (tmp_path / "examples/suite/__pycache__/test_redis.cpython-311.pyc").write_text("")
+    assert runner_key() == before, "what the image does not copy must not change its key"
+    keys = {before}
+    for copied in (
+        "examples/suite/test_redis.py",
+        "examples/testenvironment.yaml",
+        "harness/testenv_harness/plugin.py",
+    ):
+        (tmp_path / copied).write_text("changed\n")
+        keys.add(runner_key())
+    (tmp_path / "examples/suite/test_kafka.py").write_text("")
+    keys.add(runner_key())
+    imagebuild.key.cache_clear()
+    assert len(keys) == 5, "every change to what the image copies gives a new key"
+
+
+def test_the_runner_context_holds_the_recipe_and_the_copied_checkout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checkout, staging = tmp_path / "checkout", tmp_path / "staging"
+    _fake_checkout(checkout)
+    monkeypatch.setattr(imagebuild, "CHECKOUT", checkout)
+    imagebuild._context(imagebuild.IMAGES["runner"], staging, lambda _: None)
+    files = {str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file()}
+    assert files == {
+        "Dockerfile",
+        "constraints.txt",
+        "pyproject.toml",
+        "README.md",
+        "operator/testenv_operator/handlers.py",
+        "harness/testenv_harness/plugin.py",
+        "examples/suite/pytest.ini",
+        "examples/suite/test_redis.py",
+        "examples/testenvironment.yaml",
+    }
+
+
+def test_the_runner_lays_the_suite_out_as_its_pytest_ini_expects() -> None:
+    recipe = imagebuild.RECIPES / "runner"
+    dockerfile = (recipe / "Dockerfile").read_text()
+    assert "COPY examples/suite/ /work/suite/" in dockerfile
+    assert "COPY examples/testenvironment.yaml /work/testenvironment.yaml" in dockerfile
+    ini = (imagebuild.CHECKOUT / "examples" / "suite" / "pytest.ini").read_text()
+    assert "testenv_manifest = ../testenvironment.yaml" in ini
+    pins = [
+        line for line in (recipe / "constraints.txt").read_text().splitlines() if not line.startswith("#")
+    ]
+    assert pins, "the runner installs from PyPI with every version pinned"
+    assert all(re.fullmatch(r"[A-Za-z0-9_.-]+==[A-Za-z0-9_.+-]+", line) for line in pins), pins
