@@ -35,6 +35,20 @@ def bindable(port: int) -> bool:
     return True
 
 
+#: Where Linux keeps the range of source ports it gives outgoing connections.
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def ephemeral(port: int) -> bool:
+    """Whether `port` lies in this machine's ephemeral range: any outgoing connection may hold it
+    as its source port, and a listener cannot bind it meanwhile."""
+    try:
+        low, high = (int(part) for part in EPHEMERAL_RANGE_FILE.read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999  # Linux's default
+    return low <= port <= high
+
+
 def alive(pid: int) -> bool:
     """Whether process `pid` is running (a zombie, dead but not yet waited for, is not)."""
     try:

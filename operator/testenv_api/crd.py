@@ -16,8 +16,10 @@ import yaml
 from testenv_api.limits import MAX_POOL_SIZE
 from testenv_api.names import GROUP, POOL_CRD_NAME, POOL_KIND, POOL_PLURAL, POOL_SHORT_NAMES, VERSION
 
-#: The first local port of a pool's port plan when its manifest sets none.
-DEFAULT_POOL_PORT_BASE = 40000
+#: The first local port of a pool's port plan when its manifest sets none. Below Linux's ephemeral
+#: range (32768-60999 by default): a port there may be the source port of any outgoing connection
+#: on the test machine (its own to the API server included), and a forward cannot bind it then.
+DEFAULT_POOL_PORT_BASE = 30000
 
 
 def _load(name: str) -> dict[str, Any]:
@@ -71,7 +73,9 @@ def pool_crd_from(environment_crd: dict[str, Any]) -> dict[str, Any]:
             "portBase": _integer(
                 "First local port of the pool's port plan. Each worker the pool makes takes the next "
                 "free block of (ports per worker) ports from here, and a claiming harness binds that "
-                "worker's block on its test machine: keep the range free on CI runners.",
+                "worker's block on its test machine: keep the range free on CI runners, and below "
+                "the machine's ephemeral port range (Linux: 32768-60999), whose ports outgoing "
+                "connections take.",
                 1024,
                 65535,
                 DEFAULT_POOL_PORT_BASE,

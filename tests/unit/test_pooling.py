@@ -75,7 +75,7 @@ def test_a_pool_serves_only_the_same_services() -> None:
     assert not pool.serves({"services": REDIS_KAFKA[:1]})
     assert not pool.serves({"services": [REDIS_KAFKA[0], {**REDIS_KAFKA[1], "image": "apache/kafka:4.0.0"}]})
     assert not Pool("ci", "empty", "uid", {}).serves({"services": REDIS_KAFKA})
-    assert (pool.size, pool.port_base) == (2, 40000)  # the CRD's defaults when a body lacks them
+    assert (pool.size, pool.port_base) == (2, 30000)  # the CRD's defaults when a body lacks them
 
 
 def test_pool_namespaces_fit_and_differ_by_token() -> None:
