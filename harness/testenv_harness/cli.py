@@ -23,7 +23,7 @@ from typing import Any
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
-from testenv_harness import cli_runs, imagebuild, kafka_cds, kafka_runtime, toolchain
+from testenv_harness import cli_runs, imagebuild, kafka_cds, kafka_runtime, kube, toolchain
 from testenv_harness.clusters.kind import KindProvider
 from testenv_harness.clusters.local import DEFAULT_NAME, LocalProvider
 from testenv_harness.errors import TestEnvError
@@ -180,8 +180,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (TestEnvError, ValueError) as exc:
         _say(f"testenv: error: {exc}")
         return 1
-    except (ApiException, urllib3.exceptions.HTTPError) as exc:
-        reason = f"{exc.status} {exc.reason}" if isinstance(exc, ApiException) else str(exc).splitlines()[0]
+    except ApiException as exc:
+        if exc.status in (401, 403):
+            _say(
+                f"testenv: error: the cluster refused a call ({exc.status} {exc.reason}: {kube.said(exc)}); "
+                "on a shared cluster, docs/shared-ci-cluster.md says which role grants what"
+            )
+            return 1
+        _say(
+            f"testenv: error: the cluster did not answer as expected ({exc.status} {exc.reason}: "
+            f"{kube.said(exc)}): is it up? `testenv status` shows each run's cluster, `testenv sweep` clears "
+            "runs whose cluster is gone"
+        )
+        return 1
+    except urllib3.exceptions.HTTPError as exc:
+        reason = str(exc).splitlines()[0]
         _say(
             f"testenv: error: the cluster did not answer ({reason}): is it up? "
             "`testenv status` shows each run's cluster, `testenv sweep` clears runs whose cluster is gone"

@@ -24,6 +24,7 @@ from types import FrameType
 from typing import Any
 
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from testenv_api import GROUP, MAX_WORKERS, PLURAL, VERSION
 from testenv_harness import exports, kube, reuse, runstate, supervise
@@ -31,7 +32,14 @@ from testenv_harness.errors import TestEnvError
 from testenv_harness.holder import Holder
 from testenv_harness.localports import bindable
 from testenv_harness.runstate import RunState
-from testenv_harness.session import PROVIDERS, RunOptions, RunSession, load_manifest, services_manifest
+from testenv_harness.session import (
+    CONNECT_MODES,
+    PROVIDERS,
+    RunOptions,
+    RunSession,
+    load_manifest,
+    services_manifest,
+)
 from testenv_harness.testenv import TestEnv
 
 Say = Callable[[str], None]
@@ -106,6 +114,9 @@ def _run_options(args: argparse.Namespace) -> tuple[str, RunOptions]:
         provider=args.cluster,
         cluster_name=args.cluster_name,
         namespace=args.namespace,
+        kubeconfig=args.kubeconfig,
+        context=args.context,
+        connect=args.connect,
         operator=args.operator,
         keep=args.keep,
         timeout=args.timeout,
@@ -351,8 +362,10 @@ def cmd_restart(args: argparse.Namespace) -> int:
     except KeyError as exc:
         raise ValueError(str(exc.args[0])) from exc
     started = time.monotonic()
-    # Probe the local port only where something forwards it (`run`, `up --forward`, `forward`).
-    env.restart(args.service, timeout=args.timeout, probe=not bindable(service.primary.local_port))
+    # Probe the local port only where something forwards it (`run`, `up --forward`, `forward`);
+    # connecting directly, the Service always answers where it is.
+    probe = env.direct or not bindable(service.primary.local_port)
+    env.restart(args.service, timeout=args.timeout, probe=probe)
     say(f"worker {number}'s {args.service} restarted in {time.monotonic() - started:.1f}s")
     return 0
 
@@ -366,10 +379,13 @@ def _cluster_view(state: RunState) -> dict[str, Any]:
         return {}
     handoff = state.handoff_object()
     try:
-        api = kube.api_client(Path(handoff.kubeconfig))
+        api = kube.api_client(handoff.kubeconfig_path, handoff.context or None)
         body = client.CustomObjectsApi(api).get_namespaced_custom_object(
             GROUP, VERSION, handoff.namespace, PLURAL, handoff.name
         )
+    except ApiException as exc:
+        where = f"{handoff.namespace}/{handoff.name}"
+        return {"error": f"cannot read {where}: {exc.status} {exc.reason}: {kube.said(exc)}"}
     except Exception as exc:  # any reason the cluster cannot answer is worth one line here
         return {"error": f"cannot read {handoff.namespace}/{handoff.name}: {str(exc).splitlines()[0]}"}
     status = body.get("status") or {}
@@ -475,7 +491,28 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     where.add_argument(
         "--cluster-name", default="testenv", help="local or kind cluster (default: %(default)s)"
     )
-    where.add_argument("--namespace", default="default", help="of the TestEnvironment (default: %(default)s)")
+    where.add_argument(
+        "--namespace",
+        default="",
+        help="of the TestEnvironment (default: for existing, the kubeconfig context's or the pod's own; "
+        "else default)",
+    )
+    where.add_argument(
+        "--kubeconfig",
+        metavar="FILE",
+        help="kubeconfig of an existing cluster (default: $KUBECONFIG, ~/.kube/config, or in a pod its own "
+        "ServiceAccount token)",
+    )
+    where.add_argument(
+        "--context", help="kubeconfig context of an existing cluster (default: its current one)"
+    )
+    where.add_argument(
+        "--connect",
+        choices=CONNECT_MODES,
+        default="auto",
+        help="forward: port-forwards through the API server; direct: the Services' DNS names, from a pod "
+        "in the cluster (default: %(default)s, direct exactly inside a pod)",
+    )
     where.add_argument(
         "--operator",
         choices=("auto", "subprocess", "cluster"),

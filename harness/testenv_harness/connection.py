@@ -3,6 +3,8 @@
 A worker waits for its own namespace only, opens a local listener per service on the port the
 operator planned, checks each service answers, and exports connection details as environment
 variables. Nothing here is computed twice: names, ports and URLs come from the CR's status.
+A run inside the cluster (`connect = direct`) forwards nothing: its endpoints are the Services'
+DNS names, which the status lists too.
 """
 
 from __future__ import annotations
@@ -12,17 +14,16 @@ import errno
 import os
 import re
 import time
-from pathlib import Path
 from typing import Any, Self
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from testenv_api import GROUP, PLURAL, VERSION, Phase
+from testenv_api import GROUP, LABEL_RUNNER, PLURAL, VERSION, Phase
 from testenv_api.status import ServiceStatus, WorkerStatus, workers_from_status
-from testenv_harness import kube, probes
+from testenv_harness import kube, localports, probes
 from testenv_harness.errors import NotReadyError, PortBusyError, TestEnvError
-from testenv_harness.handoff import Handoff
+from testenv_harness.handoff import DIRECT, Handoff
 from testenv_harness.portforward import Forwarder
 from testenv_harness.waiting import WaitTimeoutError, wait_for
 
@@ -43,6 +44,19 @@ _AWS_DEFAULTS = {
 }
 
 
+#: What forwarding a worker's services takes in its namespace (the chart's worker-access role).
+FORWARD_RIGHTS: list[kube.Right] = [
+    ("list", "pods", ""),
+    ("watch", "pods", ""),
+    ("get", "pods/portforward", ""),
+    ("create", "pods/portforward", ""),
+]
+#: What a restart takes there besides.
+RESTART_RIGHTS: list[kube.Right] = [("list", "pods", ""), ("watch", "pods", ""), ("delete", "pods", "")]
+#: Seconds a worker keeps asking for its rights while the operator's RoleBinding may be on its way.
+RIGHTS_SETTLE_SECONDS = 5.0
+
+
 def _variable(name: str) -> str:
     return re.sub(r"[^A-Z0-9]", "_", name.upper())
 
@@ -54,8 +68,10 @@ class WorkerConnection:
         self.handoff = handoff
         self.worker = worker
         self.run_id = handoff.run_id
-        self.api = kube.api_client(Path(handoff.kubeconfig))
+        self.api = kube.api_client(handoff.kubeconfig_path, handoff.context or None)
         self.core = client.CoreV1Api(self.api)
+        #: Straight to the Services' DNS names, from a pod in the cluster: no forwards.
+        self.direct = handoff.connect == DIRECT
         self.status: WorkerStatus | None = None
         self.forwarder: Forwarder | None = None
         self.timings: dict[str, float] = {}
@@ -74,25 +90,46 @@ class WorkerConnection:
         return self
 
     def forward(self) -> Self:
-        """Listen on every planned local port of this worker and wait until each service answers."""
+        """Listen on every planned local port of this worker and wait until each service answers
+        (connecting directly: only wait until each answers at its Service's DNS name)."""
         started = time.monotonic()
         status = self._status()
         try:
-            self.forwarder = Forwarder(self.api, status.namespace)
-            for service in status.services:
-                for port in service.ports:
-                    self._listen(service, port.port, port.local_port)
+            if not self.direct:
+                self.require_rights(FORWARD_RIGHTS)
+                self.forwarder = Forwarder(self.api, status.namespace)
+                for service in status.services:
+                    for planned in service.ports:
+                        self._listen(service, planned.port, planned.local_port)
             for service in status.services:
                 left = self.handoff.timeout - (time.monotonic() - started)
+                host, port = self.endpoint(service.name)
                 try:
-                    probes.wait_answering(service.type, service.primary.local_port, max(left, 1))
+                    probes.wait_answering(service.type, port, max(left, 1), host=host)
                 except TimeoutError as exc:
-                    raise self._not_ready(f"{service.name} ({service.type}) does not answer: {exc}") from exc
+                    hint = (
+                        f" (a direct connection from this pod: the worker's NetworkPolicy admits pods of "
+                        f"namespace {self.handoff.namespace} labelled {LABEL_RUNNER}=true only)"
+                        if self.direct
+                        else ""
+                    )
+                    raise self._not_ready(
+                        f"{service.name} ({service.type}) does not answer: {exc}{hint}"
+                    ) from exc
                 self.timings[service.name] = time.monotonic() - started
         except BaseException:
             self.close()
             raise
         return self
+
+    def require_rights(self, rights: list[kube.Right]) -> None:
+        """On a cluster someone else runs, say which of `rights` in this worker's namespace the
+        identity lacks, and what grants them, before a call fails half way (AccessError)."""
+        if self.handoff.provider != "existing":
+            return  # clusters the harness made: it is their admin
+        # The operator binds the access role with the worker's other objects: allow a moment.
+        grant = kube.worker_grant(self.handoff.name)
+        kube.require_rights(self.api, self.namespace, rights, grant, settle=RIGHTS_SETTLE_SECONDS)
 
     def _listen(self, service: ServiceStatus, port: int, local_port: int) -> None:
         assert self.forwarder is not None
@@ -101,10 +138,17 @@ class WorkerConnection:
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE:
                 raise
+            why = (
+                f"; it lies in this machine's ephemeral port range ({localports.EPHEMERAL_RANGE_FILE}), "
+                "so an outgoing connection may hold it: give the environment (or the pool it claimed "
+                "from) a portBase below that range"
+                if localports.ephemeral(local_port)
+                else ""
+            )
             raise PortBusyError(
                 f"local port {local_port} ({service.name} of {self.namespace}) is in use: another "
                 "process forwards this worker already (a second `testenv forward` for it, or `testenv "
-                "run`, which forwards every worker), or a program of yours listens there"
+                f"run`, which forwards every worker), or a program of yours listens there{why}"
             ) from exc
 
     def _environment_object(self) -> dict[str, Any]:
@@ -187,16 +231,28 @@ class WorkerConnection:
         return self._status().service(name)
 
     def url(self, name: str) -> str:
-        """The URL of a service on this machine, e.g. redis://localhost:20000."""
-        return self.service(name).url
+        """The URL of a service for this process, e.g. redis://localhost:20000 (through the forward)
+        or redis://redis.te-ci-run-1a2b3c-w0.svc:6379 (connecting directly)."""
+        service = self.service(name)
+        return service.cluster_url if self.direct else service.url
+
+    def endpoint(self, name: str) -> tuple[str, int]:
+        """(host, port) where this process reaches `name`'s primary port, for sockets of our own."""
+        service = self.service(name)
+        if self.direct:
+            return service.host, service.cluster_port
+        return "127.0.0.1", service.primary.local_port
 
     def host_port(self, name: str, port: str | None = None) -> tuple[str, int]:
-        """Where this machine reaches `name` (its primary port, or the port named `port`)."""
+        """Where this process reaches `name` (its primary port, or the port named `port`)."""
         service = self.service(name)
         if port is None:
-            return "localhost", service.primary.local_port
+            host, number = self.endpoint(name)
+            return ("localhost" if host == "127.0.0.1" else host), number
         for candidate in service.ports:
             if candidate.name == port:
+                if self.direct:
+                    return service.host, candidate.port
                 return "localhost", candidate.local_port
         known = ", ".join(p.name for p in service.ports)
         raise KeyError(f"service {name!r} has no port {port!r} (its ports: {known})")
@@ -211,14 +267,15 @@ class WorkerConnection:
         }
         for service in services:
             key = _variable(service.name)
-            variables[f"{key}_URL"] = service.url
-            variables[f"{key}_HOST"] = "localhost"
-            variables[f"{key}_PORT"] = str(service.primary.local_port)
+            host, port = self.host_port(service.name)
+            variables[f"{key}_URL"] = self.url(service.name)
+            variables[f"{key}_HOST"] = host
+            variables[f"{key}_PORT"] = str(port)
         for kind, names in _TYPE_VARIABLES.items():
             of_kind = [s for s in services if s.type == kind]
             if len(of_kind) == 1:
                 for name in names:
-                    variables[name] = of_kind[0].url
+                    variables[name] = self.url(of_kind[0].name)
         if "AWS_ENDPOINT_URL" in variables:
             variables.update({k: v for k, v in _AWS_DEFAULTS.items() if k not in os.environ})
         return variables

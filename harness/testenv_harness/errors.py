@@ -27,3 +27,7 @@ class NotReadyError(TestEnvError):
 
 class PortBusyError(TestEnvError):
     """A planned local port is taken by another process."""
+
+
+class AccessError(ClusterError):
+    """The cluster refused a call for lack of a right: the message names it and what grants it."""

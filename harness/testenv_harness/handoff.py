@@ -21,9 +21,14 @@ _PUBLISHED = "handoff.json"
 _FAILED = "handoff.failed"
 
 
+#: How workers reach their services: local ports forwarded through the API server, or (from a pod
+#: inside the cluster) the Services' DNS names directly.
+FORWARD, DIRECT = "forward", "direct"
+
+
 @dataclasses.dataclass(frozen=True)
 class Handoff:
-    kubeconfig: str
+    kubeconfig: str  # "" inside a pod: its ServiceAccount token
     namespace: str  # where the TestEnvironment lives
     name: str  # the TestEnvironment's name
     run_id: str
@@ -32,6 +37,13 @@ class Handoff:
     timeout: float  # seconds a worker waits for its own services
     #: The environment served an earlier run (reuse.py): every worker resets its services first.
     reused: bool = False
+    #: The kubeconfig's context ("" for its current one).
+    context: str = ""
+    connect: str = FORWARD
+
+    @property
+    def kubeconfig_path(self) -> Path | None:
+        return Path(self.kubeconfig) if self.kubeconfig else None
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))

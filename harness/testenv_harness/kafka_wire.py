@@ -58,10 +58,12 @@ def _exactly(sock: socket.socket, size: int) -> bytes:
     return data
 
 
-def call(port: int, api_key: int, version: int, body: bytes = b"", *, timeout: float = 2.0) -> bytes:
-    """Send one request to 127.0.0.1:`port`; the response after its correlation id."""
+def call(
+    port: int, api_key: int, version: int, body: bytes = b"", *, timeout: float = 2.0, host: str = "127.0.0.1"
+) -> bytes:
+    """Send one request to `host`:`port`; the response after its correlation id."""
     correlation_id = 1
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+    with socket.create_connection((host, port), timeout=timeout) as sock:
         sock.sendall(frame(api_key, version, correlation_id, body))
         (size,) = struct.unpack(">i", _exactly(sock, 4))
         response = _exactly(sock, size)
@@ -131,10 +133,10 @@ class ResetError(RuntimeError):
     """The broker refused to give up a topic or group (for example a group with live members)."""
 
 
-def user_topics(port: int, *, timeout: float = 5.0) -> list[str]:
+def user_topics(port: int, *, timeout: float = 5.0, host: str = "127.0.0.1") -> list[str]:
     """Every topic of the broker but its internal ones (`__consumer_offsets`, ...)."""
     reader = _past_brokers(
-        call(port, METADATA, METADATA_VERSION, metadata_body(None, False), timeout=timeout)
+        call(port, METADATA, METADATA_VERSION, metadata_body(None, False), timeout=timeout, host=host)
     )
     names = []
     for _ in range(reader.take(">i")):
@@ -162,18 +164,18 @@ def _failures(reader: _Reader, passable: int) -> list[str]:
     return failed
 
 
-def reset(port: int, *, timeout: float = 10.0) -> None:
-    """Delete every topic and consumer group of the broker on 127.0.0.1:`port`; ResetError if it
+def reset(port: int, *, timeout: float = 10.0, host: str = "127.0.0.1") -> None:
+    """Delete every topic and consumer group of the broker on `host`:`port`; ResetError if it
     refuses any, OSError if it does not answer. Returns once the topics are gone from its metadata."""
-    topics = user_topics(port)
+    topics = user_topics(port, host=host)
     if topics:
         reader = _Reader(
-            call(port, DELETE_TOPICS, 1, _strings(topics) + struct.pack(">i", int(timeout * 1000)))
+            call(port, DELETE_TOPICS, 1, _strings(topics) + struct.pack(">i", int(timeout * 1000)), host=host)
         )
         reader.take(">i")  # throttle time
         if failed := _failures(reader, UNKNOWN_TOPIC_OR_PARTITION):
             raise ResetError(f"the broker kept topics {', '.join(failed)}")
-    reader = _Reader(call(port, LIST_GROUPS, 1))
+    reader = _Reader(call(port, LIST_GROUPS, 1, host=host))
     reader.take(">i")  # throttle time
     if error := reader.take(">h"):
         raise ResetError(f"listing consumer groups failed (error {error})")
@@ -182,12 +184,12 @@ def reset(port: int, *, timeout: float = 10.0) -> None:
         groups.append(reader.string())
         reader.skip_string()  # protocol type
     if groups:
-        reader = _Reader(call(port, DELETE_GROUPS, 0, _strings(groups)))
+        reader = _Reader(call(port, DELETE_GROUPS, 0, _strings(groups), host=host))
         reader.take(">i")  # throttle time
         if failed := _failures(reader, GROUP_ID_NOT_FOUND):
             raise ResetError(f"the broker kept consumer groups {', '.join(failed)}")
     deadline = time.monotonic() + timeout
-    while (left := user_topics(port)) and time.monotonic() < deadline:
+    while (left := user_topics(port, host=host)) and time.monotonic() < deadline:
         time.sleep(0.05)
     if left:
         raise ResetError(f"topics {', '.join(left)} were still listed {timeout:.0f}s after their deletion")

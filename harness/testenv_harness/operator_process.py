@@ -28,13 +28,15 @@ FINISHING = '"finishing:'
 class OperatorProcess:
     """One operator process (restartable) writing its log to `log`, appended to across restarts."""
 
-    def __init__(self, kubeconfig: Path, log: Path, *, clean: bool = False, **settings: str) -> None:
+    def __init__(self, kubeconfig: Path | None, log: Path, *, clean: bool = False, **settings: str) -> None:
         """`settings` are TESTENV_* variables; `clean` drops those of this process's environment
-        first, so that only `settings` configure the operator (a benchmark must be reproducible)."""
+        first, so that only `settings` configure the operator (a benchmark must be reproducible).
+        Without a kubeconfig, the operator uses the pod's ServiceAccount token, as this process does."""
         self.port = free_port()
         self.log = log
         inherited = {k: v for k, v in os.environ.items() if not (clean and k.startswith("TESTENV_"))}
-        self.env = {**inherited, "KUBECONFIG": str(kubeconfig), "TESTENV_LIVENESS": self.healthz, **settings}
+        where = {"KUBECONFIG": str(kubeconfig)} if kubeconfig is not None else {}
+        self.env = {**inherited, **where, "TESTENV_LIVENESS": self.healthz, **settings}
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property

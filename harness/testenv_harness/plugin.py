@@ -21,7 +21,14 @@ from testenv_api import MAX_WORKERS
 from testenv_harness import reuse
 from testenv_harness.errors import TestEnvError
 from testenv_harness.handoff import Slots, publish_failure, receive
-from testenv_harness.session import PROVIDERS, RunOptions, RunSession, load_manifest, services_manifest
+from testenv_harness.session import (
+    CONNECT_MODES,
+    PROVIDERS,
+    RunOptions,
+    RunSession,
+    load_manifest,
+    services_manifest,
+)
 from testenv_harness.testenv import TestEnv
 
 _CONTROLLER = pytest.StashKey["Controller"]()
@@ -46,12 +53,30 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--testenv-cluster-name", default=None, help="cluster name for local/kind (default testenv)"
     )
     group.addoption(
-        "--testenv-namespace", default=None, help="namespace for the TestEnvironment (default default)"
+        "--testenv-namespace",
+        default=None,
+        help="namespace for the TestEnvironment (default: for existing, the kubeconfig context's or "
+        "the pod's own; else default)",
+    )
+    group.addoption(
+        "--testenv-kubeconfig",
+        metavar="FILE",
+        default=None,
+        help="kubeconfig of an existing cluster (default: $KUBECONFIG, ~/.kube/config, or in a pod its "
+        "own ServiceAccount token)",
+    )
+    group.addoption("--testenv-context", default=None, help="kubeconfig context of an existing cluster")
+    group.addoption(
+        "--testenv-connect",
+        choices=CONNECT_MODES,
+        default=None,
+        help="how workers reach their services: forward (port-forwards through the API server), direct "
+        "(the Services' DNS names, from a pod in the cluster); default auto: direct inside a pod",
     )
     group.addoption(
         "--testenv-operator",
         choices=("auto", "subprocess", "cluster"),
-        default="auto",
+        default=None,
         help="run the operator as a subprocess, or use the one installed in the cluster "
         "(default: cluster for "
         "existing, subprocess otherwise)",
@@ -78,6 +103,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "testenv_services", "services when there is no manifest: redis, kafka or name:type", type="args"
     )
     parser.addini("testenv_cluster", "auto, local, kind or existing", default="auto")
+    parser.addini("testenv_cluster_name", "cluster name for local/kind", default="testenv")
+    parser.addini(
+        "testenv_namespace", "namespace for the TestEnvironment (like --testenv-namespace)", default=""
+    )
+    parser.addini("testenv_operator", "auto, subprocess or cluster (like --testenv-operator)", default="auto")
+    parser.addini("testenv_connect", "auto, forward or direct (like --testenv-connect)", default="auto")
     parser.addini("testenv_timeout", "seconds a worker waits for its services", default="300")
     parser.addini(
         "testenv_reuse", "reuse environments between runs (like --testenv-reuse)", type="bool", default=False
@@ -162,13 +193,24 @@ def _options(config: pytest.Config) -> RunOptions:
         raise pytest.UsageError(
             f"kube-testenv: {workers} xdist workers, but a TestEnvironment allows at most {MAX_WORKERS}"
         )
+    operator = config.getoption("testenv_operator") or config.getini("testenv_operator")
+    connect = config.getoption("testenv_connect") or config.getini("testenv_connect")
+    for key, value, allowed in (
+        ("testenv_operator", operator, ("auto", "subprocess", "cluster")),
+        ("testenv_connect", connect, CONNECT_MODES),
+    ):
+        if value not in allowed:
+            raise pytest.UsageError(f"kube-testenv: {key} = {value!r}: use one of {', '.join(allowed)}")
     return RunOptions(
         workers=workers,
         manifest=manifest,
         provider=config.getoption("testenv_cluster") or config.getini("testenv_cluster"),
-        cluster_name=config.getoption("testenv_cluster_name") or "testenv",
-        namespace=config.getoption("testenv_namespace") or "default",
-        operator=config.getoption("testenv_operator"),
+        cluster_name=config.getoption("testenv_cluster_name") or config.getini("testenv_cluster_name"),
+        namespace=config.getoption("testenv_namespace") or config.getini("testenv_namespace"),
+        kubeconfig=config.getoption("testenv_kubeconfig"),
+        context=config.getoption("testenv_context"),
+        connect=connect,
+        operator=operator,
         keep=bool(config.getoption("testenv_keep")),
         timeout=timeout,
         wait_teardown=bool(

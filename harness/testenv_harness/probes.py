@@ -1,4 +1,5 @@
-"""Protocol-level pings through a local forward: is the service itself answering?
+"""Protocol-level pings through a local forward (or at a Service's DNS name, from inside the
+cluster): is the service itself answering?
 
 Pod readiness says the container is ready; on the `local` cluster kwok marks pods Ready
 before the host process listens, and on any cluster a port-forward can outlive its pod. A
@@ -41,10 +42,10 @@ def _expected(answer: bytes, service_type: str, want: bytes) -> bool:
     return answer.startswith(want)
 
 
-def ping(service_type: str, port: int, timeout: float = 2.0) -> bool:
-    """One attempt: does the service on 127.0.0.1:port answer its protocol?"""
+def ping(service_type: str, port: int, timeout: float = 2.0, host: str = "127.0.0.1") -> bool:
+    """One attempt: does the service on host:port answer its protocol?"""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
             if service_type not in PINGS:
                 # Unknown protocol: a forward to nothing is closed at once; a live one stays open.
                 sock.settimeout(0.5)
@@ -66,13 +67,13 @@ def ping(service_type: str, port: int, timeout: float = 2.0) -> bool:
         return False
 
 
-def wait_answering(service_type: str, port: int, timeout: float) -> float:
+def wait_answering(service_type: str, port: int, timeout: float, host: str = "127.0.0.1") -> float:
     """Seconds until the service answered; WaitTimeoutError (a TimeoutError) naming the port otherwise."""
     started = time.monotonic()
     wait_for(
-        lambda: ping(service_type, port),
+        lambda: ping(service_type, port, host=host),
         timeout=timeout,
-        what=f"{service_type} on 127.0.0.1:{port} to answer its protocol",
+        what=f"{service_type} on {host}:{port} to answer its protocol",
         seen=lambda: "no answer, or not the protocol's",
     )
     return time.monotonic() - started

@@ -56,7 +56,15 @@ def keeper_name(options: RunOptions) -> str:
     what = {
         "name": (options.manifest.get("metadata") or {}).get("name", "run"),
         "spec": spec,
-        "where": [options.provider, options.cluster_name, options.namespace, options.operator],
+        "where": [
+            options.provider,
+            options.cluster_name,
+            options.namespace,
+            options.operator,
+            options.kubeconfig,
+            options.context,
+            options.connect,
+        ],
     }
     digest = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:10]
     return f"reuse-{digest}"
@@ -189,6 +197,9 @@ class ReuseSession:
             f"--cluster-name={self.options.cluster_name}",
             f"--namespace={self.options.namespace}",
             f"--operator={self.options.operator}",
+            f"--connect={self.options.connect}",
+            *([f"--kubeconfig={self.options.kubeconfig}"] if self.options.kubeconfig else []),
+            *([f"--context={self.options.context}"] if self.options.context else []),
             f"--timeout={self.options.timeout}",
             f"--idle-exit={self.idle}",
         ]

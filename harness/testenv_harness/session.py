@@ -44,12 +44,17 @@ from testenv_harness.clusters.kind import KindProvider, why_not_kind
 from testenv_harness.clusters.local import LocalProvider
 from testenv_harness.dataplane import DataPlane
 from testenv_harness.errors import ClusterError, ManifestError
-from testenv_harness.handoff import Handoff, publish
+from testenv_harness.handoff import DIRECT, FORWARD, Handoff, publish
 from testenv_harness.localports import bindable, release_block, reserve_block
 from testenv_harness.operator_process import OperatorProcess
 from testenv_harness.waiting import WaitTimeoutError, wait_for
 
 PROVIDERS = ("auto", "local", "kind", "existing")
+#: How workers reach their services: through port-forwards, straight to the Services' DNS names
+#: (a run inside the cluster), or direct exactly when this process runs in a pod of that cluster.
+CONNECT_MODES = ("auto", FORWARD, DIRECT)
+#: What a run does with its TestEnvironment under a cluster's operator (the pipeline role's rights).
+_PIPELINE_RIGHTS = tuple((verb, PLURAL, GROUP) for verb in ("create", "get", "list", "patch", "delete"))
 HEARTBEAT_SECONDS = 30
 HEARTBEAT_TIMEOUT = 300
 
@@ -60,8 +65,15 @@ class RunOptions:
     manifest: dict[str, Any]
     provider: str = "auto"
     cluster_name: str = "testenv"
-    namespace: str = "default"
+    #: Of the TestEnvironment; "": the kubeconfig context's (or the pod's own) for `existing`,
+    #: else `default`.
+    namespace: str = ""
     operator: str = "auto"  # subprocess | cluster | auto
+    #: For `existing`: the kubeconfig file (None: $KUBECONFIG, ~/.kube/config, or in-cluster) and
+    #: its context (None: the current one).
+    kubeconfig: str | None = None
+    context: str | None = None
+    connect: str = "auto"  # forward | direct | auto
     keep: bool = False
     timeout: float = 300.0
     #: Wait until the namespaces are gone before returning from `stop` (else they go meanwhile).
@@ -140,8 +152,10 @@ class RunSession:
         session = cls(options, report)
         shutil.rmtree(session.run_dir, ignore_errors=True)
         session.run_id, session.run_dir = handoff.run_id, handoff.run_path
-        session.cluster = Cluster(handoff.provider, options.cluster_name, Path(handoff.kubeconfig))
-        session.api = kube.api_client(session.cluster.kubeconfig)
+        session.cluster = Cluster(
+            handoff.provider, options.cluster_name, handoff.kubeconfig_path, context=handoff.context or None
+        )
+        session.api = kube.api_client(session.cluster.kubeconfig, session.cluster.context)
         session.name, session.uid = handoff.name, uid
         session.run_dir.mkdir(parents=True, exist_ok=True)
         try:
@@ -166,13 +180,21 @@ class RunSession:
         if choice == "kind":
             return KindProvider(self.options.cluster_name, report=self.report)
         if choice == "existing":
-            return ExistingProvider()
+            return ExistingProvider(self.options.kubeconfig, self.options.context)
         raise ValueError(f"--testenv-cluster={choice!r}: use one of {', '.join(PROVIDERS)}")
 
     def start(self) -> Handoff:
         self.provider = self._provider()
         self.cluster = self.provider.up()
-        self.api = kube.api_client(self.cluster.kubeconfig)
+        self.api = kube.api_client(self.cluster.kubeconfig, self.cluster.context)
+        if not self.options.namespace:
+            default = (
+                self.provider.default_namespace()
+                if isinstance(self.provider, ExistingProvider)
+                else "default"
+            )
+            self.options = dataclasses.replace(self.options, namespace=default)
+        connect = self._connect_mode()
         run_operator = self.options.operator
         if run_operator == "auto":
             run_operator = self.provider.default_operator
@@ -180,8 +202,8 @@ class RunSession:
             kube.install_crd(self.api)
             self._start_operator()
         else:
-            self._check_operator_installed()
-        self._create_environment()
+            self._check_operator_served()
+        self._create_environment(grant_self=run_operator == "cluster")
         if self.provider.simulated_pods:
             self.dataplane = DataPlane(self.api, self.uid, self.run_dir / "dataplane", self.report).start()
         for target in (self._heartbeat, self._watch_progress):
@@ -189,7 +211,9 @@ class RunSession:
             thread.start()
             self._threads.append(thread)
         self.handoff = Handoff(
-            kubeconfig=str(self.cluster.kubeconfig),
+            kubeconfig=str(self.cluster.kubeconfig or ""),
+            context=self.cluster.context or "",
+            connect=connect,
             namespace=self.options.namespace,
             name=self.name,
             run_id=self.run_id,
@@ -200,16 +224,68 @@ class RunSession:
         publish(self.run_dir, self.handoff)
         return self.handoff
 
-    def _check_operator_installed(self) -> None:
+    def _connect_mode(self) -> str:
+        """forward or direct: `auto` connects directly exactly from a pod of the cluster itself."""
+        assert self.cluster is not None
+        assert self.provider is not None
+        choice = self.options.connect
+        if choice not in CONNECT_MODES:
+            raise ManifestError(f"connect = {choice!r}: use one of {', '.join(CONNECT_MODES)}")
+        if choice == "auto":
+            choice = DIRECT if self.cluster.kubeconfig is None else FORWARD
+        if choice == DIRECT and self.provider.simulated_pods:
+            raise ManifestError(
+                f"connect = direct needs the run to be inside a cluster with a pod network; the "
+                f"{self.provider.name} cluster only simulates pods: use connect = forward (or auto)"
+            )
+        if choice == DIRECT:
+            self.report("connecting directly to each worker's Services (no port-forwards)")
+        return choice
+
+    def _check_operator_served(self) -> None:
+        """The cluster serves TestEnvironments (an operator is installed) and this identity may
+        manage them here. Needs nothing cluster-scoped: the chart's pipeline role is enough."""
+        assert self.api is not None
+        namespace = self.options.namespace
+        try:
+            client.CustomObjectsApi(self.api).list_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, limit=1
+            )
+        except ApiException as exc:
+            if exc.status == 403:
+                raise kube.refusal(exc, "list", PLURAL, namespace, kube.pipeline_grant(namespace)) from exc
+            if exc.status == 404:
+                raise ClusterError(
+                    f"the cluster does not serve {PLURAL}.{GROUP} (no {testenv_api.CRD_NAME} CRD), so no "
+                    "operator is installed there: an admin installs it with `helm install testenv-operator "
+                    "charts/testenv-operator` (docs/shared-ci-cluster.md), or pass "
+                    "--testenv-operator=subprocess to run one for this run"
+                ) from exc
+            raise ClusterError(f"listing {PLURAL} in {namespace} failed: {exc.status} {exc.reason}") from exc
+        kube.require_rights(self.api, namespace, list(_PIPELINE_RIGHTS), kube.pipeline_grant(namespace))
+
+    def _grant_self(self, spec: dict[str, Any]) -> None:
+        """Name this run's identity in spec.access, so the cluster's operator lets it use its workers
+        (the manifest's own subjects are kept)."""
         assert self.api is not None
         try:
-            client.ApiextensionsV1Api(self.api).read_custom_resource_definition(testenv_api.CRD_NAME)
+            identity = kube.whoami(self.api)
         except ApiException as exc:
-            raise ClusterError(
-                f"the cluster has no {testenv_api.CRD_NAME} CRD, so no operator is installed: install it "
-                "with `helm install testenv-operator charts/testenv-operator`, "
-                "or pass --testenv-operator=subprocess"
-            ) from exc
+            self.report(
+                f"could not ask the cluster who this run is (SelfSubjectReview: {exc.status} {exc.reason}); "
+                "if its workers refuse it, name it in the manifest's spec.access.subjects"
+            )
+            return
+        subject = identity.subject()
+        if subject is None:
+            return  # a system: user (e.g. system:admin) holds cluster-wide rights already
+        subjects = spec.setdefault("access", {}).setdefault("subjects", [])
+        namespace = self.options.namespace
+        key = (subject["kind"], subject["name"], subject.get("namespace", namespace))
+        if any((s.get("kind"), s.get("name"), s.get("namespace", namespace)) == key for s in subjects):
+            return
+        subjects.append(subject)
+        self.report(f"{identity} may use its workers (added to spec.access.subjects)")
 
     def _start_operator(self) -> None:
         """Our own operator, serving only this run's namespace; a controller killed with -9 takes it along."""
@@ -223,11 +299,14 @@ class RunSession:
         )
         self.operator.start()
 
-    def _create_environment(self) -> None:
+    def _create_environment(self, grant_self: bool = False) -> None:
         assert self.api is not None
+        assert self.provider is not None
         body = copy.deepcopy(self.options.manifest)
         spec = body.setdefault("spec", {})
         spec["workers"] = self.options.workers
+        if grant_self:
+            self._grant_self(spec)
         if "portBase" not in spec:
             try:
                 spec["portBase"] = reserve_block(ports_needed(spec), self.run_id)
@@ -251,25 +330,26 @@ class RunSession:
         meta.update(name=self.name, namespace=self.options.namespace)
         meta.setdefault("labels", {})[LABEL_RUN_ID] = self.run_id
         meta.setdefault("annotations", {})[ANNOTATION_HEARTBEAT] = _now()
-        core = client.CoreV1Api(self.api)
-        with contextlib.suppress(ApiException):
-            core.create_namespace({"metadata": {"name": self.options.namespace}})
+        if not isinstance(self.provider, ExistingProvider):  # a cluster of ours: make the namespace
+            with contextlib.suppress(ApiException):
+                client.CoreV1Api(self.api).create_namespace({"metadata": {"name": self.options.namespace}})
         try:
             created = client.CustomObjectsApi(self.api).create_namespaced_custom_object(
                 GROUP, VERSION, self.options.namespace, PLURAL, body, field_validation="Strict"
             )
         except ApiException as exc:
+            namespace = self.options.namespace
             if exc.status in (400, 422):  # the manifest itself is invalid
                 raise ManifestError(f"the API server refused the TestEnvironment: {exc.body}") from exc
-            hint = (
-                ": this identity may not create TestEnvironments here; a shared cluster's admin binds "
-                "the chart's pipeline role (docs/shared-ci-cluster.md)"
-                if exc.status == 403
-                else ""
-            )
+            if exc.status == 403:
+                raise kube.refusal(exc, "create", PLURAL, namespace, kube.pipeline_grant(namespace)) from exc
+            if exc.status == 404:
+                raise ClusterError(
+                    f"namespace {namespace!r} does not exist: create it (an admin, on a shared cluster), or "
+                    "choose another with --testenv-namespace"
+                ) from exc
             raise ClusterError(
-                f"creating the TestEnvironment in {self.options.namespace} failed: {exc.status} {exc.reason}"
-                f"{hint}"
+                f"creating the TestEnvironment in {namespace} failed: {exc.status} {exc.reason}"
             ) from exc
         self.uid = created["metadata"]["uid"]
         names = ", ".join(f"{s['name']} ({s['type']})" for s in spec["services"])
@@ -456,9 +536,17 @@ class RunSession:
     def _left_behind(self) -> list[str]:
         assert self.api is not None
         core = client.CoreV1Api(self.api)
-        left = [
-            n.metadata.name for n in core.list_namespace(label_selector=f"{LABEL_OWNER_UID}={self.uid}").items
-        ]
+        try:
+            left = [
+                n.metadata.name
+                for n in core.list_namespace(label_selector=f"{LABEL_OWNER_UID}={self.uid}").items
+            ]
+        except ApiException as exc:
+            if exc.status != 403:
+                raise
+            # A pipeline may not list namespaces (cluster scope). The operator removes the
+            # environment's finalizer only once its namespaces are gone, so waiting for it is enough.
+            left = []
         try:  # the operator must stay up until it has removed its finalizer too
             client.CustomObjectsApi(self.api).get_namespaced_custom_object(
                 GROUP, VERSION, self.options.namespace, PLURAL, self.name

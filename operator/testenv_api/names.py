@@ -32,6 +32,9 @@ LABEL_RUN_ID = f"{GROUP}/run-id"
 #: into their workers. Only someone who can write the Secret can set it, so a spec never
 #: reads through the operator what its author could not read.
 LABEL_SHAREABLE = f"{GROUP}/shareable"
+#: On a test runner's pod (value "true"): the worker namespaces of environments in the pod's own
+#: namespace admit its connections (a CI job inside the cluster connecting directly).
+LABEL_RUNNER = f"{GROUP}/runner"
 
 #: On a pooled worker namespace: the UID of the TestEnvironmentPool that made it. It stays when a
 #: TestEnvironment claims the namespace (then LABEL_OWNER_UID names the claimer); the objects

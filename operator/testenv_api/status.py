@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from testenv_api.services import KAFKA_INTERNAL_PORT
+
 
 @dataclasses.dataclass(frozen=True)
 class PortStatus:
@@ -39,6 +41,17 @@ class ServiceStatus:
     @property
     def primary(self) -> PortStatus:
         return self.ports[0]
+
+    @property
+    def cluster_port(self) -> int:
+        """The port a client inside the cluster dials at `host`: the primary port's, except Kafka,
+        whose clients there bootstrap on the INTERNAL listener (it advertises `host`)."""
+        return KAFKA_INTERNAL_PORT if self.type == "kafka" else self.primary.port
+
+    @property
+    def cluster_url(self) -> str:
+        """`url` as a client inside the cluster uses it: the Service's DNS name, no forward."""
+        return self.url.replace(f"localhost:{self.primary.local_port}", f"{self.host}:{self.cluster_port}", 1)
 
     def to_dict(self) -> dict[str, Any]:
         return {

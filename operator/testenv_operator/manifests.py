@@ -12,6 +12,7 @@ from testenv_api import (
     LABEL_OWNER_NAME,
     LABEL_OWNER_NAMESPACE,
     LABEL_OWNER_UID,
+    LABEL_RUNNER,
     LABEL_SERVICE,
     LABEL_WORKER,
     MANAGED_BY,
@@ -86,13 +87,24 @@ def namespace(owner: Owner, name: str, index: int) -> Obj:
     return {"apiVersion": "v1", "kind": "Namespace", "metadata": _meta(name, labels)}
 
 
-def _network_policy(labels: Mapping[str, str], ns: str, open_egress: bool) -> Obj:
-    """Pods of the worker reach each other; in, nothing else; out, cluster DNS and nothing else.
+def _network_policy(labels: Mapping[str, str], ns: str, tenant: str, open_egress: bool) -> Obj:
+    """Pods of the worker reach each other; in, only the tenant's test runners besides; out, cluster
+    DNS and nothing else.
 
-    So a test service cannot reach another tenant, the API server, kubelets or a cloud's
+    A test runner is a pod of the environment's own namespace (`tenant`) labelled
+    `testenv.dev/runner=true`: a CI job running inside the cluster that connects to the Services
+    directly. A test service cannot reach another tenant, the API server, kubelets or a cloud's
     metadata address, unless the operator is set to leave egress open (TESTENV_WORKER_EGRESS).
     """
-    spec: Obj = {"podSelector": {}, "policyTypes": ["Ingress"], "ingress": [{"from": [{"podSelector": {}}]}]}
+    runners = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": tenant}},
+        "podSelector": {"matchLabels": {LABEL_RUNNER: "true"}},
+    }
+    spec: Obj = {
+        "podSelector": {},
+        "policyTypes": ["Ingress"],
+        "ingress": [{"from": [{"podSelector": {}}, runners]}],
+    }
     if not open_egress:
         dns = [{"protocol": protocol, "port": 53} for protocol in ("UDP", "TCP")]
         spec["policyTypes"] = ["Ingress", "Egress"]
@@ -144,7 +156,7 @@ def guards(owner: Owner, ns: str, index: int, services: int, fences: Fences) -> 
                 ]
             },
         },
-        _network_policy(labels, ns, fences.open_egress),
+        _network_policy(labels, ns, owner.namespace, fences.open_egress),
     ]
 
 

@@ -151,7 +151,8 @@ def token_kubeconfig(
     api: client.ApiClient, admin_kubeconfig: Path, namespace: str, account: str, path: Path
 ) -> Path:
     """A kubeconfig that authenticates as ServiceAccount `namespace/account`, with a token from the
-    TokenRequest API (what the kubelet mounts into a pod of that ServiceAccount)."""
+    TokenRequest API (what the kubelet mounts into a pod of that ServiceAccount). Its context names
+    that namespace, as a CI job's kubeconfig does."""
     request = client.CoreV1Api(api).create_namespaced_service_account_token(
         account, namespace, {"spec": {"expirationSeconds": 3600}}
     )
@@ -164,7 +165,9 @@ def token_kubeconfig(
         "kind": "Config",
         "clusters": [cluster],
         "users": [{"name": user, "user": {"token": request.status.token}}],
-        "contexts": [{"name": user, "context": {"cluster": cluster["name"], "user": user}}],
+        "contexts": [
+            {"name": user, "context": {"cluster": cluster["name"], "user": user, "namespace": namespace}}
+        ],
         "current-context": user,
     }
     path.write_text(yaml.safe_dump(config))

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import select
 import subprocess
+import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -44,8 +47,13 @@ from testenv_api import (
 from testenv_api.status import workers_from_status
 from testenv_harness import toolchain
 from testenv_harness.clusters import Cluster
+from testenv_harness.connection import FORWARD_RIGHTS
+from testenv_harness.errors import AccessError
+from testenv_harness.handoff import Handoff
 from testenv_harness.localports import free_port
 from testenv_harness.operator_process import OperatorProcess
+from testenv_harness.session import RunOptions, RunSession
+from testenv_harness.testenv import TestEnv
 from testenv_harness.waiting import wait_for
 
 from . import chart_support as chart
@@ -56,6 +64,8 @@ SYSTEM_NAMESPACE = "testenv-system"
 #: Short loops so the scenario also drives the resync and the orphan sweep within seconds.
 FAST = {"resyncSeconds": 2, "orphanSweepSeconds": 2}
 RBAC_GROUP = "rbac.authorization.k8s.io"
+_SCRIPT = Path(sys.executable).with_name("testenv")
+TESTENV = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "testenv_harness.cli"]
 #: What the operator logs when the API server refuses it something.
 PERMISSION_TROUBLE = re.compile(
     r"forbidden|\b403\b|not enough permissions|orphan sweep failed", re.IGNORECASE
@@ -635,6 +645,200 @@ def test_a_release_with_watch_namespaces_serves_only_those(
             scoped.uninstall()
             client.CoreV1Api(api).delete_namespace(scoped.namespace)
         chart_operator.start()
+
+
+# -- a pipeline's runs under the pipeline role alone ----------------------------------------------
+
+#: The pipeline role's verbs on TestEnvironments that a run uses.
+RUN_VERBS = ("create", "get", "list", "patch", "delete")
+
+
+def _pipeline_run(team: Team, lines: list[str], **options: Any) -> RunSession:
+    """A run as the plugin and the CLI make it, with the pipeline's token kubeconfig and nothing else:
+    no namespace given (the kubeconfig's context names it), the cluster's operator."""
+    settings: dict[str, Any] = {
+        "workers": 2,
+        "manifest": te.manifest("suite"),
+        "provider": "existing",
+        "kubeconfig": str(team.kubeconfig),
+        "timeout": 120,
+        **options,
+    }
+    return RunSession(RunOptions(**settings), lines.append)
+
+
+def _pods(api: client.ApiClient, namespace: str) -> set[str]:
+    return {p.metadata.name for p in client.CoreV1Api(api).list_namespaced_pod(namespace).items}
+
+
+def test_a_pipeline_runs_and_restarts_its_workers_with_the_pipeline_role_alone(
+    api: client.ApiClient, chart_operator: OperatorProcess, teams: Callable[..., Team]
+) -> None:
+    team = teams("runs")
+    lines: list[str] = []
+    session = _pipeline_run(team, lines, wait_teardown=True)
+    try:
+        handoff = session.start()
+        assert handoff.namespace == team.namespace, "the namespace comes from the kubeconfig's context"
+        # The run found out who it is and granted itself its workers; nobody wrote spec.access.
+        spec = te.get(team.api, team.namespace, session.name)["spec"]
+        subject = {"kind": "ServiceAccount", "namespace": team.namespace, "name": "pipeline"}
+        assert spec["access"]["subjects"] == [subject]
+        assert any("added to spec.access.subjects" in line for line in lines), lines
+        for slot in (0, 1):
+            env = TestEnv(handoff, slot).wait_ready()
+            env.require_rights(FORWARD_RIGHTS)
+            before = _pods(api, env.namespace)
+            env.restart("redis", timeout=60, probe=False)  # kwok's pods: nothing to probe
+            assert _pods(api, env.namespace).isdisjoint(before), "a new pod serves the worker"
+    finally:
+        summary = session.stop()
+        session.remove_run_dir()
+    # It may not list namespaces: it waited for the finalizer, which goes after them.
+    assert "all namespaces deleted" in summary, summary
+    assert _permission_trouble(chart_operator) == []
+
+
+def test_a_manifests_own_access_is_kept_and_added_to(
+    chart_operator: OperatorProcess, teams: Callable[..., Team]
+) -> None:
+    team = teams("shares")
+    other = {"kind": "ServiceAccount", "name": "reader"}
+    session = _pipeline_run(team, [], manifest=te.manifest("suite", access={"subjects": [other]}))
+    try:
+        session.start()
+        subjects = te.get(team.api, team.namespace, session.name)["spec"]["access"]["subjects"]
+        assert subjects == [
+            other,
+            {"kind": "ServiceAccount", "namespace": team.namespace, "name": "pipeline"},
+        ]
+    finally:
+        session.stop()
+        session.remove_run_dir()
+
+
+@pytest.mark.parametrize("verb", RUN_VERBS)
+def test_a_missing_pipeline_right_is_named_with_the_identity_and_the_role(
+    api: client.ApiClient, chart_operator: OperatorProcess, teams: Callable[..., Team], verb: str
+) -> None:
+    team = teams(f"no-{verb}", bound=False)
+    rbac = client.RbacAuthorizationV1Api(api)
+    kept = [v for v in RUN_VERBS if v != verb]
+    rule = {"apiGroups": [GROUP], "resources": [PLURAL], "verbs": kept}
+    rbac.create_namespaced_role(team.namespace, {"metadata": {"name": "almost"}, "rules": [rule]})
+    rbac.create_namespaced_role_binding(
+        team.namespace,
+        {
+            "metadata": {"name": "almost"},
+            "roleRef": {"apiGroup": RBAC_GROUP, "kind": "Role", "name": "almost"},
+            "subjects": [{"kind": "ServiceAccount", "name": "pipeline", "namespace": team.namespace}],
+        },
+    )
+    wait_for(
+        lambda: chart.allowed(api, team.user, kept[0], PLURAL, team.namespace, group=GROUP),
+        timeout=10,
+        what="the Role to take effect",
+    )
+    session = _pipeline_run(team, [])
+    with pytest.raises(AccessError) as refused:
+        session.start()
+    session.stop()
+    session.remove_run_dir()
+    message = str(refused.value)
+    assert f"{verb} testenvironments" in message, message
+    assert f"{team.namespace}/pipeline" in message or team.user in message, message
+    assert "pipeline ClusterRole" in message, message
+    assert "not installed" not in message, message
+    made = client.CustomObjectsApi(api).list_namespaced_custom_object(GROUP, VERSION, team.namespace, PLURAL)
+    assert made["items"] == [], "refused before anything was created"
+
+
+def test_no_pipeline_role_at_all_is_named_not_reported_as_not_installed(
+    chart_operator: OperatorProcess, teams: Callable[..., Team]
+) -> None:
+    stranger = teams("none", bound=False)
+    session = _pipeline_run(stranger, [])
+    with pytest.raises(AccessError) as refused:
+        session.start()
+    session.stop()
+    session.remove_run_dir()
+    message = str(refused.value)
+    assert "refused to list testenvironments" in message, message
+    assert stranger.user in message, message
+    assert "pipeline ClusterRole" in message, message
+
+
+def test_workers_not_granted_to_the_run_are_refused_by_name(
+    chart_operator: OperatorProcess, teams: Callable[..., Team]
+) -> None:
+    """An environment that does not name the pipeline (made by hand, not by the harness): its
+    forwards and restarts are refused with the missing rights and the role that grants them."""
+    team = teams("ungranted")
+    te.create(team.api, team.namespace, te.manifest("byhand", workers=1))
+    te.wait_phase(team.api, team.namespace, "byhand", Phase.READY)
+    handoff = Handoff(
+        kubeconfig=str(team.kubeconfig),
+        namespace=team.namespace,
+        name="byhand",
+        run_id="byhand",
+        run_dir=str(Path(tempfile.mkdtemp())),
+        provider="existing",
+        timeout=30,
+    )
+    env = TestEnv(handoff, 0).wait_ready()
+    with pytest.raises(AccessError) as forward:
+        env.forward()
+    assert "create pods/portforward" in str(forward.value), forward.value
+    assert "worker-access ClusterRole" in str(forward.value)
+    with pytest.raises(AccessError) as restart:
+        env.restart("redis", timeout=10, probe=False)
+    assert "delete pods" in str(restart.value), restart.value
+
+
+def test_a_pipeline_drives_every_cli_step_with_its_token_kubeconfig(
+    api: client.ApiClient, chart_operator: OperatorProcess, teams: Callable[..., Team]
+) -> None:
+    """up, env, status, restart, exec and down, as a CI script runs them: KUBECONFIG is the
+    pipeline's token kubeconfig and nothing else is given (no namespace, no access)."""
+    team = teams("cli")
+    run = f"cli-{uuid.uuid4().hex[:6]}"
+    environment = {**os.environ, "KUBECONFIG": str(team.kubeconfig)}
+
+    def testenv(*args: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [*TESTENV, *args], env=environment, capture_output=True, text=True, timeout=240, check=False
+        )
+        assert done.returncode == 0, f"testenv {' '.join(args)}: {done.stderr}"
+        return done
+
+    testenv(
+        "up", "--service", "redis", "--workers", "2", "--cluster", "existing", "--run", run, "--timeout=120"
+    )
+    try:
+        worker = json.loads(testenv("env", "--run", run, "--worker", "2", "--format", "json").stdout)
+        assert worker["TESTENV_NAMESPACE"].startswith(f"te-{team.namespace}-"), worker
+        assert worker["REDIS_URL"].startswith("redis://localhost:"), worker
+        (row,) = json.loads(testenv("status", "--run", run, "-o", "json").stdout)
+        assert row["cluster_view"] == {"phase": "Ready", "readyWorkers": 2}, row
+        before = _pods(api, worker["TESTENV_NAMESPACE"])
+        testenv("restart", "redis", "--run", run, "--worker", "2")
+        assert _pods(api, worker["TESTENV_NAMESPACE"]).isdisjoint(before)
+        shown = testenv(
+            "exec", "--run", run, "--", sys.executable, "-c", "import os; print(os.environ['REDIS_URL'])"
+        )
+        assert shown.stdout.strip().startswith("redis://localhost:")
+    finally:
+        testenv("down", "--run", run)
+    wait_for(
+        lambda: (
+            not client.CustomObjectsApi(api).list_namespaced_custom_object(
+                GROUP, VERSION, team.namespace, PLURAL
+            )["items"]
+        ),
+        timeout=60,
+        what="the run's environment to be deleted",
+    )
+    assert _permission_trouble(chart_operator) == []
 
 
 def test_uninstall_leaves_no_operator_made_object_behind(

@@ -431,11 +431,13 @@ def test_watch_namespaces_moves_the_tenant_rules_into_roles_there() -> None:
     assert not [d for d in no_quota if d["kind"] == "ResourceQuota"]
 
 
-def test_worker_access_role_reads_and_port_forwards_only(default: list[Doc]) -> None:
+def test_worker_access_role_reads_port_forwards_and_restarts_only(default: list[Doc]) -> None:
     assert rules(one(default, "ClusterRole", "worker-access")) == {
         ("", "pods", "get"),
         ("", "pods", "list"),
         ("", "pods", "watch"),
+        # A restart deletes the service's pod; its Deployment makes the next one.
+        ("", "pods", "delete"),
         ("", "services", "get"),
         ("", "services", "list"),
         ("", "services", "watch"),

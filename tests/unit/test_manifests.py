@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from testenv_api import LABEL_OWNER_UID, LABEL_WORKER
+from testenv_api import LABEL_OWNER_UID, LABEL_RUNNER, LABEL_WORKER
 from testenv_operator.catalog import GENERIC, STEP_DOWN, ServiceContext, render_service
 from testenv_operator.manifests import Fences, Owner, guards, namespace, referenced_secrets, workload
 
@@ -24,7 +24,14 @@ def test_guards_fence_the_namespace() -> None:
     assert container["type"] == "Container"
     assert container["default"]["ephemeral-storage"] == "1Gi"
     assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
-    assert policy["spec"]["ingress"] == [{"from": [{"podSelector": {}}]}], "only pods of the same namespace"
+    (ingress,) = policy["spec"]["ingress"]
+    same_namespace, runners = ingress["from"]
+    assert same_namespace == {"podSelector": {}}, "pods of the same namespace"
+    # ... and the tenant's own test runners (a CI job in the cluster connecting directly), no one else.
+    assert runners == {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "team"}},
+        "podSelector": {"matchLabels": {LABEL_RUNNER: "true"}},
+    }
 
 
 def test_egress_reaches_the_own_namespace_and_cluster_dns_only() -> None:

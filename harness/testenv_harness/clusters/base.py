@@ -18,9 +18,12 @@ class Cluster:
 
     provider: str
     name: str
-    kubeconfig: Path
+    #: None: the pod's own ServiceAccount token (in-cluster configuration).
+    kubeconfig: Path | None
     #: Extra folder to put first on PATH (kubectl and friends), if the provider has one.
     bin_dir: Path | None = None
+    #: The kubeconfig context to use; None for its current one.
+    context: str | None = None
 
 
 class Provider(Protocol):

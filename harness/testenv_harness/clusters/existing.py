@@ -1,4 +1,5 @@
-"""The `existing` cluster: whatever the current kubeconfig points at (a shared CI cluster)."""
+"""The `existing` cluster: one someone else runs (a shared CI cluster), reached through a
+kubeconfig, or from a pod inside it with the pod's own ServiceAccount token."""
 
 from __future__ import annotations
 
@@ -6,8 +7,13 @@ import os
 from collections.abc import Mapping, Sequence, Set
 from pathlib import Path
 
+from testenv_harness import kube
 from testenv_harness.clusters.base import MOTO_RESET, Cluster
 from testenv_harness.errors import ClusterError
+
+
+def _default_kubeconfig() -> Path:
+    return Path.home() / ".kube" / "config"
 
 
 class ExistingProvider:
@@ -24,22 +30,40 @@ class ExistingProvider:
         return MOTO_RESET if service_type == "moto" else None
 
     def __init__(self, kubeconfig: str | None = None, context: str | None = None) -> None:
-        first = (kubeconfig or os.environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")).split(
-            os.pathsep
-        )[0]
+        """`kubeconfig` (else $KUBECONFIG's first file, else ~/.kube/config); inside a pod with none
+        of those, the pod's ServiceAccount token."""
+        given = kubeconfig or os.environ.get("KUBECONFIG")
+        self.explicit = bool(given)
+        first = (given or str(_default_kubeconfig())).split(os.pathsep)[0]
         self.kubeconfig = Path(first).expanduser()
         self.context = context
 
+    @property
+    def in_cluster(self) -> bool:
+        """No kubeconfig was named or found, and this process runs in a pod: use its token."""
+        return not self.explicit and not self.kubeconfig.is_file() and kube.in_cluster()
+
     def exists(self) -> bool:
-        return self.kubeconfig.is_file()
+        return self.kubeconfig.is_file() or self.in_cluster
+
+    def default_namespace(self) -> str:
+        """Where kubectl would work: the context's namespace, or the pod's own, else `default`."""
+        if self.in_cluster:
+            return kube.pod_namespace() or "default"
+        if self.kubeconfig.is_file():
+            return kube.context_namespace(self.kubeconfig, self.context) or "default"
+        return "default"
 
     def up(self) -> Cluster:
-        if not self.exists():
+        if self.in_cluster:
+            return Cluster(self.name, "in-cluster", None)
+        if not self.kubeconfig.is_file():
             raise ClusterError(
-                f"no kubeconfig at {self.kubeconfig}: set KUBECONFIG, or use --testenv-cluster=local for a "
+                f"no kubeconfig at {self.kubeconfig}: set KUBECONFIG (or --testenv-kubeconfig), run inside "
+                "the cluster with a mounted ServiceAccount token, or use --testenv-cluster=local for a "
                 "throwaway local cluster"
             )
-        return Cluster(self.name, self.context or "current-context", self.kubeconfig)
+        return Cluster(self.name, self.context or "current-context", self.kubeconfig, context=self.context)
 
     def down(self) -> None:
         """An existing cluster is not ours to delete."""
