@@ -37,17 +37,18 @@ func TestCheckout(t *testing.T) {
 }
 
 // own is this process's value of a variable `testenv run` sets for every worker:
-// REDIS_URL_1, REDIS_URL_2, ... numbered like GinkgoParallelProcess().
+// REDIS_URL_0, REDIS_URL_1, ... Workers count from 0; Ginkgo's processes from 1.
 func own(name string) string {
-	value := os.Getenv(fmt.Sprintf("%s_%d", name, GinkgoParallelProcess()))
+	value := os.Getenv(fmt.Sprintf("%s_%s", name, me()))
 	if value == "" {
-		Fail(fmt.Sprintf("%s_%d is not set: run this suite under `testenv run --workers N -- ginkgo -p --procs M` with N >= M",
-			name, GinkgoParallelProcess()))
+		Fail(fmt.Sprintf("%s_%s is not set: run this suite under `testenv run --workers N -- ginkgo -p --procs M` with N >= M",
+			name, me()))
 	}
 	return value
 }
 
-func me() string { return strconv.Itoa(GinkgoParallelProcess()) }
+// me is this process's worker number for testenv: GinkgoParallelProcess() counts from 1.
+func me() string { return strconv.Itoa(GinkgoParallelProcess() - 1) }
 
 var _ = BeforeSuite(func(ctx SpecContext) {
 	redisURL = own("REDIS_URL")

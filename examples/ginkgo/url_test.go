@@ -13,7 +13,7 @@ var _ = Describe("a URL read once at suite set-up", func() {
 	It("is this process's own Redis", func(ctx SpecContext) {
 		Expect(redisURL).To(Equal(os.Getenv("REDIS_URL_" + me())))
 		if GinkgoParallelProcess() > 1 {
-			Expect(redisURL).NotTo(Equal(os.Getenv("REDIS_URL_1")))
+			Expect(redisURL).NotTo(Equal(os.Getenv("REDIS_URL_0")))
 		}
 		Expect(rdb.Get(ctx, ownerKey).Val()).To(Equal(me()))
 	})

@@ -273,7 +273,10 @@ def _worker_number(args: argparse.Namespace) -> int:
     mine = os.environ.get("TESTENV_WORKER")
     if mine and mine.isdigit():
         return int(mine)
-    raise ValueError("say which worker with --worker I (1-based: Ginkgo's process number, JEST_WORKER_ID)")
+    raise ValueError(
+        "say which worker with --worker I (from 0, like pytest-xdist's gw0 and the worker namespaces' "
+        "-w0: Ginkgo's process N is worker N-1)"
+    )
 
 
 def _worker_variables(state: RunState, number: int) -> dict[str, str]:
@@ -299,7 +302,7 @@ def cmd_forward(args: argparse.Namespace) -> int:
     state = runstate.find(args.run)
     number = _worker_number(args)
     variables = _worker_variables(state, number)
-    env = TestEnv(state.handoff_object(), number - 1)
+    env = TestEnv(state.handoff_object(), number)
     try:
         with _signals_interrupt():
             env.wait_ready().forward()
@@ -338,7 +341,7 @@ def _claim_worker(state: RunState) -> tuple[int, int]:
     folder.mkdir(exist_ok=True)
     waited = False
     while True:
-        for number in range(1, state.workers + 1):
+        for number in range(state.workers):
             fd = os.open(folder / f"{number}.lock", os.O_CREAT | os.O_RDWR, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -356,7 +359,7 @@ def cmd_restart(args: argparse.Namespace) -> int:
     state = runstate.find(args.run)
     number = _worker_number(args)
     state.environment_of(number)
-    env = TestEnv(state.handoff_object(), number - 1).wait_ready()
+    env = TestEnv(state.handoff_object(), number).wait_ready()
     try:
         service = env.service(args.service)
     except KeyError as exc:
@@ -552,7 +555,7 @@ def add_parsers(sub: Any) -> None:
         description="Set a run up and keep it in a background process until `testenv down`. Prints the "
         "run's name on stdout. Workers are forwarded by `testenv forward --worker I` (or by this "
         "process with --forward).",
-        **_example("testenv up -f env.yaml --workers 4 && testenv forward --worker 1 &"),
+        **_example("testenv up -f env.yaml --workers 4 && testenv forward --worker 0 &"),
     )
     _add_run_options(up)
     up.add_argument("--forward", action="store_true", help="also forward every worker from the run's process")
@@ -569,12 +572,12 @@ def add_parsers(sub: Any) -> None:
     env = sub.add_parser(
         "env",
         help="print a worker's variables (or, without --worker, every worker's, numbered)",
-        description="Without --worker: what `testenv run` gives its command (REDIS_URL_1, REDIS_URL_2, "
+        description="Without --worker: what `testenv run` gives its command (REDIS_URL_0, REDIS_URL_1, "
         "...). With --worker I: worker I's variables under plain names (REDIS_URL, ...).",
-        **_example('eval "$(testenv env --worker 2)" && redis-cli -u "$REDIS_URL" ping'),
+        **_example('eval "$(testenv env --worker 1)" && redis-cli -u "$REDIS_URL" ping'),
     )
     _add_run_choice(env)
-    env.add_argument("--worker", type=int, metavar="I", help="1-based worker number")
+    env.add_argument("--worker", type=int, metavar="I", help="worker number, from 0")
     env.add_argument("--format", choices=exports.FORMATS, default="shell", help="default: %(default)s")
     env.set_defaults(func=cmd_env)
 
@@ -586,7 +589,7 @@ def add_parsers(sub: Any) -> None:
         **_example("testenv forward --worker 3 --format json &"),
     )
     _add_run_choice(forward)
-    forward.add_argument("--worker", type=int, metavar="I", help="1-based (default: $TESTENV_WORKER)")
+    forward.add_argument("--worker", type=int, metavar="I", help="from 0 (default: $TESTENV_WORKER)")
     forward.add_argument("--format", choices=exports.FORMATS, default="shell", help="default: %(default)s")
     forward.set_defaults(func=cmd_forward)
 
@@ -619,11 +622,11 @@ def add_parsers(sub: Any) -> None:
     restart = sub.add_parser(
         "restart",
         help="restart one service of one worker; no other worker notices",
-        **_example("testenv restart redis --worker 2"),
+        **_example("testenv restart redis --worker 1"),
     )
     _add_run_choice(restart)
     restart.add_argument("service", help="the service's name in the manifest")
-    restart.add_argument("--worker", type=int, metavar="I", help="1-based (default: $TESTENV_WORKER)")
+    restart.add_argument("--worker", type=int, metavar="I", help="from 0 (default: $TESTENV_WORKER)")
     restart.add_argument("--timeout", type=float, default=120.0, help="seconds (default: %(default)s)")
     restart.set_defaults(func=cmd_restart)
 

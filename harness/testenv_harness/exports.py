@@ -1,9 +1,11 @@
 """The variables a CLI run hands to processes of any runner, and the formats they are printed in.
 
 A run's command sees every worker's variables at once, each under its plain name with the
-worker's number appended: `REDIS_URL_1`, `REDIS_URL_2`, ... Numbers start at 1 because Ginkgo's
-`GinkgoParallelProcess()` and Jest's `JEST_WORKER_ID` do, so a process finds its own endpoint
-with one lookup by the number its runner gave it, and no port arithmetic. A variable that is the
+worker's number appended: `REDIS_URL_0`, `REDIS_URL_1`, ... Numbers start at 0 everywhere a user
+sees one: the plugin's `TESTENV_WORKER` and `testenv.worker` (pytest-xdist's gw0), the status's
+`workers[].index` and the namespaces' `-w0` suffix, `--worker`, these suffixes and messages. A
+runner that numbers its processes from 1 (Ginkgo's `GinkgoParallelProcess()`, Jest's
+`JEST_WORKER_ID`) subtracts one in its one lookup. A variable that is the
 same for every worker is set under its plain name too (so with one worker, `REDIS_URL` works);
 with several workers there is no plain `REDIS_URL`, so a process that ignores its number gets
 nothing rather than another worker's Redis.
@@ -18,14 +20,9 @@ from collections.abc import Mapping
 from testenv_harness.testenv import TestEnv
 
 FORMATS = ("shell", "dotenv", "json")
-#: Per-worker variables the CLI leaves out: the plugin's 0-based slot would contradict the suffix.
-_PLUGIN_ONLY = ("TESTENV_WORKER",)
-
-
 def worker_variables(env: TestEnv) -> dict[str, str]:
-    """One worker's variables under their plain names, as the CLI numbers it (1-based)."""
-    variables = {k: v for k, v in env.environment().items() if k not in _PLUGIN_ONLY}
-    return {**variables, "TESTENV_WORKER": str(env.worker + 1)}
+    """One worker's variables under their plain names: what the plugin exports in that worker."""
+    return env.environment()
 
 
 def run_variables(name: str, workers: Mapping[str, Mapping[str, str]]) -> dict[str, str]:

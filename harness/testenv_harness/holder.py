@@ -69,7 +69,7 @@ class Holder:
             self.state.phase, self.state.message = runstate.FAILED, str(exc).splitlines()[0]
             runstate.save(self.state)
             raise
-        self.state.environments = {str(env.worker + 1): exports.worker_variables(env) for env in self.envs}
+        self.state.environments = {str(env.worker): exports.worker_variables(env) for env in self.envs}
         self.state.phase = runstate.READY
         runstate.save(self.state)
         what = "forwarded on this machine" if self.forward else "ready (`testenv forward --worker I`)"

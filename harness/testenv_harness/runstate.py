@@ -33,7 +33,7 @@ class UnknownRunError(TestEnvError):
 
 
 class NoSuchWorkerError(TestEnvError):
-    """A worker number outside the run's 1..N."""
+    """A worker number outside the run's 0..N-1."""
 
 
 @dataclasses.dataclass
@@ -63,11 +63,11 @@ class RunState:
         return Handoff(**self.handoff)
 
     def environment_of(self, worker: int) -> dict[str, str]:
-        """Worker `worker`'s variables (1-based, like Ginkgo's and Jest's process numbers)."""
-        if not 1 <= worker <= self.workers:
+        """Worker `worker`'s variables (numbered from 0, like the plugin's and the namespaces')."""
+        if not 0 <= worker < self.workers:
             raise NoSuchWorkerError(
-                f"run {self.name!r} has workers 1-{self.workers}, not {worker}: ask for one of those, or "
-                f"start the run with --workers {max(worker, 1)}"
+                f"run {self.name!r} has workers 0-{self.workers - 1} (numbered from 0), not {worker}: ask "
+                f"for one of those, or start the run with --workers {max(worker + 1, 1)}"
             )
         self.require_ready()
         return self.environments[str(worker)]

@@ -23,7 +23,7 @@ from testenv_harness.clusters import Cluster
 from testenv_harness.errors import ToolchainError
 from testenv_harness.waiting import wait_for
 from tests.e2e import outages
-from tests.suites import EXAMPLES
+from tests.suites import EXAMPLES, Run
 
 _SCRIPT = Path(sys.executable).with_name("testenv")
 TESTENV = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "testenv_harness.cli"]
@@ -106,7 +106,7 @@ def test_the_ginkgo_suite_passes_with_a_redis_and_kafka_per_process(
 
 
 def test_the_ginkgo_suite_fails_when_two_processes_share_a_redis(where: list[str], ginkgo_path: str) -> None:
-    share = "export REDIS_URL_2=$REDIS_URL_1 REDIS_URL_3=$REDIS_URL_1 REDIS_URL_4=$REDIS_URL_1"
+    share = "export REDIS_URL_1=$REDIS_URL_0 REDIS_URL_2=$REDIS_URL_0 REDIS_URL_3=$REDIS_URL_0"
     result = _ginkgo(where, ginkgo_path, 4, "sh", "-c", f"{share}; exec ginkgo --no-color -p --procs 4")
     assert result.returncode != 0, "one Redis for every process must fail the suite"
     assert "shares its Redis" in result.stdout, result.stdout[-3000:]
@@ -148,22 +148,22 @@ def test_up_forward_env_status_down_from_four_background_processes(
             stderr=subprocess.PIPE,
             text=True,
         )
-        for i in range(1, 5)
+        for i in range(4)
     ]
     try:
         ports = []
-        for i, forward in enumerate(forwards, start=1):
+        for i, forward in enumerate(forwards):
             assert forward.stdout is not None
             variables = json.loads(forward.stdout.readline())
             assert variables["TESTENV_WORKER"] == str(i)
             ports.append(int(variables["REDIS_PORT"]))
             assert _redis(ports[-1], "SET", "owner", str(i)) == b"+OK\r\n"
         assert len(set(ports)) == 4
-        for i, port in enumerate(ports, start=1):  # the same key, four Redis servers
+        for i, port in enumerate(ports):  # the same key, four Redis servers
             assert _redis(port, "GET", "owner") == f"$1\r\n{i}\r\n".encode()
 
         env = subprocess.run(
-            [*TESTENV, "env", "--run", run_name, "--worker", "3", "--format", "dotenv"],
+            [*TESTENV, "env", "--run", run_name, "--worker", "2", "--format", "dotenv"],
             capture_output=True,
             text=True,
             check=True,
@@ -178,7 +178,7 @@ def test_up_forward_env_status_down_from_four_background_processes(
         assert row["cluster_view"]["phase"] == "Ready"
 
         busy = subprocess.run(
-            [*TESTENV, "forward", "--run", run_name, "--worker", "2"],
+            [*TESTENV, "forward", "--run", run_name, "--worker", "1"],
             capture_output=True,
             text=True,
             check=False,
@@ -219,7 +219,7 @@ _WAITS = [
     # SIGINT as a runner has it: a shell starting CI in the background (`cmd &`) hands its jobs
     # SIGINT ignored, and that disposition would reach this command through testenv.
     "import os, signal, time; signal.signal(signal.SIGINT, signal.default_int_handler); "
-    "print(os.environ['REDIS_URL_2'], flush=True); time.sleep(600)",
+    "print(os.environ['REDIS_URL_1'], flush=True); time.sleep(600)",
 ]
 
 
@@ -351,3 +351,59 @@ def test_a_run_goes_on_through_a_control_plane_restart(
     assert down.returncode == 0, down.stderr
     assert runstate.load(run_name) is None
     _nothing_left(local_cluster, namespace)
+
+
+def test_the_plugin_and_the_cli_number_the_same_two_workers_alike(
+    where: list[str], run_name: str, run_suite: Run, pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    """One numbering for everything a user sees: worker N is TESTENV_WORKER=N, `testenv.worker`
+    N, `--worker N`, the suffix _N and the namespace ending in -wN, in the plugin and the CLI."""
+    pytester.makeini("[pytest]\ntestenv = true\ntestenv_services = redis\n")
+    pytester.makepyfile(
+        test_numbers=f"""
+        import json, os, pathlib
+
+        def test_record(testenv):
+            seen = {{"variable": os.environ["TESTENV_WORKER"], "attribute": testenv.worker,
+                    "namespace": os.environ["TESTENV_NAMESPACE"]}}
+            out = pathlib.Path({str(tmp_path)!r}) / f"numbers-{{testenv.worker}}.json"
+            out.write_text(json.dumps(seen))
+        """
+    )
+    result = run_suite("-n", "2", "--dist", "each")
+    result.assert_outcomes(passed=2)
+    plugin = {}
+    for path in tmp_path.glob("numbers-*.json"):
+        seen = json.loads(path.read_text())
+        plugin[int(seen["variable"])] = (seen["attribute"], seen["namespace"].rsplit("-", 1)[1])
+    assert plugin == {0: (0, "w0"), 1: (1, "w1")}, plugin
+
+    up = subprocess.run(
+        [*TESTENV, "up", "--service", "redis", "--workers", "2", "--run", run_name, *where],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert up.returncode == 0, up.stderr
+    cli = {}
+    for number in (0, 1):
+        shown = subprocess.run(
+            [*TESTENV, "env", "--run", run_name, "--worker", str(number), "--format", "json"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        variables = json.loads(shown.stdout)
+        cli[int(variables["TESTENV_WORKER"])] = (number, variables["TESTENV_NAMESPACE"].rsplit("-", 1)[1])
+    assert cli == plugin
+    every = subprocess.run(
+        [*TESTENV, "env", "--run", run_name, "--format", "json"], capture_output=True, text=True, check=True
+    )
+    numbered = json.loads(every.stdout)
+    assert numbered["TESTENV_NAMESPACE_0"].endswith("-w0")
+    assert numbered["TESTENV_NAMESPACE_1"].endswith("-w1")
+    beyond = subprocess.run(
+        [*TESTENV, "env", "--run", run_name, "--worker", "2"], capture_output=True, text=True, check=False
+    )
+    assert "has workers 0-1 (numbered from 0), not 2" in beyond.stderr

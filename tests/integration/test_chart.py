@@ -815,13 +815,13 @@ def test_a_pipeline_drives_every_cli_step_with_its_token_kubeconfig(
         "up", "--service", "redis", "--workers", "2", "--cluster", "existing", "--run", run, "--timeout=120"
     )
     try:
-        worker = json.loads(testenv("env", "--run", run, "--worker", "2", "--format", "json").stdout)
+        worker = json.loads(testenv("env", "--run", run, "--worker", "1", "--format", "json").stdout)
         assert worker["TESTENV_NAMESPACE"].startswith(f"te-{team.namespace}-"), worker
         assert worker["REDIS_URL"].startswith("redis://localhost:"), worker
         (row,) = json.loads(testenv("status", "--run", run, "-o", "json").stdout)
         assert row["cluster_view"] == {"phase": "Ready", "readyWorkers": 2}, row
         before = _pods(api, worker["TESTENV_NAMESPACE"])
-        testenv("restart", "redis", "--run", run, "--worker", "2")
+        testenv("restart", "redis", "--run", run, "--worker", "1")
         assert _pods(api, worker["TESTENV_NAMESPACE"]).isdisjoint(before)
         shown = testenv(
             "exec", "--run", run, "--", sys.executable, "-c", "import os; print(os.environ['REDIS_URL'])"

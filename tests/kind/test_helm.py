@@ -191,10 +191,10 @@ def test_the_same_identity_drives_testenv_run(
     check = tmp_path / "check.py"
     check.write_text(
         "import os, subprocess, redis\n"
-        "one, two = (redis.Redis.from_url(os.environ[f'REDIS_URL_{n}']) for n in (1, 2))\n"
+        "one, two = (redis.Redis.from_url(os.environ[f'REDIS_URL_{n}']) for n in (0, 1))\n"
         "one.set('k', 'one'); two.set('k', 'two')\n"
-        "subprocess.run(['testenv', 'restart', 'redis', '--worker', '1'], check=True)\n"
-        "assert redis.Redis.from_url(os.environ['REDIS_URL_1']).get('k') is None, 'a fresh Redis'\n"
+        "subprocess.run(['testenv', 'restart', 'redis', '--worker', '0'], check=True)\n"
+        "assert redis.Redis.from_url(os.environ['REDIS_URL_0']).get('k') is None, 'a fresh Redis'\n"
         "assert two.get('k') == b'two', 'the other worker never noticed'\n"
         "print('checked', os.environ['TESTENV_WORKERS'], 'workers')\n"
     )

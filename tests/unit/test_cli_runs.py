@@ -40,7 +40,7 @@ def _ready_run(name: str = "checkout", workers: int = 2, pid: int | None = None)
                 "TESTENV_WORKER": str(i),
                 "AWS_REGION": "x",
             }
-            for i in range(1, workers + 1)
+            for i in range(workers)
         },
     )
     runstate.save(state)
@@ -49,20 +49,20 @@ def _ready_run(name: str = "checkout", workers: int = 2, pid: int | None = None)
 
 def test_every_worker_gets_numbered_variables_and_shared_ones_keep_their_plain_name() -> None:
     workers = {
-        "1": {
+        "0": {
             "REDIS_URL": "redis://localhost:20000",
-            "TESTENV_WORKER": "1",
+            "TESTENV_WORKER": "0",
             "AWS_DEFAULT_REGION": "us-east-1",
         },
-        "2": {
+        "1": {
             "REDIS_URL": "redis://localhost:20010",
-            "TESTENV_WORKER": "2",
+            "TESTENV_WORKER": "1",
             "AWS_DEFAULT_REGION": "us-east-1",
         },
     }
     variables = exports.run_variables("checkout", workers)
-    assert variables["REDIS_URL_1"] == "redis://localhost:20000"
-    assert variables["REDIS_URL_2"] == "redis://localhost:20010"
+    assert variables["REDIS_URL_0"] == "redis://localhost:20000"
+    assert variables["REDIS_URL_1"] == "redis://localhost:20010"
     assert "REDIS_URL" not in variables, "with two workers a plain REDIS_URL would be someone else's"
     assert variables["AWS_DEFAULT_REGION"] == "us-east-1"
     assert variables["TESTENV_RUN"] == "checkout"
@@ -71,8 +71,8 @@ def test_every_worker_gets_numbered_variables_and_shared_ones_keep_their_plain_n
 
 
 def test_a_single_worker_also_gets_plain_names() -> None:
-    variables = exports.run_variables("solo", {"1": {"REDIS_URL": "redis://localhost:20000"}})
-    assert variables["REDIS_URL"] == variables["REDIS_URL_1"] == "redis://localhost:20000"
+    variables = exports.run_variables("solo", {"0": {"REDIS_URL": "redis://localhost:20000"}})
+    assert variables["REDIS_URL"] == variables["REDIS_URL_0"] == "redis://localhost:20000"
 
 
 @pytest.mark.parametrize(
@@ -89,9 +89,10 @@ def test_formats(fmt: str, expected: str) -> None:
 
 def test_env_prints_one_workers_plain_variables(cache: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _ready_run()
-    assert cli.main(["env", "--worker", "2", "--format", "json"]) == 0
+    assert cli.main(["env", "--worker", "1", "--format", "json"]) == 0
     variables = json.loads(capsys.readouterr().out)
-    assert variables["REDIS_URL"] == "redis://localhost:20002"
+    assert variables["REDIS_URL"] == "redis://localhost:20001"
+    assert variables["TESTENV_WORKER"] == "1", "the plugin's number for the same worker"
     assert variables["TESTENV_RUN"] == "checkout"
 
 
@@ -101,8 +102,8 @@ def test_env_without_worker_prints_what_run_gives_its_command(
     _ready_run()
     assert cli.main(["env", "--format", "dotenv"]) == 0
     out = capsys.readouterr().out
+    assert "REDIS_URL_0=redis://localhost:20000" in out
     assert "REDIS_URL_1=redis://localhost:20001" in out
-    assert "REDIS_URL_2=redis://localhost:20002" in out
 
 
 def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
@@ -117,9 +118,10 @@ def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
 @pytest.mark.parametrize(
     ("argv", "says"),
     [
-        (["env", "--worker", "5"], "has workers 1-2, not 5"),
-        (["env", "--worker", "0"], "has workers 1-2, not 0"),
-        (["forward", "--worker", "3"], "has workers 1-2, not 3"),
+        (["env", "--worker", "5"], "has workers 0-1 (numbered from 0), not 5"),
+        (["env", "--worker", "2"], "has workers 0-1 (numbered from 0), not 2"),
+        (["env", "--worker", "-1"], "has workers 0-1 (numbered from 0), not -1"),
+        (["forward", "--worker", "3"], "has workers 0-1 (numbered from 0), not 3"),
         (["forward"], "say which worker with --worker I"),
         (["env", "--run", "nope"], "no run named 'nope' on this machine (up here: checkout)"),
         (["status", "--run", "nope"], "no run named 'nope'"),
