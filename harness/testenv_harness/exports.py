@@ -20,6 +20,8 @@ from collections.abc import Mapping
 from testenv_harness.testenv import TestEnv
 
 FORMATS = ("shell", "dotenv", "json")
+
+
 def worker_variables(env: TestEnv) -> dict[str, str]:
     """One worker's variables under their plain names: what the plugin exports in that worker."""
     return env.environment()
