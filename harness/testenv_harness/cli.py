@@ -14,10 +14,12 @@ testenv images prune          remove our images that no current recipe names (ol
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import shlex
 import shutil
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import urllib3
@@ -33,11 +35,22 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("kube-testenv")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed as a package)"
+
+
 def _export_lines(provider: LocalProvider | KindProvider) -> str:
-    return (
-        f"export KUBECONFIG={shlex.quote(str(provider.kubeconfig))}\n"
-        f"export PATH={shlex.quote(str(toolchain.bin_dir()))}:$PATH"
-    )
+    """KUBECONFIG, and PATH with the pinned kubectl and friends and this installation's `testenv`
+    (a virtual environment's bin folder is not on PATH unless it is activated)."""
+    folders = [toolchain.bin_dir()]
+    scripts = Path(sys.executable).parent
+    if (scripts / "testenv").exists() and shutil.which("testenv") != str(scripts / "testenv"):
+        folders.append(scripts)
+    path = ":".join(shlex.quote(str(folder)) for folder in folders)
+    return f"export KUBECONFIG={shlex.quote(str(provider.kubeconfig))}\nexport PATH={path}:$PATH"
 
 
 def _cmd_tools(args: argparse.Namespace) -> int:
@@ -112,6 +125,7 @@ def _parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n")[0],
         **_example("testenv run --service redis kafka --workers 4 -- ginkgo -p --procs 4"),
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     cli_runs.add_parsers(sub)
 

@@ -13,7 +13,7 @@ import importlib.util
 import os
 import shutil
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -67,9 +67,7 @@ def _redis(pod: PodSpec, workdir: Path) -> Launch:
 def _moto(pod: PodSpec, workdir: Path) -> Launch:
     (port,) = pod.ports.values()
     if importlib.util.find_spec("moto") is None or importlib.util.find_spec("flask") is None:
-        raise RunnerError(
-            "moto_server is not installed: pip install 'moto[server]' (part of kube-testenv[examples])"
-        )
+        raise RunnerError("moto_server is not installed: pip install 'kube-testenv[aws]' (or 'moto[server]')")
     argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
     return Launch(argv, dict(os.environ), (port,))
 
@@ -108,6 +106,30 @@ RUNNERS: dict[str, Callable[[PodSpec, Path], Launch]] = {
     "moto": _moto,
     "mosquitto": _mosquitto,
 }
+
+
+#: What a missing Python module of a runner is installed with.
+_NEEDS = {"localstack": ("moto", "flask"), "moto": ("moto", "flask")}
+
+
+def cannot_serve(service_types: Iterable[str]) -> str:
+    """Why the local data plane cannot run these types here ("" if it can): checked before a run
+    starts anything, so a user learns it from the first line rather than from a worker's error."""
+    types = sorted(set(service_types))
+    other = [t for t in types if t not in RUNNERS]
+    if other:
+        return (
+            f"the local cluster cannot run {', '.join(other)} services: its data plane runs "
+            f"{', '.join(sorted(RUNNERS))} as host processes (custom images need a container runtime). "
+            "Use --testenv-cluster kind (a Docker engine) or existing"
+        )
+    missing = [t for t in types if any(importlib.util.find_spec(m) is None for m in _NEEDS.get(t, ()))]
+    if missing:
+        return (
+            f"the local cluster runs {', '.join(missing)} services with moto_server, which is not "
+            "installed: pip install 'kube-testenv[aws]'"
+        )
+    return ""
 
 
 def launch_for(pod: PodSpec, workdir: Path) -> Launch:

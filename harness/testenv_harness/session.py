@@ -37,7 +37,7 @@ from testenv_api import (
     ports_needed,
 )
 from testenv_api.status import WorkerStatus, workers_from_status
-from testenv_harness import kube
+from testenv_harness import kube, runners
 from testenv_harness.clusters.base import Cluster, Provider
 from testenv_harness.clusters.existing import ExistingProvider
 from testenv_harness.clusters.kind import KindProvider, why_not_kind
@@ -185,6 +185,10 @@ class RunSession:
 
     def start(self) -> Handoff:
         self.provider = self._provider()
+        if self.provider.simulated_pods:
+            services = (self.options.manifest.get("spec") or {}).get("services") or []
+            if reason := runners.cannot_serve(s.get("type", "") for s in services):
+                raise ManifestError(reason)
         self.cluster = self.provider.up()
         self.api = kube.api_client(self.cluster.kubeconfig, self.cluster.context)
         if not self.options.namespace:

@@ -31,3 +31,12 @@ def test_errors_are_one_line_not_a_traceback(
     err = capsys.readouterr().err
     assert err.startswith("testenv: error: ")
     assert "make tools" in err
+
+
+def test_version_is_the_installed_packages(capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.metadata
+
+    with pytest.raises(SystemExit) as done:
+        cli.main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == f"testenv {importlib.metadata.version('kube-testenv')}"

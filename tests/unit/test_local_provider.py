@@ -51,3 +51,42 @@ def test_nodes_are_managed_by_kwok_and_have_room() -> None:
     node = _node_manifest("kwok-node-0")
     assert node["metadata"]["annotations"]["kwok.x-k8s.io/node"] == "fake"  # type: ignore[index]
     assert node["status"]["capacity"]["pods"] == "500"  # type: ignore[index]
+
+
+def test_what_the_local_data_plane_cannot_run_is_refused_before_anything_starts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from testenv_harness import runners
+    from testenv_harness.errors import ManifestError
+    from testenv_harness.session import RunOptions, RunSession
+
+    assert runners.cannot_serve(["redis", "kafka", "mosquitto"]) == ""
+    assert "custom" in runners.cannot_serve(["redis", "custom"])
+    assert "--testenv-cluster kind" in runners.cannot_serve(["postgres"])
+    custom = {
+        "name": "gw",
+        "type": "custom",
+        "custom": {"image": "gateway:dev", "ports": [{"name": "h", "port": 80}]},
+    }
+    manifest = {"kind": "TestEnvironment", "spec": {"services": [{"name": "r", "type": "redis"}, custom]}}
+    session = RunSession(
+        RunOptions(workers=1, manifest=manifest, provider="local", cluster_name="never-made"), print
+    )
+
+    def never(*_: object) -> None:
+        raise AssertionError("nothing may start")
+
+    monkeypatch.setattr(LocalProvider, "up", never)
+    with pytest.raises(ManifestError, match="cannot run custom services"):
+        session.start()
+    session.remove_run_dir()
+
+
+def test_the_aws_types_name_the_extra_that_installs_moto(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from testenv_harness import runners
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "moto" else real(name))
+    assert "pip install 'kube-testenv[aws]'" in runners.cannot_serve(["redis", "localstack"])
