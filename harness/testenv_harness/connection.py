@@ -14,13 +14,14 @@ import errno
 import os
 import re
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any, Self
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from testenv_api import GROUP, LABEL_RUNNER, PLURAL, VERSION, Phase
-from testenv_api.status import ServiceStatus, WorkerStatus, workers_from_status
+from testenv_api import GROUP, LABEL_RUNNER, PLURAL, VERSION, Phase, plan_ports, service_url
+from testenv_api.status import PortStatus, ServiceStatus, WorkerStatus, workers_from_status
 from testenv_harness import kube, localports, probes
 from testenv_harness.errors import NotReadyError, PortBusyError, TestEnvError
 from testenv_harness.handoff import DIRECT, Handoff
@@ -259,23 +260,68 @@ class WorkerConnection:
 
     def environment(self) -> dict[str, str]:
         """The variables exported for the code under test (documented in docs/harness.md)."""
-        services = self._status().services
-        variables = {
+        endpoints = {s.name: (self.url(s.name), *self.host_port(s.name)) for s in self._status().services}
+        return {
             "TESTENV_WORKER": str(self.worker),
             "TESTENV_NAMESPACE": self.namespace,
             "TESTENV_RUN_ID": self.run_id,
+            **service_variables(self._status().services, endpoints),
         }
-        for service in services:
-            key = _variable(service.name)
-            host, port = self.host_port(service.name)
-            variables[f"{key}_URL"] = self.url(service.name)
-            variables[f"{key}_HOST"] = host
-            variables[f"{key}_PORT"] = str(port)
-        for kind, names in _TYPE_VARIABLES.items():
-            of_kind = [s for s in services if s.type == kind]
-            if len(of_kind) == 1:
-                for name in names:
-                    variables[name] = self.url(of_kind[0].name)
-        if "AWS_ENDPOINT_URL" in variables:
-            variables.update({k: v for k, v in _AWS_DEFAULTS.items() if k not in os.environ})
-        return variables
+
+
+def service_variables(
+    services: Sequence[ServiceStatus], endpoints: Mapping[str, tuple[str, str, int]]
+) -> dict[str, str]:
+    """Each service's `<NAME>_URL/_HOST/_PORT` and the one-of-a-type names (REDIS_URL, ...), from
+    (url, host, port) per service name."""
+    variables: dict[str, str] = {}
+    for service in services:
+        key = _variable(service.name)
+        url, host, port = endpoints[service.name]
+        variables.update({f"{key}_URL": url, f"{key}_HOST": host, f"{key}_PORT": str(port)})
+    for kind, names in _TYPE_VARIABLES.items():
+        of_kind = [s for s in services if s.type == kind]
+        if len(of_kind) == 1:
+            variables.update(dict.fromkeys(names, endpoints[of_kind[0].name][0]))
+    if "AWS_ENDPOINT_URL" in variables:
+        variables.update({k: v for k, v in _AWS_DEFAULTS.items() if k not in os.environ})
+    return variables
+
+
+def planned_variables(spec: Mapping[str, Any], run_id: str) -> list[dict[str, str]]:
+    """Per worker, the variables its forwards will serve, from the local-port plan alone: what a
+    worker exports before it collects (modules that build a client at import read them), before
+    the environment exists. Its namespace is not known yet: TESTENV_NAMESPACE comes at connect."""
+    kinds = {s["name"]: s["type"] for s in spec["services"]}
+    envs = {s["name"]: {e["name"]: e.get("value", "") for e in s.get("env") or []} for s in spec["services"]}
+    planned = []
+    for worker, ports in enumerate(plan_ports(spec)):
+        first = {p.service: p.local_port for p in reversed(ports)}
+        services = [
+            ServiceStatus(
+                name,
+                kind,
+                False,
+                "",
+                tuple(PortStatus(p.name, p.port, p.local_port) for p in ports if p.service == name),
+            )
+            for name, kind in kinds.items()
+        ]
+        endpoints = {
+            name: (service_url(kinds[name], "localhost", port, envs[name]), "localhost", port)
+            for name, port in first.items()
+        }
+        planned.append(
+            {
+                "TESTENV_WORKER": str(worker),
+                "TESTENV_RUN_ID": run_id,
+                "TESTENV_TOPIC_PREFIX": topic_prefix(run_id, worker),
+                **service_variables(services, endpoints),
+            }
+        )
+    return planned
+
+
+def topic_prefix(run_id: str, worker: int, sep: str = ".") -> str:
+    """What `TestEnv.topic` puts before a name: `<run>-w<N><sep>`."""
+    return f"{run_id}-w{worker}{sep}"

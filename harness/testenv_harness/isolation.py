@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from testenv_harness.connection import topic_prefix
 from testenv_harness.handoff import Handoff
 
 T = TypeVar("T")
@@ -28,7 +29,7 @@ class Isolation:
 
     def topic(self, name: str, sep: str = ".") -> str:
         """A topic (Kafka, MQTT) name no other worker or run uses: `<run>-w<N><sep><name>`."""
-        return f"{self.run_id}-w{self.worker}{sep}{name}"
+        return f"{topic_prefix(self.run_id, self.worker, sep)}{name}"
 
     def strip(self, topic: str, sep: str = ".") -> str:
         """The name `topic()` was given; ValueError for a topic of another worker or run."""

@@ -9,6 +9,7 @@ fixture `testenv` waits for the published `Handoff`, then for its own services o
 from __future__ import annotations
 
 import json
+import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,7 +98,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--testenv-timeout", type=float, default=None, help="seconds a worker waits for its services"
     )
+    group.addoption(
+        "--testenv-tests",
+        action="append",
+        metavar="PATH|marked",
+        help="which tests need the environment (repeatable): paths, or `marked` for only tests marked "
+        "@pytest.mark.testenv or using the testenv fixture (they always count); default: every test",
+    )
     parser.addini("testenv", "enable kube-testenv (like --testenv)", type="bool", default=False)
+    parser.addini(
+        "testenv_tests",
+        "which tests need the environment: paths (relative to the ini file) and/or `marked`; default all",
+        type="args",
+    )
     parser.addini("testenv_manifest", "TestEnvironment manifest, relative to the ini file", default="")
     parser.addini(
         "testenv_services", "services when there is no manifest: redis, kafka or name:type", type="args"
@@ -247,6 +260,7 @@ class Controller:
         self.session: RunSession | reuse.ReuseSession | None = None
         self.slots = Slots(options.workers)
         self.started = False
+        self.planned: list[dict[str, str]] = []
 
     def report(self, line: str) -> None:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
@@ -259,6 +273,20 @@ class Controller:
             return
         self.session = self._session()
         signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+        self.planned = self._plan()
+        if self.planned and not self.config.pluginmanager.hasplugin("dsession"):
+            os.environ.update(self.planned[0])  # this process collects and runs the tests itself
+
+    def _plan(self) -> list[dict[str, str]]:
+        """Each worker's variables from the run's local-port plan, reserved now (see RunSession.plan);
+        [] for a reused environment (its keeper planned it) or where the plan cannot be made yet
+        (set-up reports why, once it runs)."""
+        if not isinstance(self.session, RunSession):
+            return []
+        try:
+            return self.session.plan()
+        except (TestEnvError, ValueError):
+            return []
 
     def _session(self) -> RunSession | reuse.ReuseSession:
         if self.reuse_idle is None:
@@ -277,8 +305,9 @@ class Controller:
         if self.session is None:
             return
         slot, reused = self.slots.take(node.gateway.id)
+        variables = self.planned[slot] if slot < len(self.planned) else {}
         node.workerinput[_WORKERINPUT_KEY] = json.dumps(
-            {"run_dir": str(self.session.run_dir), "slot": slot, "reused": reused}
+            {"run_dir": str(self.session.run_dir), "slot": slot, "reused": reused, "variables": variables}
         )
 
     @pytest.hookimpl(optionalhook=True)
@@ -287,11 +316,13 @@ class Controller:
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
-        if ids:
+        if ids and self.session is not None and _worker_needs(self.session.run_dir, node.gateway.id):
             self.start()
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
-        if session.items and not self.config.pluginmanager.hasplugin("dsession"):
+        if self.config.pluginmanager.hasplugin("dsession"):
+            return
+        if any(_needs(item) for item in session.items):
             self.start()
             if self.session is not None and self.session.handoff is not None:
                 self.session.wait_reported(self.options.timeout)
@@ -331,9 +362,15 @@ def _interrupt_on_sigterm(signum: int, frame: FrameType | None) -> None:
 @pytest.hookimpl(trylast=True)
 def pytest_configure(config: pytest.Config) -> None:
     workerinput = getattr(config, "workerinput", None)
+    config.addinivalue_line(
+        "markers", "testenv: this test needs kube-testenv's environment (see testenv_tests)"
+    )
     if workerinput is not None:
         if _WORKERINPUT_KEY in workerinput:
-            config.stash[_WORKER] = json.loads(workerinput[_WORKERINPUT_KEY])
+            worker = json.loads(workerinput[_WORKERINPUT_KEY])
+            config.stash[_WORKER] = worker
+            # Before this worker collects: modules that build a client at import see its endpoints.
+            os.environ.update(worker.get("variables") or {})
         return
     if not _active(config):
         if config.getoption("testenv_keep") or config.getoption("testenv_manifest"):
@@ -381,9 +418,63 @@ def testenv(request: pytest.FixtureRequest) -> Iterator[TestEnv]:
     env.close()
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(autouse=True)
 def _testenv_autostart(request: pytest.FixtureRequest) -> None:
-    """With kube-testenv on, connect before the first test so the variables are set for all."""
+    """With kube-testenv on, connect (once, the fixture is the session's) before the first test
+    that needs the environment, so its variables are true for every such test."""
     config = request.config
-    if config.stash.get(_WORKER, None) is not None or config.stash.get(_CONTROLLER, None) is not None:
+    if config.stash.get(_WORKER, None) is None and config.stash.get(_CONTROLLER, None) is None:
+        return
+    if _needs(request.node):
         request.getfixturevalue("testenv")
+
+
+# -- which tests need the environment -----------------------------------------------------------
+
+_NEEDS_FOLDER = "needs"
+
+
+def _selection(config: pytest.Config) -> tuple[bool, list[Path]]:
+    """(every test needs it, the paths whose tests need it) from --testenv-tests / testenv_tests."""
+    given = config.getoption("testenv_tests") or []
+    base = config.rootpath
+    if not given:
+        given = config.getini("testenv_tests") or []
+        base = (config.inipath or config.rootpath).parent
+    if not given or "all" in given:
+        return True, []
+    return False, [(base / entry).resolve() for entry in given if entry != "marked"]
+
+
+def _needs(item: pytest.Item) -> bool:
+    """Whether this test needs the environment: every test by default; with testenv_tests, those
+    under its paths, and always those marked `testenv` or using the `testenv` fixture."""
+    everything, paths = _selection(item.config)
+    if everything or item.get_closest_marker("testenv") is not None:
+        return True
+    if "testenv" in getattr(item, "fixturenames", ()):
+        return True
+    where = Path(str(item.path)).resolve()
+    return any(where == path or where.is_relative_to(path) for path in paths)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """On an xdist worker: record whether its selected tests need the environment, before xdist
+    reports the collection to the controller, which starts the environment only if one does."""
+    worker = session.config.stash.get(_WORKER, None)
+    if worker is None:
+        return
+    folder = Path(worker["run_dir"]) / _NEEDS_FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    worker_id = str(getattr(session.config, "workerinput", {}).get("workerid", ""))
+    needed = any(_needs(item) for item in session.items)
+    (folder / worker_id).write_text("1" if needed else "0")
+
+
+def _worker_needs(run_dir: Path, worker_id: str) -> bool:
+    """What an xdist worker recorded at its collection's end (needed if it recorded nothing)."""
+    try:
+        return (run_dir / _NEEDS_FOLDER / worker_id).read_text() != "0"
+    except OSError:
+        return True

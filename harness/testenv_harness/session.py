@@ -42,6 +42,7 @@ from testenv_harness.clusters.base import Cluster, Provider
 from testenv_harness.clusters.existing import ExistingProvider
 from testenv_harness.clusters.kind import KindProvider, why_not_kind
 from testenv_harness.clusters.local import LocalProvider
+from testenv_harness.connection import planned_variables
 from testenv_harness.dataplane import DataPlane
 from testenv_harness.errors import ClusterError, ManifestError
 from testenv_harness.handoff import DIRECT, FORWARD, Handoff, publish
@@ -139,6 +140,7 @@ class RunSession:
         self._threads: list[threading.Thread] = []
         self.ready_at: dict[int, float] = {}
         self.handoff: Handoff | None = None
+        self._spec: dict[str, Any] | None = None
 
     @classmethod
     def reclaim(
@@ -228,6 +230,43 @@ class RunSession:
         publish(self.run_dir, self.handoff)
         return self.handoff
 
+    def plan(self) -> list[dict[str, str]]:
+        """Reserve this run's local ports now, before anything starts, and return each worker's
+        variables from that plan, so workers can export them before they collect. [] where they
+        cannot be known yet: connecting directly, the endpoints are namespaces not yet made."""
+        connect = self.options.connect
+        if connect == DIRECT or (
+            connect == "auto"
+            and self.options.provider == "existing"
+            and ExistingProvider(self.options.kubeconfig, self.options.context).in_cluster
+        ):
+            return []
+        return planned_variables(self._planned_spec(), self.run_id)
+
+    def _planned_spec(self) -> dict[str, Any]:
+        """The manifest's spec with this run's workers and local ports (reserved on first use)."""
+        if self._spec is not None:
+            return self._spec
+        spec = copy.deepcopy(self.options.manifest.get("spec") or {})
+        spec["workers"] = self.options.workers
+        if "portBase" not in spec:
+            try:
+                spec["portBase"] = reserve_block(ports_needed(spec), self.run_id)
+            except OSError as exc:
+                raise ClusterError(str(exc)) from exc
+        else:
+            ports = local_ports(spec)
+            busy = [p for p in ports if not bindable(p)]
+            if busy:
+                raise ManifestError(
+                    f"spec.portBase {ports.start} plans local ports {ports.start}-{ports[-1]}, "
+                    f"but {busy[0]} is in use (another run on this "
+                    "machine?): drop spec.portBase from the manifest to let kube-testenv pick free ports, "
+                    "or choose another base"
+                )
+        self._spec = spec
+        return spec
+
     def _connect_mode(self) -> str:
         """forward or direct: `auto` connects directly exactly from a pod of the cluster itself."""
         assert self.cluster is not None
@@ -307,25 +346,9 @@ class RunSession:
         assert self.api is not None
         assert self.provider is not None
         body = copy.deepcopy(self.options.manifest)
-        spec = body.setdefault("spec", {})
-        spec["workers"] = self.options.workers
+        body["spec"] = spec = copy.deepcopy(self._planned_spec())
         if grant_self:
             self._grant_self(spec)
-        if "portBase" not in spec:
-            try:
-                spec["portBase"] = reserve_block(ports_needed(spec), self.run_id)
-            except OSError as exc:
-                raise ClusterError(str(exc)) from exc
-        else:
-            ports = local_ports(spec)
-            busy = [p for p in ports if not bindable(p)]
-            if busy:
-                raise ManifestError(
-                    f"spec.portBase {ports.start} plans local ports {ports.start}-{ports[-1]}, "
-                    f"but {busy[0]} is in use (another run on this "
-                    "machine?): drop spec.portBase from the manifest to let kube-testenv pick free ports, "
-                    "or choose another base"
-                )
         self._use_provider_images(spec)
         lifetime = spec.setdefault("lifetime", {})
         lifetime.setdefault("heartbeatTimeoutSeconds", HEARTBEAT_TIMEOUT)

@@ -55,10 +55,12 @@ from testenv_api.services import (
     KAFKA_CONTROLLER_PORT,
     KAFKA_EXTERNAL_PORT,
     KAFKA_INTERNAL_PORT,
+    POSTGRES_CREDENTIALS,
     SERVICE_PORTS,
     kafka_environment,
     primary_port,
     service_ports,
+    service_url,
 )
 
 __all__ = [
@@ -94,6 +96,7 @@ __all__ = [
     "POOL_KIND",
     "POOL_PLURAL",
     "POOL_SHORT_NAMES",
+    "POSTGRES_CREDENTIALS",
     "SERVICE_PORTS",
     "SERVICE_TYPES",
     "SHORT_NAMES",
@@ -110,4 +113,5 @@ __all__ = [
     "ports_needed",
     "primary_port",
     "service_ports",
+    "service_url",
 ]

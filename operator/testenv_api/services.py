@@ -29,6 +29,31 @@ SERVICE_PORTS: Mapping[str, tuple[tuple[str, int], ...]] = {
 }
 
 
+#: The credentials the postgres type's server is made with, unless the spec's env sets others.
+POSTGRES_CREDENTIALS = {"POSTGRES_USER": "testenv", "POSTGRES_PASSWORD": "testenv", "POSTGRES_DB": "testenv"}
+#: URL schemes of the built-in types (kafka's bootstrap and postgres's are written out below).
+_URL_SCHEMES = {
+    "redis": "redis",
+    "localstack": "http",
+    "moto": "http",
+    "rabbitmq": "amqp",
+    "mosquitto": "mqtt",
+}
+
+
+def service_url(service_type: str, host: str, port: int, env: Mapping[str, str] | None = None) -> str:
+    """The URL a client uses for a service of this type at host:port: the operator writes it into
+    the status, and the harness exports it before the status exists. `env`: the service's own
+    environment (postgres's credentials)."""
+    if service_type == "kafka":
+        return f"{host}:{port}"
+    if service_type == "postgres":
+        values = {**POSTGRES_CREDENTIALS, **(env or {})}
+        user, password, db = values["POSTGRES_USER"], values["POSTGRES_PASSWORD"], values["POSTGRES_DB"]
+        return f"postgresql://{user}:{password}@{host}:{port}/{db}"
+    return f"{_URL_SCHEMES.get(service_type, 'tcp')}://{host}:{port}"
+
+
 def primary_port(service_type: str) -> int:
     """The container (and Service) port of a built-in type's primary port."""
     return SERVICE_PORTS[service_type][0][1]

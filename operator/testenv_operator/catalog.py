@@ -12,9 +12,11 @@ from typing import Any
 
 from testenv_api import (
     KAFKA_INTERNAL_PORT,
+    POSTGRES_CREDENTIALS,
     SERVICE_PORTS,
     kafka_environment,
     primary_port,
+    service_url,
 )
 
 DEFAULT_IMAGES: dict[str, str] = {
@@ -26,7 +28,6 @@ DEFAULT_IMAGES: dict[str, str] = {
     "rabbitmq": "rabbitmq:4.1.4",
     "mosquitto": "eclipse-mosquitto:2.0.22",
 }
-POSTGRES_CREDENTIALS = {"POSTGRES_USER": "testenv", "POSTGRES_PASSWORD": "testenv", "POSTGRES_DB": "testenv"}
 
 # Every container drops ALL capabilities and gets back only what its image's start-up needs.
 #: An entrypoint that starts as root, hands the data directory to the service user and switches
@@ -82,19 +83,14 @@ class ServicePlan:
     #: little CPU (four workers of redis, kafka and localstack then fit one 2-core kind node).
     requests: Mapping[str, str] = dataclasses.field(default_factory=lambda: {"cpu": "50m", "memory": "64Mi"})
     limits: Mapping[str, str] = dataclasses.field(default_factory=lambda: {"cpu": "500m", "memory": "256Mi"})
-    url_scheme: str = ""
     secret_env: tuple[tuple[str, str, str], ...] = ()  # (variable, secret, key) copied into the worker
     #: Linux capabilities added back after dropping ALL (STEP_DOWN, GENERIC, or none).
     capabilities: tuple[str, ...] = ()
 
     def url(self, local_port: int) -> str:
-        if self.type == "kafka":
-            return f"localhost:{local_port}"
-        if self.type == "postgres":
-            env = {e["name"]: e.get("value", "") for e in self.env}
-            user, password, db = env["POSTGRES_USER"], env["POSTGRES_PASSWORD"], env["POSTGRES_DB"]
-            return f"postgresql://{user}:{password}@localhost:{local_port}/{db}"
-        return f"{self.url_scheme or 'tcp'}://localhost:{local_port}"
+        """What the harness's local forward of the primary port serves (testenv_api's service_url)."""
+        env = {e["name"]: e.get("value", "") for e in self.env}
+        return service_url(self.type, "localhost", local_port, env)
 
 
 def _env(values: Mapping[str, str]) -> tuple[dict[str, Any], ...]:
@@ -109,7 +105,6 @@ def _redis(spec: Mapping[str, Any], ctx: ServiceContext) -> ServicePlan:
         SERVICE_PORTS["redis"],
         args=("redis-server", "--save", "", "--appendonly", "no"),
         readiness=Probe("exec", command=("redis-cli", "ping")),
-        url_scheme="redis",
         capabilities=STEP_DOWN,
     )
 
@@ -145,7 +140,6 @@ def _localstack(spec: Mapping[str, Any], ctx: ServiceContext) -> ServicePlan:
         readiness=Probe("httpGet", port=primary_port("localstack"), path="/_localstack/health"),
         requests={"cpu": "100m", "memory": "512Mi"},
         limits={"cpu": "1", "memory": "1Gi"},
-        url_scheme="http",
         secret_env=secret_env,
         capabilities=GENERIC,
     )
@@ -158,7 +152,6 @@ def _moto(spec: Mapping[str, Any], ctx: ServiceContext) -> ServicePlan:
         ctx.images["moto"],
         SERVICE_PORTS["moto"],
         readiness=Probe("httpGet", port=primary_port("moto"), path="/moto-api/"),
-        url_scheme="http",
     )
 
 
@@ -186,7 +179,6 @@ def _rabbitmq(spec: Mapping[str, Any], ctx: ServiceContext) -> ServicePlan:
         readiness=Probe("exec", command=("rabbitmq-diagnostics", "-q", "check_port_connectivity")),
         requests={"cpu": "100m", "memory": "256Mi"},
         limits={"cpu": "1", "memory": "512Mi"},
-        url_scheme="amqp",
         capabilities=STEP_DOWN,
     )
 
@@ -199,7 +191,6 @@ def _mosquitto(spec: Mapping[str, Any], ctx: ServiceContext) -> ServicePlan:
         SERVICE_PORTS["mosquitto"],
         args=("mosquitto", "-c", "/mosquitto-no-auth.conf"),
         readiness=Probe("tcpSocket", port=primary_port("mosquitto")),
-        url_scheme="mqtt",
         capabilities=STEP_DOWN,  # mosquitto switches to its own user itself
     )
 
