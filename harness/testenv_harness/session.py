@@ -397,6 +397,10 @@ class RunSession:
         if used:
             self.report(f"loading {len(used)} local image(s) into the cluster")
             self.provider.load_images(sorted(used))
+        if isinstance(self.provider, KindProvider):
+            named = {s.get("image") or (s.get("custom") or {}).get("image") for s in spec["services"]} - used
+            if loaded := self.provider.load_local(sorted(i for i in named if i)):
+                self.report(f"loaded {', '.join(loaded)} from the local Docker engine into the kind node")
 
     # -- while tests run --------------------------------------------------------------------
 

@@ -238,6 +238,14 @@ class KindProvider:
         if images:
             self._kind("load", "docker-image", "--name", self.cluster_name, *images)
 
+    def load_local(self, images: Sequence[str]) -> list[str]:
+        """Of the images a spec names (a team's own `docker build -t gateway:dev .`), load those
+        the local engine has into the node, as kind users do by hand; the others are left to the
+        node to pull. Returns the loaded ones."""
+        local = sorted({image for image in images if imagebuild.present(image)})
+        self.load_images(local)
+        return local
+
     def down(self) -> None:
         if docker_available():
             # With --kubeconfig, kind edits our file only (by default it edits ~/.kube/config).
