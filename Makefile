@@ -129,7 +129,7 @@ demo-kind: system-deps tools kind-images ## The example suite with 4 workers on 
 
 .PHONY: kind-down
 kind-down: venv ## Delete the kind cluster made by demo-kind (and its Docker network).
-	$(PY) -m testenv_harness.cli cluster down --provider kind --name $(KIND_CLUSTER)
+	$(PY) -m testenv_harness.cli cluster down --cluster kind --name $(KIND_CLUSTER)
 
 .PHONY: bench-operator
 bench-operator: tools ## Benchmark time-to-Ready: operator vs. direct creation (own cluster testenv-bench; ~10 min).

@@ -4,7 +4,7 @@ testenv run -f env.yaml --workers 4 -- CMD   set up, forward every worker, run C
 testenv up | down | status | sweep           the run's steps one at a time (see cli_runs.py)
 testenv env | forward | restart | exec       one worker's variables, forwards, restarts
 testenv tools                 build the pinned local-cluster binaries (no-op when cached)
-testenv cluster up|down       start or delete the local cluster (--provider kind: the kind one)
+testenv cluster up|down       start or delete the local cluster (--cluster kind: the kind one)
 testenv cluster env           print the shell lines that point kubectl at it
 testenv images build [NAME]   build the offline kind images (node, services, operator; cached)
 testenv images list           print every image's reference and whether it is built
@@ -91,7 +91,7 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
             make = "make cluster-up" if args.provider == "local" else "make demo-kind"
             _say(
                 f"no {args.provider} cluster {args.name!r}: run `{make}` or "
-                f"`testenv cluster up --provider {args.provider} --name {args.name}` first"
+                f"`testenv cluster up --cluster {args.provider} --name {args.name}` first"
             )
             return 1
         print(_export_lines(provider))
@@ -150,7 +150,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     cluster.add_argument("action", choices=("up", "down", "env"))
     cluster.add_argument(
-        "--provider", choices=("local", "kind"), default="local", help="which cluster (default: %(default)s)"
+        "--cluster",
+        "--provider",
+        dest="provider",
+        choices=("local", "kind"),
+        default="local",
+        help="which kind of cluster, as `run --cluster` says it (--provider: the older name; default: "
+        "%(default)s)",
     )
     cluster.add_argument("--name", default=DEFAULT_NAME, help="cluster name (default: %(default)s)")
     cluster.add_argument(

@@ -578,7 +578,15 @@ def add_parsers(sub: Any) -> None:
     )
     _add_run_choice(env)
     env.add_argument("--worker", type=int, metavar="I", help="worker number, from 0")
-    env.add_argument("--format", choices=exports.FORMATS, default="shell", help="default: %(default)s")
+    env.add_argument(
+        "-o",
+        "--output",
+        "--format",
+        dest="format",
+        choices=exports.FORMATS,
+        default="shell",
+        help="shell (for eval), dotenv or json (default: %(default)s)",
+    )
     env.set_defaults(func=cmd_env)
 
     forward = sub.add_parser(
@@ -590,7 +598,15 @@ def add_parsers(sub: Any) -> None:
     )
     _add_run_choice(forward)
     forward.add_argument("--worker", type=int, metavar="I", help="from 0 (default: $TESTENV_WORKER)")
-    forward.add_argument("--format", choices=exports.FORMATS, default="shell", help="default: %(default)s")
+    forward.add_argument(
+        "-o",
+        "--output",
+        "--format",
+        dest="format",
+        choices=exports.FORMATS,
+        default="shell",
+        help="shell (for eval), dotenv or json (default: %(default)s)",
+    )
     forward.set_defaults(func=cmd_forward)
 
     status = sub.add_parser(

@@ -125,7 +125,7 @@ def pool_crd_from(environment_crd: dict[str, Any]) -> dict[str, Any]:
                 "plural": POOL_PLURAL,
                 "singular": POOL_KIND.lower(),
                 "shortNames": list(POOL_SHORT_NAMES),
-                "categories": ["testenv"],
+                "categories": ["kube-testenv"],
             },
             "versions": [
                 {

@@ -213,3 +213,11 @@ def test_ginkgo_cli_and_the_example_suite_pin_the_same_version() -> None:
     gomod = (Path(__file__).parents[2] / "examples" / "ginkgo" / "go.mod").read_text()
     assert f"github.com/onsi/ginkgo/v2 {toolchain.GINKGO_VERSION}\n" in gomod
     assert toolchain.tool_of("ginkgo").group == "runners"
+
+
+def test_output_is_spelt_as_status_spells_it(cache: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _ready_run()
+    assert cli.main(["env", "--worker", "0", "-o", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["REDIS_URL"] == "redis://localhost:20000"
+    assert cli.main(["env", "--worker", "0", "--format", "json"]) == 0, "the older name still works"
+    assert json.loads(capsys.readouterr().out)["TESTENV_WORKER"] == "0"

@@ -121,3 +121,16 @@ def test_a_pool_accepts_exactly_the_services_an_environment_does() -> None:
 def test_every_pool_field_has_a_description() -> None:
     schema = testenv_api.pool_crd_manifest()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     assert [p for p in _undocumented(schema, "") if not p.endswith("[]")] == []
+
+
+def test_no_short_name_is_also_a_category() -> None:
+    """kubectl expands a category before a short name: `kubectl get testenv` listed pools too
+    while `testenv` was both. Now it lists environments; `kubectl get kube-testenv` lists both."""
+    import testenv_api
+
+    names = [m["spec"]["names"] for m in (testenv_api.crd_manifest(), testenv_api.pool_crd_manifest())]
+    categories = {c for n in names for c in n.get("categories", [])}
+    short_names = {s for n in names for s in n.get("shortNames", [])}
+    assert categories == {"kube-testenv"}
+    assert not categories & short_names
+    assert "testenv" in names[0]["shortNames"]
