@@ -14,6 +14,7 @@ nothing rather than another worker's Redis.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from collections.abc import Mapping
 
@@ -38,12 +39,26 @@ def run_variables(name: str, workers: Mapping[str, Mapping[str, str]]) -> dict[s
     return {**(shared or {}), **variables}
 
 
+#: Characters a dotenv value may hold unquoted (URLs, hosts, ports, paths).
+_PLAIN = re.compile(r"[A-Za-z0-9_./:@%+,=?&-]*")
+
+
+def _dotenv(value: str) -> str:
+    """A value as dotenv readers (docker compose, python-dotenv, direnv) take it back: plain when
+    it is safe, else double-quoted with backslash, quote and newline escaped, so a newline in a
+    value can never add a line (a variable) of its own."""
+    if _PLAIN.fullmatch(value):
+        return value
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
 def render(variables: Mapping[str, str], fmt: str) -> str:
     """`shell`: export lines for eval; `dotenv`: KEY=value lines; `json`: one object on one line."""
     if fmt == "json":
         return json.dumps(dict(variables), sort_keys=True)
     if fmt == "dotenv":
-        return "\n".join(f"{key}={value}" for key, value in sorted(variables.items()))
+        return "\n".join(f"{key}={_dotenv(value)}" for key, value in sorted(variables.items()))
     if fmt == "shell":
         return "\n".join(f"export {key}={shlex.quote(value)}" for key, value in sorted(variables.items()))
     raise ValueError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")

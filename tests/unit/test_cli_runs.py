@@ -79,7 +79,7 @@ def test_a_single_worker_also_gets_plain_names() -> None:
     ("fmt", "expected"),
     [
         ("shell", "export A='x y'\nexport B=1"),
-        ("dotenv", "A=x y\nB=1"),
+        ("dotenv", 'A="x y"\nB=1'),
         ("json", '{"A": "x y", "B": "1"}'),
     ],
 )
@@ -221,3 +221,10 @@ def test_output_is_spelt_as_status_spells_it(cache: Path, capsys: pytest.Capture
     assert json.loads(capsys.readouterr().out)["REDIS_URL"] == "redis://localhost:20000"
     assert cli.main(["env", "--worker", "0", "--format", "json"]) == 0, "the older name still works"
     assert json.loads(capsys.readouterr().out)["TESTENV_WORKER"] == "0"
+
+
+def test_a_dotenv_value_never_adds_a_line_of_its_own() -> None:
+    """Read back by python-dotenv (tried by hand) as the same three values."""
+    values = {"A": "one\nB=injected", "C": 'say "hi" \\ done', "D": "redis://h:1/0?x=y"}
+    lines = exports.render(values, "dotenv").splitlines()
+    assert lines == ['A="one\\nB=injected"', 'C="say \\"hi\\" \\\\ done"', "D=redis://h:1/0?x=y"]
