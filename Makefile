@@ -132,11 +132,11 @@ kind-down: venv ## Delete the kind cluster made by demo-kind (and its Docker net
 	$(PY) -m testenv_harness.cli cluster down --cluster kind --name $(KIND_CLUSTER)
 
 .PHONY: bench-operator
-bench-operator: tools ## Benchmark time-to-Ready: operator vs. direct creation (own cluster testenv-bench; ~10 min).
+bench-operator: tools ## Benchmark time-to-Ready: operator vs. direct creation (own cluster testenv-bench; ~25 min).
 	$(PY) bench/operator_ready.py $(BENCH_ARGS)
 
 .PHONY: bench-portforward
-bench-portforward: local-deps tools ## Benchmark Redis via the harness's port-forward vs. kubectl port-forward vs. direct (cluster testenv-bench; ~2 min).
+bench-portforward: local-deps tools ## Benchmark Redis via the harness's port-forward vs. kubectl port-forward vs. direct (cluster testenv-bench; ~5 min).
 	$(PY) bench/portforward_redis.py $(BENCH_ARGS)
 
 .PHONY: bench-flood
@@ -144,7 +144,7 @@ bench-flood: tools ## Benchmark another tenant's time to Ready under a flood of 
 	$(PY) bench/flood.py $(BENCH_ARGS)
 
 .PHONY: bench-suite
-bench-suite: local-deps tools ## Benchmark the example suite's wall time with -n 1, 2, 4, 3 runs each (cluster testenv-bench; ~5 min).
+bench-suite: local-deps tools ## Benchmark the example suite's wall time with -n 1, 2, 4, 3 runs each (cluster testenv-bench; ~4-5 min).
 	$(PY) bench/suite_wall_time.py $(BENCH_ARGS)
 
 .PHONY: bench-rerun

@@ -351,7 +351,10 @@ class RunSession:
             self._grant_self(spec)
         self._use_provider_images(spec)
         lifetime = spec.setdefault("lifetime", {})
-        lifetime.setdefault("heartbeatTimeoutSeconds", HEARTBEAT_TIMEOUT)
+        ttl = lifetime.get("ttlSeconds")
+        # The CRD refuses a heartbeat timeout longer than the TTL: a short TTL bounds the default.
+        limit = min(HEARTBEAT_TIMEOUT, ttl) if isinstance(ttl, int) and ttl > 0 else HEARTBEAT_TIMEOUT
+        lifetime.setdefault("heartbeatTimeoutSeconds", limit)
         meta = body.setdefault("metadata", {})
         self.name = f"{meta.get('name', 'run')}-{self.run_id}"[:63]
         meta.update(name=self.name, namespace=self.options.namespace)
