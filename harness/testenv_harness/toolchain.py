@@ -147,6 +147,12 @@ def cache_root() -> Path:
     return Path(xdg) / "kube-testenv"
 
 
+def kube_cache_dir() -> Path:
+    """Where kubectl and helm keep their discovery and HTTP caches when we run them: under our
+    cache root, so a user's ~/.kube is never written (`--cache-dir` / KUBECACHEDIR)."""
+    return cache_root() / "kube-cache"
+
+
 def tool_dir(tool: GoTool) -> Path:
     return cache_root() / "tools" / tool.key()
 

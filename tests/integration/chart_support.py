@@ -8,6 +8,7 @@ as it would a pod's token. No impersonation is involved.
 from __future__ import annotations
 
 import dataclasses
+import os
 import subprocess
 import tempfile
 from pathlib import Path
@@ -49,8 +50,16 @@ OPERATOR_MADE = {
 def helm(
     kubeconfig: Path, *args: str, check: bool = True, timeout: float = 180
 ) -> subprocess.CompletedProcess[str]:
+    cache = toolchain.kube_cache_dir()
+    own = {  # helm's caches and settings, and its kube client's discovery cache: ours, not ~/
+        "KUBECACHEDIR": str(cache),
+        "HELM_CACHE_HOME": str(cache / "helm-cache"),
+        "HELM_CONFIG_HOME": str(cache / "helm-config"),
+        "HELM_DATA_HOME": str(cache / "helm-data"),
+    }
     result = subprocess.run(
         [str(toolchain.binary("helm")), "--kubeconfig", str(kubeconfig), *args],
+        env={**os.environ, **own},
         capture_output=True,
         text=True,
         timeout=timeout,

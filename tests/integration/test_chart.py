@@ -243,6 +243,7 @@ def _kubectl_port_forward(kubeconfig: Path, namespace: str, pod: str, port: int)
     """`kubectl port-forward` as a CI job runs it: (True, its first line) once it forwards, else
     (False, its error)."""
     command = [str(toolchain.binary("kubectl")), "--kubeconfig", str(kubeconfig), "-n", namespace]
+    command.append(f"--cache-dir={toolchain.kube_cache_dir()}")  # not ~/.kube/cache
     command += ["port-forward", f"pod/{pod}", f"{free_port()}:{port}"]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None

@@ -22,6 +22,7 @@ def test_server_reports_the_pinned_version(api: client.ApiClient, local_cluster:
             str(toolchain.binary("kubectl")),
             "--kubeconfig",
             str(local_cluster.kubeconfig),
+            f"--cache-dir={toolchain.kube_cache_dir()}",  # not ~/.kube/cache
             "version",
             "-o",
             "json",

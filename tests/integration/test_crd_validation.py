@@ -315,7 +315,13 @@ def test_defaults_are_filled_in(api: client.ApiClient, namespace: str) -> None:
 
 def _kubectl(cluster: Cluster, *args: str) -> str:
     return subprocess.run(
-        [str(toolchain.binary("kubectl")), "--kubeconfig", str(cluster.kubeconfig), *args],
+        [
+            str(toolchain.binary("kubectl")),
+            "--kubeconfig",
+            str(cluster.kubeconfig),
+            f"--cache-dir={toolchain.kube_cache_dir()}",  # not ~/.kube/cache
+            *args,
+        ],
         capture_output=True,
         text=True,
         check=True,

@@ -26,7 +26,7 @@ def test_the_node_is_a_real_kubelet_of_the_pinned_version_on_containerd(kind_clu
             str(toolchain.binary("kubectl")),
             "--kubeconfig",
             str(kind_cluster.kubeconfig),
-            f"--cache-dir={toolchain.cache_root() / 'kube-cache'}",  # not ~/.kube/cache
+            f"--cache-dir={toolchain.kube_cache_dir()}",  # not ~/.kube/cache
             "get",
             "nodes",
             "-o",

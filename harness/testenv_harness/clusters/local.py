@@ -113,7 +113,7 @@ class LocalProvider:
             KWOK_KUBE_AUTHORIZATION="true",
             KWOK_KUBE_ADMISSION="true",
             # kubectl's discovery cache would otherwise land in the user's ~/.kube/cache.
-            KUBECACHEDIR=str(toolchain.cache_root() / "kube-cache"),
+            KUBECACHEDIR=str(toolchain.kube_cache_dir()),
         )
 
     def _run(self, *args: str, timeout: float | None = None, stdin: str | None = None) -> str:
