@@ -437,7 +437,7 @@ _NEEDS_FOLDER = "needs"
 def _selection(config: pytest.Config) -> tuple[bool, list[Path]]:
     """(every test needs it, the paths whose tests need it) from --testenv-tests / testenv_tests."""
     given = config.getoption("testenv_tests") or []
-    base = config.rootpath
+    base = Path(config.invocation_params.dir)  # a path on the command line is the shell's
     if not given:
         given = config.getini("testenv_tests") or []
         base = (config.inipath or config.rootpath).parent
