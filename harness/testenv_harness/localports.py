@@ -7,21 +7,39 @@ two runs on one machine never plan the same block, each block is written to a re
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import os
+import random
 import socket
+import threading
 from pathlib import Path
 
 from testenv_harness import toolchain
 
+#: Where `free_port` looks: below the ephemeral range and below the runs' planned ports (20000 up).
+_FREE_PORTS = range(10000, 20000)
+#: Ports this process handed out lately: two callers must not get one port before either binds it.
+_handed_out: collections.deque[int] = collections.deque(maxlen=256)
+_handing_out = threading.Lock()
+
 
 def free_port() -> int:
-    """A port nothing listens on right now (the kernel's pick)."""
-    with socket.socket() as sock:
+    """A port nothing listens on right now, for a listener this process is about to start.
+
+    Not the kernel's pick: that comes from the ephemeral range, where any outgoing connection on
+    the machine (the test process's own to the API server) may take it as its source port before
+    the listener binds it, which failed a forward now and then with "address in use"."""
+    with _handing_out:
+        for port in random.sample(_FREE_PORTS, 200):
+            if port not in _handed_out and bindable(port):
+                _handed_out.append(port)
+                return port
+    with socket.socket() as sock:  # everything sampled was taken: the kernel's pick after all
         sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        picked: int = sock.getsockname()[1]
+        return picked
 
 
 def bindable(port: int) -> bool:

@@ -91,9 +91,11 @@ def test_refused_environments_cost_the_api_server_nothing_while_they_wait(
     time.sleep(6)
     after = _requests_on_testenvironments(api)
     made = {verb: after[verb] - before.get(verb, 0.0) for verb in after if after[verb] != before.get(verb)}
-    # One request is this test's own /metrics neighbour at most (a watch renewal, say); the old
-    # behaviour made 5 environments x 6 s = 30 LISTs.
-    assert sum(made.values()) <= 2, made
+    # The old behaviour made 5 environments x 6 s = 30 LISTs. The counters are cluster-wide, so a
+    # watch renewal or another namespace's clean-up may fall into the window (a CI run once saw
+    # one LIST, one WATCH and one DELETE): a few requests, never one per environment and second.
+    assert made.get("LIST", 0.0) <= 2, made
+    assert sum(made.values()) <= 4, made
 
 
 def test_a_spec_at_the_size_limit_with_large_annotations_is_handled_and_deleted(
