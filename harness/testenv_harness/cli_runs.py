@@ -533,6 +533,19 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_variables_output(parser: argparse.ArgumentParser) -> None:
+    """-o/--output for commands that print variables (--format: the older name)."""
+    parser.add_argument(
+        "-o",
+        "--output",
+        "--format",
+        dest="format",
+        choices=exports.FORMATS,
+        default="shell",
+        help="shell (for eval), dotenv or json (default: %(default)s)",
+    )
+
+
 def _add_run_choice(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", metavar="NAME", help="which run (default: $TESTENV_RUN, or the only one up)")
 
@@ -578,15 +591,7 @@ def add_parsers(sub: Any) -> None:
     )
     _add_run_choice(env)
     env.add_argument("--worker", type=int, metavar="I", help="worker number, from 0")
-    env.add_argument(
-        "-o",
-        "--output",
-        "--format",
-        dest="format",
-        choices=exports.FORMATS,
-        default="shell",
-        help="shell (for eval), dotenv or json (default: %(default)s)",
-    )
+    _add_variables_output(env)
     env.set_defaults(func=cmd_env)
 
     forward = sub.add_parser(
@@ -594,19 +599,11 @@ def add_parsers(sub: Any) -> None:
         help="forward one worker's services to its local ports until stopped",
         description="Listen on worker I's planned local ports until SIGTERM, Ctrl-C or the run's end. "
         "Prints the worker's variables once the forwards answer.",
-        **_example("testenv forward --worker 3 --format json &"),
+        **_example("testenv forward --worker 3 -o json &"),
     )
     _add_run_choice(forward)
     forward.add_argument("--worker", type=int, metavar="I", help="from 0 (default: $TESTENV_WORKER)")
-    forward.add_argument(
-        "-o",
-        "--output",
-        "--format",
-        dest="format",
-        choices=exports.FORMATS,
-        default="shell",
-        help="shell (for eval), dotenv or json (default: %(default)s)",
-    )
+    _add_variables_output(forward)
     forward.set_defaults(func=cmd_forward)
 
     status = sub.add_parser(

@@ -434,8 +434,18 @@ def _testenv_autostart(request: pytest.FixtureRequest) -> None:
 _NEEDS_FOLDER = "needs"
 
 
+_SELECTION = pytest.StashKey[tuple[bool, list[Path]]]()
+
+
 def _selection(config: pytest.Config) -> tuple[bool, list[Path]]:
-    """(every test needs it, the paths whose tests need it) from --testenv-tests / testenv_tests."""
+    """(every test needs it, the paths whose tests need it) from --testenv-tests / testenv_tests,
+    read once per session (it is asked for every test)."""
+    if _SELECTION not in config.stash:
+        config.stash[_SELECTION] = _read_selection(config)
+    return config.stash[_SELECTION]
+
+
+def _read_selection(config: pytest.Config) -> tuple[bool, list[Path]]:
     given = config.getoption("testenv_tests") or []
     base = Path(config.invocation_params.dir)  # a path on the command line is the shell's
     if not given:
