@@ -668,6 +668,18 @@ def _pipeline_run(team: Team, lines: list[str], **options: Any) -> RunSession:
     return RunSession(RunOptions(**settings), lines.append)
 
 
+def _refusal(team: Team) -> str:
+    """The AccessError a pipeline run's set-up stops with (the run is stopped again)."""
+    session = _pipeline_run(team, [])
+    try:
+        with pytest.raises(AccessError) as refused:
+            session.start()
+    finally:
+        session.stop()
+        session.remove_run_dir()
+    return str(refused.value)
+
+
 def _pods(api: client.ApiClient, namespace: str) -> set[str]:
     return {p.metadata.name for p in client.CoreV1Api(api).list_namespaced_pod(namespace).items}
 
@@ -740,12 +752,7 @@ def test_a_missing_pipeline_right_is_named_with_the_identity_and_the_role(
         timeout=10,
         what="the Role to take effect",
     )
-    session = _pipeline_run(team, [])
-    with pytest.raises(AccessError) as refused:
-        session.start()
-    session.stop()
-    session.remove_run_dir()
-    message = str(refused.value)
+    message = _refusal(team)
     assert f"{verb} testenvironments" in message, message
     assert f"{team.namespace}/pipeline" in message or team.user in message, message
     assert "pipeline ClusterRole" in message, message
@@ -758,12 +765,7 @@ def test_no_pipeline_role_at_all_is_named_not_reported_as_not_installed(
     chart_operator: OperatorProcess, teams: Callable[..., Team]
 ) -> None:
     stranger = teams("none", bound=False)
-    session = _pipeline_run(stranger, [])
-    with pytest.raises(AccessError) as refused:
-        session.start()
-    session.stop()
-    session.remove_run_dir()
-    message = str(refused.value)
+    message = _refusal(stranger)
     assert "refused to list testenvironments" in message, message
     assert stranger.user in message, message
     assert "pipeline ClusterRole" in message, message
