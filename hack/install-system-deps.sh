@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the local data plane runs (real Redis, Mosquitto, Java for Kafka,
-# Maven to fetch the Kafka jars) when they are missing. Safe to run again: a no-op when present.
+# Installs the Debian packages the local data plane runs (real Redis, Mosquitto, PostgreSQL,
+# RabbitMQ, Java for Kafka, Maven to fetch the Kafka jars) when they are missing. Safe to run again: a no-op when present.
 set -euo pipefail
 need=()
 command -v redis-server >/dev/null || [ -x /usr/bin/redis-server ] || need+=(redis-server)
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
+[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || need+=(rabbitmq-server)
 command -v java >/dev/null || need+=(default-jre-headless)
 command -v mvn >/dev/null || need+=(maven)
 if [ ${#need[@]} -eq 0 ]; then

@@ -194,8 +194,8 @@ def test_tmp_path_is_per_worker(worker: TestEnv) -> None:
 
 
 def test_unsupported_local_service_type_says_what_to_do(tmp_path: Path) -> None:
-    pod = PodSpec("ns", "db-0", "postgres", {}, (), {5432: 40000})
-    with pytest.raises(RunnerError, match=r"cannot run a 'postgres' service.*kind or existing cluster"):
+    pod = PodSpec("ns", "gw-0", "custom", {}, (), {8080: 40000})
+    with pytest.raises(RunnerError, match=r"cannot run a 'custom' service.*kind or existing cluster"):
         launch_for(pod, tmp_path)
 
 

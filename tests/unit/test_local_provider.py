@@ -60,9 +60,9 @@ def test_what_the_local_data_plane_cannot_run_is_refused_before_anything_starts(
     from testenv_harness.errors import ManifestError
     from testenv_harness.session import RunOptions, RunSession
 
-    assert runners.cannot_serve(["redis", "kafka", "mosquitto"]) == ""
+    assert runners.cannot_serve(["redis", "kafka", "mosquitto", "postgres"]) == ""
     assert "custom" in runners.cannot_serve(["redis", "custom"])
-    assert "--testenv-cluster kind" in runners.cannot_serve(["postgres"])
+    assert "--testenv-cluster kind" in runners.cannot_serve(["custom"])
     custom = {
         "name": "gw",
         "type": "custom",
