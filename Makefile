@@ -32,20 +32,20 @@ venv: $(INSTALLED) ## Create .venv with the package and its dev tools.
 
 .PHONY: tools
 tools: venv ## Build the pinned Kubernetes/etcd/kwok/helm/kind binaries (cached; a rerun is a no-op).
-	$(PY) -m testenv_harness.cli tools
+	$(PY) -m testenv_harness tools
 
 .PHONY: ginkgo
 ginkgo: venv ## Build the pinned ginkgo CLI into the cache and fetch the Ginkgo example's Go modules.
-	$(PY) -m testenv_harness.cli tools --group runners
+	$(PY) -m testenv_harness tools --group runners
 	cd examples/ginkgo && go mod download
 
 .PHONY: cluster-up
 cluster-up: tools ## Start (or reuse) the local kwokctl cluster and print the lines to use it.
-	@$(PY) -m testenv_harness.cli cluster up --name $(CLUSTER)
+	@$(PY) -m testenv_harness cluster up --name $(CLUSTER)
 
 .PHONY: cluster-down
 cluster-down: venv ## Delete the local cluster and stop its processes.
-	$(PY) -m testenv_harness.cli cluster down --name $(CLUSTER)
+	$(PY) -m testenv_harness cluster down --name $(CLUSTER)
 
 .PHONY: sync-crds
 sync-crds: venv ## Copy the CRD from crds/ into every place that ships it; make the pool CRD from it.
@@ -55,11 +55,11 @@ sync-crds: venv ## Copy the CRD from crds/ into every place that ships it; make 
 
 .PHONY: chart-lint
 chart-lint: tools ## helm lint --strict the operator chart (charts/testenv-operator).
-	"$$($(PY) -m testenv_harness.cli tools --print-bin-dir)/helm" lint --strict charts/testenv-operator --kube-version $(KUBE_VERSION)
+	"$$($(PY) -m testenv_harness tools --print-bin-dir)/helm" lint --strict charts/testenv-operator --kube-version $(KUBE_VERSION)
 
 .PHONY: chart-template
 chart-template: tools ## Render the operator chart with its default values to stdout.
-	"$$($(PY) -m testenv_harness.cli tools --print-bin-dir)/helm" template testenv-operator charts/testenv-operator --namespace testenv-system --kube-version $(KUBE_VERSION)
+	"$$($(PY) -m testenv_harness tools --print-bin-dir)/helm" template testenv-operator charts/testenv-operator --namespace testenv-system --kube-version $(KUBE_VERSION)
 
 .PHONY: lint
 lint: venv ## ruff (lint + format check) and mypy.
@@ -100,7 +100,7 @@ test: system-deps tools ginkgo kind-images ## Every tier, as CI runs it (kind's 
 system-deps: local-deps docker-engine ## Install what every tier runs: the local data plane's packages and a Docker engine.
 
 .PHONY: local-deps
-local-deps: ## Install the Debian packages the local data plane runs (redis-server, mosquitto, Java, Maven).
+local-deps: ## Install the Debian packages the local data plane runs (redis-server, mosquitto, postgresql, rabbitmq-server, Java, Maven).
 	hack/install-system-deps.sh
 
 .PHONY: docker-engine
@@ -110,7 +110,7 @@ docker-engine: ## Make a Docker engine answer: install Debian's docker.io and st
 
 .PHONY: kind-images
 kind-images: tools ## Build the kind node, service and operator images offline (cached by content; needs an engine).
-	@if docker info >/dev/null 2>&1; then $(PY) -m testenv_harness.cli images build; \
+	@if docker info >/dev/null 2>&1; then $(PY) -m testenv_harness images build; \
 	else echo "kind-images: no Docker engine answers; skipped (run make docker-engine)"; fi
 
 .PHONY: demo
@@ -119,7 +119,7 @@ demo: local-deps tools cluster-up ## The main job: the example suite, 4 workers,
 
 .PHONY: demo-ginkgo
 demo-ginkgo: local-deps tools ginkgo ## The Ginkgo example suite, 4 parallel processes, each with its own Redis and Kafka (testenv run).
-	cd examples/ginkgo && PATH="$$(../../$(PY) -m testenv_harness.cli tools --group runners --print-bin-dir):$$PATH" \
+	cd examples/ginkgo && PATH="$$(../../$(PY) -m testenv_harness tools --group runners --print-bin-dir):$$PATH" \
 	  ../../$(VENV)/bin/testenv run -f testenvironment.yaml --workers 4 --cluster local --cluster-name $(CLUSTER) \
 	  -- ginkgo -p --procs 4
 
@@ -129,7 +129,7 @@ demo-kind: system-deps tools kind-images ## The example suite with 4 workers on 
 
 .PHONY: kind-down
 kind-down: venv ## Delete the kind cluster made by demo-kind (and its Docker network).
-	$(PY) -m testenv_harness.cli cluster down --cluster kind --name $(KIND_CLUSTER)
+	$(PY) -m testenv_harness cluster down --cluster kind --name $(KIND_CLUSTER)
 
 .PHONY: bench-operator
 bench-operator: tools ## Benchmark time-to-Ready: operator vs. direct creation (own cluster testenv-bench; ~25 min).

@@ -51,9 +51,13 @@ from pathlib import Path
 
 from hostinfo import load, machine  # bench/ is on sys.path when a script runs
 from testenv_api import KAFKA_EXTERNAL_PORT, KAFKA_INTERNAL_PORT
-from testenv_harness import children, imagebuild, kafka_cds, kafka_runtime, probes
-from testenv_harness.localports import free_port
-from testenv_harness.runners import PodSpec, launch_for
+from testenv_harness.dataplane.runners import PodSpec, launch_for
+from testenv_harness.ground import children
+from testenv_harness.ground.localports import free_port
+from testenv_harness.provision import imagebuild
+from testenv_harness.services import probes
+from testenv_harness.services.kafka import cds as kafka_cds
+from testenv_harness.services.kafka import runtime as kafka_runtime
 from testenv_operator.catalog import kafka_environment
 
 RESULTS = Path(__file__).resolve().parent / "results"

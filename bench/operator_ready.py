@@ -43,10 +43,11 @@ from kubernetes.client.exceptions import ApiException
 from apimetrics import api_requests, total  # bench/ is on sys.path when a script runs
 from hostinfo import load, machine
 from testenv_api import DEFAULT_PORT_BASE, GROUP, KIND, LABEL_OWNER_UID, MAX_WORKERS, PLURAL, VERSION, Phase
-from testenv_harness import kube, toolchain
-from testenv_harness.clusters import LocalProvider
-from testenv_harness.operator_process import OperatorProcess
-from testenv_harness.waiting import WaitTimeoutError, wait_for
+from testenv_harness.ground import kube
+from testenv_harness.ground.waiting import WaitTimeoutError, wait_for
+from testenv_harness.provision import toolchain
+from testenv_harness.provision.clusters import LocalProvider
+from testenv_harness.provision.operator_process import OperatorProcess
 from testenv_operator import kubeio, manifests
 from testenv_operator.plan import WorkerPlan, plan_environment
 from testenv_operator.settings import Settings

@@ -31,10 +31,11 @@ from kubernetes.client.exceptions import ApiException
 
 from hostinfo import load, machine  # bench/ is on sys.path when a script runs
 from testenv_api import GROUP, KIND, PLURAL, POOL_KIND, POOL_PLURAL, VERSION, Phase
-from testenv_harness import kube, toolchain
-from testenv_harness.clusters import LocalProvider
-from testenv_harness.operator_process import OperatorProcess
-from testenv_harness.waiting import wait_for
+from testenv_harness.ground import kube
+from testenv_harness.ground.waiting import wait_for
+from testenv_harness.provision import toolchain
+from testenv_harness.provision.clusters import LocalProvider
+from testenv_harness.provision.operator_process import OperatorProcess
 
 CLUSTER_NAME = "testenv-bench"
 POOLED, FRESH = "bench-pool", "bench-fresh"

@@ -46,8 +46,8 @@ from typing import TYPE_CHECKING, Any
 from apimetrics import api_requests  # bench/ is on sys.path when a script runs
 from hostinfo import load, machine
 from testenv_api import primary_port
-from testenv_harness import children
-from testenv_harness.localports import free_port
+from testenv_harness.ground import children
+from testenv_harness.ground.localports import free_port
 
 if TYPE_CHECKING:
     from testenv_harness import TestEnv
@@ -508,8 +508,8 @@ CSV_HEADER = ["run", "path", "metric", "unit", "value"]
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    from testenv_harness import toolchain
-    from testenv_harness.clusters import LocalProvider
+    from testenv_harness.provision import toolchain
+    from testenv_harness.provision.clusters import LocalProvider
 
     if not shutil.which("redis-benchmark") or not shutil.which("redis-server"):
         log("redis-server and redis-benchmark are needed: `make system-deps` (Debian redis-server)")

@@ -113,7 +113,7 @@ def run_pytest(workers: int, mode: str, run: int, out: Path) -> Sample:
 def end_keeper(name: str) -> None:
     if name:
         subprocess.run(
-            [sys.executable, "-m", "testenv_harness.cli", "down", "--run", name],
+            [sys.executable, "-m", "testenv_harness", "down", "--run", name],
             capture_output=True,
             check=False,
             timeout=600,
@@ -154,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the .md and .log files")
     parser.add_argument("--keep-cluster", action="store_true", help=f"leave {CLUSTER_NAME!r} running")
     args = parser.parse_args(argv)
-    from testenv_harness.clusters import LocalProvider
+    from testenv_harness.provision.clusters import LocalProvider
 
     args.out.mkdir(parents=True, exist_ok=True)
     began, began_wall, load_before = (

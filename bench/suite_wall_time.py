@@ -35,7 +35,7 @@ import yaml
 
 from hostinfo import load, machine  # bench/ is on sys.path when a script runs
 from testenv_api import KIND, local_ports
-from testenv_harness.localports import bindable
+from testenv_harness.ground.localports import bindable
 
 CLUSTER_NAME = "testenv-bench"
 NAMESPACE = "bench"
@@ -369,8 +369,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    from testenv_harness.clusters import LocalProvider
-    from testenv_harness.clusters.kind import KindProvider
+    from testenv_harness.provision.clusters import LocalProvider
+    from testenv_harness.provision.clusters.kind import KindProvider
 
     worker_counts = [int(w) for w in str(args.workers).split(",") if w.strip()]
     args.out.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from testenv_harness.clusters import Cluster, LocalProvider
+from testenv_harness.provision.clusters import Cluster, LocalProvider
 
 HERE = Path(__file__).parent
 pytest_plugins = ["pytester"]

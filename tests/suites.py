@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from testenv_harness import toolchain
-from testenv_harness.clusters import Cluster
+from testenv_harness.ground import files
+from testenv_harness.provision.clusters import Cluster
 
 #: Read before pytester points HOME at a temporary folder: the inner runs need the built tools.
-CACHE = str(toolchain.cache_root())
+CACHE = str(files.cache_root())
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 Run = Callable[..., pytest.RunResult]
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from testenv_harness.clusters import Cluster, LocalProvider
-from testenv_harness.errors import ClusterError, NotReadyError, TestEnvError, ToolchainError
-from testenv_harness.testenv import TestEnv
+from testenv_harness.ground.errors import ClusterError, NotReadyError, TestEnvError, ToolchainError
+from testenv_harness.provision.clusters import Cluster, LocalProvider
+from testenv_harness.worker.testenv import TestEnv
 
 __all__ = [
     "Cluster",

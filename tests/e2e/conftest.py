@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from testenv_harness.clusters import Cluster
+from testenv_harness.provision.clusters import Cluster
 from tests.suites import Run, example_suite, run_suite
 
 __all__ = ["Run", "e2e_cluster", "example_suite", "run_suite"]

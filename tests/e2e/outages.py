@@ -14,7 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from testenv_harness.waiting import wait_for
+from testenv_harness.ground.waiting import wait_for
 
 
 def _find(cluster_dir: Path, component: str) -> int:

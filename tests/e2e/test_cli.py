@@ -18,15 +18,17 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from testenv_api import ANNOTATION_HEARTBEAT, GROUP, LABEL_OWNER_NAMESPACE, PLURAL, VERSION
-from testenv_harness import kube, runstate, toolchain
-from testenv_harness.clusters import Cluster
-from testenv_harness.errors import ToolchainError
-from testenv_harness.waiting import wait_for
+from testenv_harness.ground import kube
+from testenv_harness.ground.errors import ToolchainError
+from testenv_harness.ground.waiting import wait_for
+from testenv_harness.provision import toolchain
+from testenv_harness.provision.clusters import Cluster
+from testenv_harness.run import runstate
 from tests.e2e import outages
 from tests.suites import EXAMPLES, Run
 
 _SCRIPT = Path(sys.executable).with_name("testenv")
-TESTENV = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "testenv_harness.cli"]
+TESTENV = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "testenv_harness"]
 GINKGO_SUITE = EXAMPLES / "ginkgo"
 
 

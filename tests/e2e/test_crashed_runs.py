@@ -13,9 +13,9 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from testenv_api import FINALIZER, GROUP, LABEL_OWNER_NAMESPACE, PLURAL, VERSION
-from testenv_harness import kube
-from testenv_harness.clusters import Cluster
-from testenv_harness.waiting import wait_for
+from testenv_harness.ground import kube
+from testenv_harness.ground.waiting import wait_for
+from testenv_harness.provision.clusters import Cluster
 from tests.suites import CACHE
 
 

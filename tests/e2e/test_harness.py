@@ -11,9 +11,9 @@ import pytest
 from kubernetes import client
 
 from testenv_api import LABEL_MANAGED_BY, MANAGED_BY
-from testenv_harness import kube
-from testenv_harness.clusters import Cluster
-from testenv_harness.waiting import wait_for
+from testenv_harness.ground import kube
+from testenv_harness.ground.waiting import wait_for
+from testenv_harness.provision.clusters import Cluster
 
 from .conftest import Run
 
@@ -96,7 +96,7 @@ def test_the_example_suite_passes_and_leaves_nothing_behind(
 
 
 BARRIER = '''
-from testenv_harness.waiting import wait_for
+from testenv_harness.ground.waiting import wait_for
 
 def barrier(testenv, name, workers=2, timeout=120):
     """Wait until every worker got here: the checks below must overlap in time."""
@@ -251,8 +251,8 @@ EXEC_PLUGIN_TEST = '''
     import yaml
     from kubernetes import client, config
 
-    from testenv_harness.localports import free_port
-    from testenv_harness.portforward import Forwarder
+    from testenv_harness.ground.localports import free_port
+    from testenv_harness.tunnel.portforward import Forwarder
 
     PLUGIN = """
     import datetime, json

@@ -11,7 +11,7 @@ import textwrap
 import uuid
 from pathlib import Path
 
-from testenv_harness.clusters import Cluster
+from testenv_harness.provision.clusters import Cluster
 from tests.suites import CACHE
 
 CHECKOUT = Path(__file__).resolve().parents[2]

@@ -11,9 +11,11 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
 from testenv_api import KAFKA_EXTERNAL_PORT, KAFKA_INTERNAL_PORT, kafka_environment
-from testenv_harness import children, kafka_wire, probes
-from testenv_harness.localports import free_port
-from testenv_harness.runners import PodSpec, launch_for
+from testenv_harness.dataplane.runners import PodSpec, launch_for
+from testenv_harness.ground import children
+from testenv_harness.ground.localports import free_port
+from testenv_harness.services import probes
+from testenv_harness.services.kafka import wire as kafka_wire
 
 
 @pytest.fixture

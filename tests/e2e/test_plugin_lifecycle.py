@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from testenv_harness.clusters import Cluster, LocalProvider
+from testenv_harness.provision.clusters import Cluster, LocalProvider
 from tests.suites import CACHE, Run
 
 

@@ -13,9 +13,9 @@ import yaml
 from kubernetes import client
 
 from testenv_api import LABEL_OWNER_NAMESPACE
-from testenv_harness import kube
-from testenv_harness.clusters import Cluster
-from testenv_harness.operator_process import OperatorProcess
+from testenv_harness.ground import kube
+from testenv_harness.provision.clusters import Cluster
+from testenv_harness.provision.operator_process import OperatorProcess
 from tests.integration import environments as te
 
 from .conftest import Run

@@ -11,10 +11,12 @@ import pytest
 from kubernetes import client
 
 from testenv_api import LABEL_OWNER_NAMESPACE
-from testenv_harness import kube, reuse, runstate
-from testenv_harness.clusters import Cluster
-from testenv_harness.localports import alive
-from testenv_harness.waiting import wait_for
+from testenv_harness.frontends import reuse
+from testenv_harness.ground import kube
+from testenv_harness.ground.children import alive
+from testenv_harness.ground.waiting import wait_for
+from testenv_harness.provision.clusters import Cluster
+from testenv_harness.run import runstate
 
 from .conftest import Run
 

@@ -19,8 +19,9 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from kubernetes.stream import portforward
 
-from testenv_harness import kube, toolchain
-from testenv_harness.waiting import wait_for
+from testenv_harness.ground import kube
+from testenv_harness.ground.waiting import wait_for
+from testenv_harness.provision import toolchain
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "testenv-operator"

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 import pytest
 from kubernetes import client
 
-from testenv_harness import kube
-from testenv_harness.clusters import Cluster
-from testenv_harness.operator_process import OperatorProcess
+from testenv_harness.ground import kube
+from testenv_harness.provision.clusters import Cluster
+from testenv_harness.provision.operator_process import OperatorProcess
 
 from . import environments
 

@@ -9,7 +9,7 @@ from kubernetes.client.exceptions import ApiException
 
 import testenv_api
 from testenv_api import GROUP, LABEL_OWNER_UID, PLURAL, VERSION, Phase
-from testenv_harness.waiting import wait_for
+from testenv_harness.ground.waiting import wait_for
 
 Manifest = dict[str, Any]
 #: TESTENV_MAX_WORKERS of the tests' operator: below the CRD's ceiling, so that asking for one

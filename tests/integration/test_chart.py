@@ -45,16 +45,16 @@ from testenv_api import (
     primary_port,
 )
 from testenv_api.status import workers_from_status
-from testenv_harness import toolchain
-from testenv_harness.clusters import Cluster
-from testenv_harness.connection import FORWARD_RIGHTS
-from testenv_harness.errors import AccessError
-from testenv_harness.handoff import Handoff
-from testenv_harness.localports import free_port
-from testenv_harness.operator_process import OperatorProcess
-from testenv_harness.session import RunOptions, RunSession
-from testenv_harness.testenv import TestEnv
-from testenv_harness.waiting import wait_for
+from testenv_harness.ground.errors import AccessError
+from testenv_harness.ground.localports import free_port
+from testenv_harness.ground.waiting import wait_for
+from testenv_harness.provision import toolchain
+from testenv_harness.provision.clusters import Cluster
+from testenv_harness.provision.operator_process import OperatorProcess
+from testenv_harness.run.session import RunOptions, RunSession
+from testenv_harness.worker.connection import FORWARD_RIGHTS
+from testenv_harness.worker.handoff import Handoff
+from testenv_harness.worker.testenv import TestEnv
 
 from . import chart_support as chart
 from . import environments as te
@@ -65,7 +65,7 @@ SYSTEM_NAMESPACE = "testenv-system"
 FAST = {"resyncSeconds": 2, "orphanSweepSeconds": 2}
 RBAC_GROUP = "rbac.authorization.k8s.io"
 _SCRIPT = Path(sys.executable).with_name("testenv")
-TESTENV = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "testenv_harness.cli"]
+TESTENV = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "testenv_harness"]
 #: What the operator logs when the API server refuses it something.
 PERMISSION_TROUBLE = re.compile(
     r"forbidden|\b403\b|not enough permissions|orphan sweep failed", re.IGNORECASE

@@ -25,7 +25,7 @@ import yaml
 
 import testenv_operator.settings as settings_module
 from testenv_api import GROUP, KIND, PLURAL, POOL_KIND, POOL_PLURAL, VERSION
-from testenv_harness import toolchain
+from testenv_harness.provision import toolchain
 from testenv_operator import kubeio, reconciler
 from testenv_operator.catalog import DEFAULT_IMAGES
 from testenv_operator.settings import Settings, SettingsError

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from testenv_harness import toolchain
-from testenv_harness.clusters import LocalProvider
+from testenv_harness.ground import files
+from testenv_harness.provision.clusters import LocalProvider
 
 
 def test_up_reuse_restart_down_leaves_no_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A user's ~/.kube/config is theirs: the cluster must never be merged into it.
-    monkeypatch.setenv("KUBE_TESTENV_CACHE", str(toolchain.cache_root()))
+    monkeypatch.setenv("KUBE_TESTENV_CACHE", str(files.cache_root()))
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("KUBECONFIG", raising=False)
     lines: list[str] = []

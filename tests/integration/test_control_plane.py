@@ -10,9 +10,9 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from testenv_harness import toolchain
-from testenv_harness.clusters import Cluster
-from testenv_harness.waiting import wait_for
+from testenv_harness.ground.waiting import wait_for
+from testenv_harness.provision import toolchain
+from testenv_harness.provision.clusters import Cluster
 
 
 def test_server_reports_the_pinned_version(api: client.ApiClient, local_cluster: Cluster) -> None:
@@ -86,7 +86,7 @@ def test_a_deleted_namespace_really_goes_away(api: client.ApiClient) -> None:
 
 
 def test_authorization_is_enforced(local_cluster: Cluster, namespace: str) -> None:
-    from testenv_harness import kube
+    from testenv_harness.ground import kube
 
     api = kube.api_client(local_cluster.kubeconfig)
     api.default_headers["Impersonate-User"] = f"system:serviceaccount:{namespace}:nobody"

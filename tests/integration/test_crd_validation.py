@@ -15,8 +15,8 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 import testenv_api
-from testenv_harness import toolchain
-from testenv_harness.clusters import Cluster
+from testenv_harness.provision import toolchain
+from testenv_harness.provision.clusters import Cluster
 
 pytestmark = pytest.mark.usefixtures("crd")
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from testenv_harness.clusters import Cluster, LocalProvider, kwokctl_config
+from testenv_harness.provision.clusters import Cluster, LocalProvider, kwokctl_config
 
 #: /proc/net/tcp's state column for a listening socket.
 _TCP_LISTEN = "0A"

@@ -22,9 +22,9 @@ from testenv_api import (
     local_ports,
 )
 from testenv_api.status import workers_from_status
-from testenv_harness.clusters import Cluster
-from testenv_harness.operator_process import OperatorProcess
-from testenv_harness.waiting import wait_for
+from testenv_harness.ground.waiting import wait_for
+from testenv_harness.provision.clusters import Cluster
+from testenv_harness.provision.operator_process import OperatorProcess
 from testenv_operator.naming import worker_namespace
 
 from . import environments as te
@@ -356,7 +356,7 @@ def test_access_subjects_reach_their_own_workers_only(
     mine = workers_from_status(te.wait_phase(api, tenant, "mine", Phase.READY)["status"])[0].namespace
     theirs = workers_from_status(te.wait_phase(api, tenant, "theirs", Phase.READY)["status"])[0].namespace
 
-    from testenv_harness import kube
+    from testenv_harness.ground import kube
 
     as_pipeline = kube.api_client(local_cluster.kubeconfig)
     as_pipeline.default_headers["Impersonate-User"] = f"system:serviceaccount:{tenant}:pipeline-a"

@@ -31,9 +31,9 @@ from testenv_api import (
     VERSION,
     Phase,
 )
-from testenv_harness.clusters import Cluster
-from testenv_harness.operator_process import OperatorProcess
-from testenv_harness.waiting import wait_for
+from testenv_harness.ground.waiting import wait_for
+from testenv_harness.provision.clusters import Cluster
+from testenv_harness.provision.operator_process import OperatorProcess
 
 from . import environments as te
 

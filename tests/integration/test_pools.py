@@ -25,7 +25,7 @@ from testenv_api import (
     Phase,
 )
 from testenv_api.status import workers_from_status
-from testenv_harness.waiting import wait_for
+from testenv_harness.ground.waiting import wait_for
 from testenv_operator.orphans import sweep_orphans
 
 from . import environments as te

@@ -5,8 +5,8 @@ from __future__ import annotations
 from kubernetes import client
 
 from testenv_api import GROUP, PLURAL, VERSION
-from testenv_harness.clusters import Cluster
-from testenv_harness.session import HEARTBEAT_TIMEOUT, RunOptions, RunSession
+from testenv_harness.provision.clusters import Cluster
+from testenv_harness.run.session import HEARTBEAT_TIMEOUT, RunOptions, RunSession
 
 from . import environments as te
 

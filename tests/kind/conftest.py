@@ -11,9 +11,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from testenv_harness import imagebuild
-from testenv_harness.clusters import Cluster
-from testenv_harness.clusters.kind import KindProvider, why_not_kind
+from testenv_harness.provision import imagebuild
+from testenv_harness.provision.clusters import Cluster
+from testenv_harness.provision.clusters.kind import KindProvider, why_not_kind
 from tests.suites import Run, example_suite, run_suite
 
 __all__ = ["Run", "e2e_cluster", "example_suite", "kind_cluster", "kind_provider", "run_suite"]

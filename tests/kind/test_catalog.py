@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from testenv_harness import imagebuild
-from testenv_harness.clusters.kind import KindProvider
+from testenv_harness.provision import imagebuild
+from testenv_harness.provision.clusters.kind import KindProvider
 from tests.suites import Run
 
 MANIFEST = {
@@ -35,9 +35,9 @@ import os, subprocess, struct, socket, uuid
 import boto3, redis
 from confluent_kafka import Consumer, Producer
 from kubernetes import client
-from testenv_harness import probes
+from testenv_harness.services import probes
 from testenv_api import KAFKA_INTERNAL_PORT, LABEL_SERVICE
-from testenv_harness.waiting import wait_for
+from testenv_harness.ground.waiting import wait_for
 
 
 def _pods(testenv, service):

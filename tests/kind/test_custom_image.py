@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from testenv_harness import imagebuild
+from testenv_harness.provision import imagebuild
 from tests.suites import Run
 
 #: The service under test: GET / counts a hit in its own worker's Redis (Service `redis`) and

@@ -32,17 +32,18 @@ from testenv_api import (
     Phase,
 )
 from testenv_api.status import workers_from_status
-from testenv_harness import imagebuild, kube
-from testenv_harness.clusters import Cluster
-from testenv_harness.clusters.kind import KindProvider
-from testenv_harness.waiting import wait_for
+from testenv_harness.ground import kube
+from testenv_harness.ground.waiting import wait_for
+from testenv_harness.provision import imagebuild
+from testenv_harness.provision.clusters import Cluster
+from testenv_harness.provision.clusters.kind import KindProvider
 from tests.integration import chart_support as chart
 from tests.integration import environments as te
 from tests.suites import CACHE, EXAMPLES
 
 RBAC_GROUP = "rbac.authorization.k8s.io"
 _SCRIPT = Path(sys.executable).with_name("testenv")
-TESTENV = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "testenv_harness.cli"]
+TESTENV = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "testenv_harness"]
 #: What the plugin prints for each worker: the slowest one is the run's time to its first test.
 WORKER_READY = re.compile(r"worker \d+ ready in ([\d.]+)s")
 SUMMARY = re.compile(r"\b10 passed in ([\d.]+)s")

@@ -8,10 +8,11 @@ import subprocess
 
 from kubernetes import client
 
-from testenv_harness import imagebuild, kube, toolchain
-from testenv_harness.clusters import Cluster
-from testenv_harness.clusters.kind import KindProvider
-from testenv_harness.waiting import wait_for
+from testenv_harness.ground import kube
+from testenv_harness.ground.waiting import wait_for
+from testenv_harness.provision import imagebuild, toolchain
+from testenv_harness.provision.clusters import Cluster
+from testenv_harness.provision.clusters.kind import KindProvider
 
 
 def test_the_node_is_a_real_kubelet_of_the_pinned_version_on_containerd(kind_cluster: Cluster) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from testenv_harness.clusters import Cluster
+from testenv_harness.provision.clusters import Cluster
 from tests.e2e import test_harness as shared
 from tests.e2e import test_reuse as reuse
 from tests.e2e.test_reuse import keepers, namespace, reuse_suite

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from testenv_harness import cli, toolchain
+from testenv_harness.frontends import cli
+from testenv_harness.provision import toolchain
 
 
 def test_print_bin_dir(

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from testenv_harness import cli, exports, runstate, toolchain
+from testenv_harness.frontends import cli, exports
+from testenv_harness.provision import toolchain
+from testenv_harness.run import runstate
 
 COMMANDS = ("run", "up", "env", "forward", "status", "down", "sweep", "restart", "exec", "tools", "cluster")
 
@@ -200,7 +202,7 @@ def test_a_command_after_dashes_is_refused_where_nothing_runs(capsys: pytest.Cap
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_has_help_with_an_example(command: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "testenv_harness.cli", command, "--help"],
+        [sys.executable, "-m", "testenv_harness", command, "--help"],
         capture_output=True,
         text=True,
         check=False,

@@ -10,12 +10,14 @@ import pytest
 
 from testenv_api import ANNOTATION_SERVICE_TYPE, KAFKA_EXTERNAL_PORT, KAFKA_INTERNAL_PORT, Phase
 from testenv_api.status import PortStatus, ServiceStatus, WorkerStatus
-from testenv_harness import kafka_runtime, localports, probes
-from testenv_harness.errors import TestEnvError
-from testenv_harness.handoff import Handoff, SetUpError, Slots, publish, publish_failure, receive
-from testenv_harness.runners import PodSpec, RunnerError, launch_for, pod_spec
-from testenv_harness.session import parse_services
-from testenv_harness.testenv import TestEnv
+from testenv_harness.dataplane.runners import PodSpec, RunnerError, launch_for, pod_spec
+from testenv_harness.ground import localports
+from testenv_harness.ground.errors import TestEnvError
+from testenv_harness.run.session import parse_services
+from testenv_harness.services import probes
+from testenv_harness.services.kafka import runtime as kafka_runtime
+from testenv_harness.worker.handoff import Handoff, SetUpError, Slots, publish, publish_failure, receive
+from testenv_harness.worker.testenv import TestEnv
 from testenv_operator.catalog import kafka_environment
 
 
@@ -249,7 +251,7 @@ def test_busy_ports_are_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 def test_port_forward_authenticates_through_the_clients_refresh_path() -> None:
     from kubernetes import client
 
-    from testenv_harness.portforward import stream_headers
+    from testenv_harness.tunnel.portforward import stream_headers
 
     cfg = client.Configuration(host="https://cluster.example")
     refreshed: list[int] = []

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from testenv_api import SERVICE_TYPES
-from testenv_harness import imagebuild
-from testenv_harness.errors import ToolchainError
+from testenv_harness.ground.errors import ToolchainError
+from testenv_harness.provision import imagebuild
 
 
 def test_every_builtin_service_type_has_a_stand_in() -> None:
@@ -78,8 +78,8 @@ def _fake_checkout(root: Path) -> None:
         "pyproject.toml": "[project]\n",
         "README.md": "# readme\n",
         "operator/testenv_operator/handlers.py": "",
-        "harness/testenv_harness/plugin.py": "",
-        "harness/testenv_harness/images/redis/Dockerfile": "FROM ${BASE}\n",
+        "harness/testenv_harness/frontends/plugin.py": "",
+        "harness/testenv_harness/provision/images/redis/Dockerfile": "FROM ${BASE}\n",
         "harness/testenv_harness/__pycache__/plugin.cpython-311.pyc": "",
         "examples/suite/pytest.ini": "[pytest]\ntestenv_manifest = ../testenvironment.yaml\n",
         "examples/suite/test_redis.py": "def test_it(): pass\n",
@@ -101,7 +101,8 @@ def test_the_runner_key_follows_the_example_suite_and_nothing_it_leaves_out(
         return imagebuild.key("runner")
 
     before = runner_key()
-    for ignored in ("examples/ginkgo/suite_test.go", "harness/testenv_harness/images/redis/Dockerfile"):
+    recipe = "harness/testenv_harness/provision/images/redis/Dockerfile"
+    for ignored in ("examples/ginkgo/suite_test.go", recipe):
         (tmp_path / ignored).write_text("changed\n")
     (tmp_path / "examples/suite/__pycache__").mkdir()
     (tmp_path / "examples/suite/__pycache__/test_redis.cpython-311.pyc").write_text("")
@@ -110,7 +111,7 @@ def test_the_runner_key_follows_the_example_suite_and_nothing_it_leaves_out(
     for copied in (
         "examples/suite/test_redis.py",
         "examples/testenvironment.yaml",
-        "harness/testenv_harness/plugin.py",
+        "harness/testenv_harness/frontends/plugin.py",
     ):
         (tmp_path / copied).write_text("changed\n")
         keys.add(runner_key())
@@ -134,7 +135,7 @@ def test_the_runner_context_holds_the_recipe_and_the_copied_checkout(
         "pyproject.toml",
         "README.md",
         "operator/testenv_operator/handlers.py",
-        "harness/testenv_harness/plugin.py",
+        "harness/testenv_harness/frontends/plugin.py",
         "examples/suite/pytest.ini",
         "examples/suite/test_redis.py",
         "examples/testenvironment.yaml",

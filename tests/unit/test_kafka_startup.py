@@ -11,8 +11,11 @@ from pathlib import Path
 import pytest
 
 from testenv_api import KAFKA_EXTERNAL_PORT, KAFKA_INTERNAL_PORT
-from testenv_harness import imagebuild, kafka_cds, kafka_runtime, kafka_wire
-from testenv_harness.errors import ToolchainError
+from testenv_harness.ground.errors import ToolchainError
+from testenv_harness.provision import imagebuild
+from testenv_harness.services.kafka import cds as kafka_cds
+from testenv_harness.services.kafka import runtime as kafka_runtime
+from testenv_harness.services.kafka import wire as kafka_wire
 from testenv_operator.catalog import kafka_environment
 
 JARS = [("kafka_2.13-4.1.1.jar", 100, 1), ("kafka-clients-4.1.1.jar", 200, 2)]

@@ -8,8 +8,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from testenv_harness import imagebuild, toolchain
-from testenv_harness.clusters.kind import UPSTREAM_NODE_IMAGE, KindProvider, NodeImage, cluster_config
+from testenv_harness.provision import imagebuild, toolchain
+from testenv_harness.provision.clusters.kind import (
+    UPSTREAM_NODE_IMAGE,
+    KindProvider,
+    NodeImage,
+    cluster_config,
+)
 
 
 def _patches(config: dict[str, object]) -> list[dict[str, object]]:
@@ -63,7 +68,7 @@ class _Provider:
 
 
 def test_services_without_their_own_image_get_the_providers_and_only_those_are_loaded() -> None:
-    from testenv_harness.session import RunOptions, RunSession
+    from testenv_harness.run.session import RunOptions, RunSession
 
     session = RunSession(RunOptions(workers=1, manifest={}), report=lambda line: None)
     provider = _Provider({"redis": "kube-testenv.local/redis:1", "kafka": "kube-testenv.local/kafka:2"})

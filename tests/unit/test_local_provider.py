@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from testenv_harness import toolchain
-from testenv_harness.clusters.local import LocalProvider, _node_manifest
-from testenv_harness.errors import ToolchainError
+from testenv_harness.ground.errors import ToolchainError
+from testenv_harness.provision import toolchain
+from testenv_harness.provision.clusters.local import LocalProvider, _node_manifest
 
 
 def test_kwokctl_is_pointed_at_every_pinned_binary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -56,9 +56,9 @@ def test_nodes_are_managed_by_kwok_and_have_room() -> None:
 def test_what_the_local_data_plane_cannot_run_is_refused_before_anything_starts(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from testenv_harness import runners
-    from testenv_harness.errors import ManifestError
-    from testenv_harness.session import RunOptions, RunSession
+    from testenv_harness.dataplane import runners
+    from testenv_harness.ground.errors import ManifestError
+    from testenv_harness.run.session import RunOptions, RunSession
 
     assert runners.cannot_serve(["redis", "kafka", "mosquitto", "postgres"]) == ""
     assert "custom" in runners.cannot_serve(["redis", "custom"])
@@ -85,7 +85,7 @@ def test_what_the_local_data_plane_cannot_run_is_refused_before_anything_starts(
 def test_the_aws_types_name_the_extra_that_installs_moto(monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib.util
 
-    from testenv_harness import runners
+    from testenv_harness.dataplane import runners
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "moto" else real(name))

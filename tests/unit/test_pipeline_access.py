@@ -10,10 +10,10 @@ import pytest
 
 from testenv_api import Phase
 from testenv_api.status import PortStatus, ServiceStatus, WorkerStatus
-from testenv_harness import kube
-from testenv_harness.clusters.existing import ExistingProvider
-from testenv_harness.handoff import DIRECT, Handoff
-from testenv_harness.testenv import TestEnv
+from testenv_harness.ground import kube
+from testenv_harness.provision.clusters.existing import ExistingProvider
+from testenv_harness.worker.handoff import DIRECT, Handoff
+from testenv_harness.worker.testenv import TestEnv
 
 NAMESPACE = "te-ci-run-1a2b3c-w0"
 KUBECONFIG = (

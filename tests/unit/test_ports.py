@@ -5,8 +5,8 @@ from typing import Any
 import pytest
 
 from testenv_api import DEFAULT_PORT_BASE, PortPlanError, local_ports, plan_ports, ports_needed, primary_port
-from testenv_harness.localports import free_port
-from testenv_harness.portforward import ServiceForward
+from testenv_harness.ground.localports import free_port
+from testenv_harness.tunnel.portforward import ServiceForward
 
 SERVICES = [
     {"name": "redis", "type": "redis"},

@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-import testenv_api
-from testenv_harness.clusters import PROVIDERS, provider_class
-from testenv_harness.clusters.base import MOTO_RESET
+from testenv_harness.provision.clusters import PROVIDERS, provider_class
 
-# Per provider: the types wiped through an HTTP reset (the rest are restarted), who runs the
-# operator by default, and whether its pods are only simulated.
+# Per provider: who runs the operator by default, and whether its pods are only simulated.
 EXPECTED = {
-    # The local data plane serves localstack with moto_server, whose reset API wipes it.
-    "local": ({"moto", "localstack"}, "subprocess", True),
-    # Real LocalStack has no reset API: it is restarted.
-    "kind": ({"moto"}, "subprocess", False),
-    "existing": ({"moto"}, "cluster", False),
+    "local": ("subprocess", True),
+    "kind": ("subprocess", False),
+    "existing": ("cluster", False),
 }
 
 
@@ -24,16 +19,9 @@ def test_every_provider_is_registered() -> None:
 
 
 @pytest.mark.parametrize("name", EXPECTED)
-def test_reset_endpoints(name: str) -> None:
-    reset = {t: provider_class(name).reset_endpoint(t) for t in testenv_api.SERVICE_TYPES}
-    assert {t for t, endpoint in reset.items() if endpoint} == EXPECTED[name][0]
-    assert set(reset.values()) == {MOTO_RESET, None}
-
-
-@pytest.mark.parametrize("name", EXPECTED)
 def test_operator_and_pods(name: str) -> None:
     provider = provider_class(name)
-    assert (provider.default_operator, provider.simulated_pods) == EXPECTED[name][1:]
+    assert (provider.default_operator, provider.simulated_pods) == EXPECTED[name]
 
 
 def test_an_unknown_provider_lists_the_known_ones() -> None:

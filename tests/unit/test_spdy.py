@@ -12,8 +12,8 @@ from collections.abc import Iterator
 import pytest
 from websocket import ABNF
 
-from testenv_harness import spdy
-from testenv_harness.wspipe import WebsocketPipe
+from testenv_harness.tunnel import spdy
+from testenv_harness.tunnel.wspipe import WebsocketPipe
 
 
 def test_the_dictionary_is_the_spdy3_one() -> None:

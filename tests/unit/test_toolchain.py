@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from testenv_harness import toolchain
-from testenv_harness.errors import ToolchainError
+from testenv_harness.ground import files
+from testenv_harness.ground.errors import ToolchainError
+from testenv_harness.provision import toolchain
 
 
 @pytest.fixture
@@ -17,9 +18,9 @@ def empty_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_cache_root_honours_override_then_xdg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("KUBE_TESTENV_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert toolchain.cache_root() == tmp_path / "xdg" / "kube-testenv"
+    assert files.cache_root() == tmp_path / "xdg" / "kube-testenv"
     monkeypatch.setenv("KUBE_TESTENV_CACHE", str(tmp_path / "explicit"))
-    assert toolchain.cache_root() == tmp_path / "explicit"
+    assert files.cache_root() == tmp_path / "explicit"
 
 
 def test_every_wrapper_module_is_shipped_with_its_checksums() -> None:

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from testenv_harness.waiting import WaitTimeoutError, wait_for
+from testenv_harness.ground.waiting import WaitTimeoutError, wait_for
 
 
 def test_returns_the_first_truthy_result() -> None:

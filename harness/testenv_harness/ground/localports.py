@@ -1,0 +1,110 @@
+"""Ports on this machine's loopback interface, and blocks of them reserved for one run.
+
+A run plans its local ports when it starts, but its workers bind them seconds later. So that
+two runs on one machine never plan the same block, each block is written to a reservation file
+(under a lock) for as long as the run's process lives.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import random
+import socket
+import threading
+from pathlib import Path
+
+from testenv_harness.ground.children import alive
+from testenv_harness.ground.files import cache_root, locked
+
+#: Where `free_port` looks: below the ephemeral range and below the runs' planned ports (20000 up).
+_FREE_PORTS = range(10000, 20000)
+#: Ports this process handed out lately: two callers must not get one port before either binds it.
+_handed_out: collections.deque[int] = collections.deque(maxlen=256)
+_handing_out = threading.Lock()
+
+
+def free_port() -> int:
+    """A port nothing listens on right now, for a listener this process is about to start.
+
+    Not the kernel's pick: that comes from the ephemeral range, where any outgoing connection on
+    the machine (the test process's own to the API server) may take it as its source port before
+    the listener binds it, which failed a forward now and then with "address in use"."""
+    with _handing_out:
+        for port in random.sample(_FREE_PORTS, 200):
+            if port not in _handed_out and bindable(port):
+                _handed_out.append(port)
+                return port
+    with socket.socket() as sock:  # everything sampled was taken: the kernel's pick after all
+        sock.bind(("127.0.0.1", 0))
+        picked: int = sock.getsockname()[1]
+        return picked
+
+
+def bindable(port: int) -> bool:
+    """Whether a listener could bind `port` now (a port only in TIME_WAIT counts as free)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+#: Where Linux keeps the range of source ports it gives outgoing connections.
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def ephemeral(port: int) -> bool:
+    """Whether `port` lies in this machine's ephemeral range: any outgoing connection may hold it
+    as its source port, and a listener cannot bind it meanwhile."""
+    try:
+        low, high = (int(part) for part in EPHEMERAL_RANGE_FILE.read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999  # Linux's default
+    return low <= port <= high
+
+
+def _reservations() -> Path:
+    folder = cache_root() / "port-reservations"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _taken(folder: Path) -> list[tuple[int, int]]:
+    """Blocks reserved by runs that are still alive; stale reservations are removed."""
+    blocks = []
+    for entry in folder.glob("*.block"):
+        with contextlib.suppress(OSError, ValueError):
+            pid, base, count = (int(x) for x in entry.read_text().split())
+            if alive(pid):
+                blocks.append((base, base + count))
+            else:
+                entry.unlink()
+    return blocks
+
+
+def reserve_block(count: int, run_id: str, start: int = 20000, stop: int = 60000) -> int:
+    """The first base of `count` ports, all bindable and reserved by no live run; reserved now."""
+    folder = _reservations()
+    with locked(folder / ".lock"):
+        taken = _taken(folder)
+        base = start
+        while base + count <= stop:
+            overlap = next((end for low, end in taken if low < base + count and base < end), None)
+            if overlap is not None:
+                base = overlap
+                continue
+            busy = next((p for p in range(base, base + count) if not bindable(p)), None)
+            if busy is None:
+                (folder / f"{run_id}.block").write_text(f"{os.getpid()} {base} {count}")
+                return base
+            base = busy + 1
+    raise OSError(f"no {count} consecutive free local ports between {start} and {stop}")
+
+
+def release_block(run_id: str) -> None:
+    with contextlib.suppress(OSError):
+        (_reservations() / f"{run_id}.block").unlink()

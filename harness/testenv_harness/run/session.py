@@ -1,0 +1,585 @@
+"""Once per run, in the pytest-xdist controller: cluster, CRD, operator, TestEnvironment, teardown.
+
+This is pytest's SynchronizedBeforeSuite. Workers never create anything; they receive a
+`Handoff` and wait for their own namespace only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import datetime
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+import testenv_api
+from testenv_api import (
+    ANNOTATION_HEARTBEAT,
+    GROUP,
+    LABEL_OWNER_UID,
+    LABEL_RUN_ID,
+    LABEL_SERVICE,
+    MAX_WORKERS,
+    PLURAL,
+    VERSION,
+    local_ports,
+    ports_needed,
+)
+from testenv_api.status import WorkerStatus, workers_from_status
+from testenv_harness.dataplane import runners
+from testenv_harness.dataplane.manager import DataPlane
+from testenv_harness.ground import kube
+from testenv_harness.ground.errors import ClusterError, ManifestError
+from testenv_harness.ground.localports import bindable, release_block, reserve_block
+from testenv_harness.ground.waiting import WaitTimeoutError, wait_for
+from testenv_harness.provision import clusters
+from testenv_harness.provision.clusters.base import Cluster, Provider
+from testenv_harness.provision.clusters.existing import ExistingProvider
+from testenv_harness.provision.operator_process import OperatorProcess
+from testenv_harness.worker.connection import planned_variables
+from testenv_harness.worker.handoff import DIRECT, FORWARD, Handoff, publish
+
+#: How workers reach their services: through port-forwards, straight to the Services' DNS names
+#: (a run inside the cluster), or direct exactly when this process runs in a pod of that cluster.
+CONNECT_MODES = ("auto", FORWARD, DIRECT)
+#: What a run does with its TestEnvironment under a cluster's operator (the pipeline role's rights).
+_PIPELINE_RIGHTS = tuple((verb, PLURAL, GROUP) for verb in ("create", "get", "list", "patch", "delete"))
+HEARTBEAT_SECONDS = 30
+HEARTBEAT_TIMEOUT = 300
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    workers: int
+    manifest: dict[str, Any]
+    provider: str = "auto"
+    cluster_name: str = "testenv"
+    #: Of the TestEnvironment; "": the kubeconfig context's (or the pod's own) for `existing`,
+    #: else `default`.
+    namespace: str = ""
+    operator: str = "auto"  # subprocess | cluster | auto
+    #: For `existing`: the kubeconfig file (None: $KUBECONFIG, ~/.kube/config, or in-cluster) and
+    #: its context (None: the current one).
+    kubeconfig: str | None = None
+    context: str | None = None
+    connect: str = "auto"  # forward | direct | auto
+    keep: bool = False
+    timeout: float = 300.0
+    #: Wait until the namespaces are gone before returning from `stop` (else they go meanwhile).
+    wait_teardown: bool = False
+
+
+def parse_services(entries: list[str]) -> list[dict[str, Any]]:
+    """`redis`, `kafka` or `name:type` entries (testenv_services, `--service`) as spec.services."""
+    services = []
+    for entry in entries:
+        name, _, kind = entry.partition(":")
+        kind = kind or name
+        if kind not in testenv_api.SERVICE_TYPES or kind == "custom":
+            known = ", ".join(t for t in testenv_api.SERVICE_TYPES if t != "custom")
+            raise ValueError(f"service {entry!r} has unknown type {kind!r}; use one of {known}")
+        services.append({"name": name, "type": kind})
+    return services
+
+
+def services_manifest(entries: list[str], name: str = "run") -> dict[str, Any]:
+    """A TestEnvironment of just these services (see `parse_services`), for runs without a file."""
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": testenv_api.KIND,
+        "metadata": {"name": name},
+        "spec": {"services": parse_services(entries)},
+    }
+
+
+def load_manifest(path: Path) -> dict[str, Any]:
+    """The one TestEnvironment in the YAML file at `path` (ValueError, naming the file, otherwise)."""
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    found = [d for d in docs if isinstance(d, dict) and d.get("kind") == testenv_api.KIND]
+    if len(found) != 1:
+        raise ValueError(f"{path}: expected exactly one {testenv_api.KIND}, found {len(found)}")
+    manifest: dict[str, Any] = found[0]
+    return manifest
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class RunSession:
+    """Sets one run up and tears it down again (also on Ctrl-C)."""
+
+    def __init__(self, options: RunOptions, report: Callable[[str], None]) -> None:
+        self.options = options
+        self.report = report
+        self.run_id = uuid.uuid4().hex[:6]
+        self.run_dir = Path(tempfile.mkdtemp(prefix=f"testenv-{self.run_id}-"))
+        self.cluster: Cluster | None = None
+        self.provider: Provider | None = None
+        self.api: client.ApiClient | None = None
+        self.operator: OperatorProcess | None = None
+        self.dataplane: DataPlane | None = None
+        self.name = ""
+        self.uid = ""
+        self.started = time.monotonic()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.ready_at: dict[int, float] = {}
+        self.handoff: Handoff | None = None
+        self._spec: dict[str, Any] | None = None
+
+    @classmethod
+    def reclaim(
+        cls, options: RunOptions, handoff: Handoff, uid: str, operator: str, report: Callable[[str], None]
+    ) -> str:
+        """Tear down the environment of a run whose process died (`kill -9`), as its `stop` would have.
+
+        Its own operator died with it, so `operator="subprocess"` starts one for the run's namespace
+        until the environment's finalizer is done. Returns `stop`'s summary.
+        """
+        session = cls(options, report)
+        shutil.rmtree(session.run_dir, ignore_errors=True)
+        session.run_id, session.run_dir = handoff.run_id, handoff.run_path
+        session.cluster = Cluster(
+            handoff.provider, options.cluster_name, handoff.kubeconfig_path, context=handoff.context or None
+        )
+        session.api = kube.api_client(session.cluster.kubeconfig, session.cluster.context)
+        session.name, session.uid = handoff.name, uid
+        session.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            if operator == "subprocess":
+                session._start_operator()
+        finally:
+            summary = session.stop()
+            session.remove_run_dir()
+        return summary
+
+    # -- set-up -----------------------------------------------------------------------------
+
+    def _provider(self) -> Provider:
+        return clusters.choose(
+            self.options.provider,
+            self.options.cluster_name,
+            kubeconfig=self.options.kubeconfig,
+            context=self.options.context,
+            report=self.report,
+        )
+
+    def start(self) -> Handoff:
+        self.provider = self._provider()
+        if self.provider.simulated_pods:
+            services = (self.options.manifest.get("spec") or {}).get("services") or []
+            if reason := runners.cannot_serve(s.get("type", "") for s in services):
+                raise ManifestError(reason)
+        self.cluster = self.provider.up()
+        self.api = kube.api_client(self.cluster.kubeconfig, self.cluster.context)
+        if not self.options.namespace:
+            default = (
+                self.provider.default_namespace()
+                if isinstance(self.provider, ExistingProvider)
+                else "default"
+            )
+            self.options = dataclasses.replace(self.options, namespace=default)
+        connect = self._connect_mode()
+        run_operator = self.options.operator
+        if run_operator == "auto":
+            run_operator = self.provider.default_operator
+        if run_operator == "subprocess":
+            kube.install_crd(self.api)
+            self._start_operator()
+        else:
+            self._check_operator_served()
+        self._create_environment(grant_self=run_operator == "cluster")
+        if self.provider.simulated_pods:
+            self.dataplane = DataPlane(self.api, self.uid, self.run_dir / "dataplane", self.report).start()
+        for target in (self._heartbeat, self._watch_progress):
+            thread = threading.Thread(target=target, daemon=True, name=target.__name__)
+            thread.start()
+            self._threads.append(thread)
+        self.handoff = Handoff(
+            kubeconfig=str(self.cluster.kubeconfig or ""),
+            context=self.cluster.context or "",
+            connect=connect,
+            namespace=self.options.namespace,
+            name=self.name,
+            run_id=self.run_id,
+            run_dir=str(self.run_dir),
+            provider=self.cluster.provider,
+            timeout=self.options.timeout,
+        )
+        publish(self.run_dir, self.handoff)
+        return self.handoff
+
+    def plan(self) -> list[dict[str, str]]:
+        """Reserve this run's local ports now, before anything starts, and return each worker's
+        variables from that plan, so workers can export them before they collect. [] where they
+        cannot be known yet: connecting directly, the endpoints are namespaces not yet made."""
+        connect = self.options.connect
+        if connect == DIRECT or (
+            connect == "auto"
+            and self.options.provider == "existing"
+            and ExistingProvider(self.options.kubeconfig, self.options.context).in_cluster
+        ):
+            return []
+        return planned_variables(self._planned_spec(), self.run_id)
+
+    def _planned_spec(self) -> dict[str, Any]:
+        """The manifest's spec with this run's workers and local ports (reserved on first use)."""
+        if self._spec is not None:
+            return self._spec
+        spec = copy.deepcopy(self.options.manifest.get("spec") or {})
+        spec["workers"] = self.options.workers
+        if "portBase" not in spec:
+            try:
+                spec["portBase"] = reserve_block(ports_needed(spec), self.run_id)
+            except OSError as exc:
+                raise ClusterError(str(exc)) from exc
+        else:
+            ports = local_ports(spec)
+            busy = [p for p in ports if not bindable(p)]
+            if busy:
+                raise ManifestError(
+                    f"spec.portBase {ports.start} plans local ports {ports.start}-{ports[-1]}, "
+                    f"but {busy[0]} is in use (another run on this "
+                    "machine?): drop spec.portBase from the manifest to let kube-testenv pick free ports, "
+                    "or choose another base"
+                )
+        self._spec = spec
+        return spec
+
+    def _connect_mode(self) -> str:
+        """forward or direct: `auto` connects directly exactly from a pod of the cluster itself."""
+        assert self.cluster is not None
+        assert self.provider is not None
+        choice = self.options.connect
+        if choice not in CONNECT_MODES:
+            raise ManifestError(f"connect = {choice!r}: use one of {', '.join(CONNECT_MODES)}")
+        if choice == "auto":
+            choice = DIRECT if self.cluster.kubeconfig is None else FORWARD
+        if choice == DIRECT and self.provider.simulated_pods:
+            raise ManifestError(
+                f"connect = direct needs the run to be inside a cluster with a pod network; the "
+                f"{self.provider.name} cluster only simulates pods: use connect = forward (or auto)"
+            )
+        if choice == DIRECT:
+            self.report("connecting directly to each worker's Services (no port-forwards)")
+        return choice
+
+    def _check_operator_served(self) -> None:
+        """The cluster serves TestEnvironments (an operator is installed) and this identity may
+        manage them here. Needs nothing cluster-scoped: the chart's pipeline role is enough."""
+        assert self.api is not None
+        namespace = self.options.namespace
+        try:
+            client.CustomObjectsApi(self.api).list_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, limit=1
+            )
+        except ApiException as exc:
+            if exc.status == 403:
+                raise kube.refusal(exc, "list", PLURAL, namespace, kube.pipeline_grant(namespace)) from exc
+            if exc.status == 404:
+                raise ClusterError(
+                    f"the cluster does not serve {PLURAL}.{GROUP} (no {testenv_api.CRD_NAME} CRD), so no "
+                    "operator is installed there: an admin installs it with `helm install testenv-operator "
+                    "charts/testenv-operator` (docs/shared-ci-cluster.md), or pass "
+                    "--testenv-operator=subprocess to run one for this run"
+                ) from exc
+            raise ClusterError(f"listing {PLURAL} in {namespace} failed: {exc.status} {exc.reason}") from exc
+        kube.require_rights(self.api, namespace, list(_PIPELINE_RIGHTS), kube.pipeline_grant(namespace))
+
+    def _grant_self(self, spec: dict[str, Any]) -> None:
+        """Name this run's identity in spec.access, so the cluster's operator lets it use its workers
+        (the manifest's own subjects are kept)."""
+        assert self.api is not None
+        try:
+            identity = kube.whoami(self.api)
+        except ApiException as exc:
+            self.report(
+                f"could not ask the cluster who this run is (SelfSubjectReview: {exc.status} {exc.reason}); "
+                "if its workers refuse it, name it in the manifest's spec.access.subjects"
+            )
+            return
+        subject = identity.subject()
+        if subject is None:
+            return  # a system: user (e.g. system:admin) holds cluster-wide rights already
+        subjects = spec.setdefault("access", {}).setdefault("subjects", [])
+        namespace = self.options.namespace
+        key = (subject["kind"], subject["name"], subject.get("namespace", namespace))
+        if any((s.get("kind"), s.get("name"), s.get("namespace", namespace)) == key for s in subjects):
+            return
+        subjects.append(subject)
+        self.report(f"{identity} may use its workers (added to spec.access.subjects)")
+
+    def _start_operator(self) -> None:
+        """Our own operator, serving only this run's namespace; a controller killed with -9 takes it along."""
+        assert self.cluster is not None
+        self.operator = OperatorProcess(
+            self.cluster.kubeconfig,
+            self.run_dir / "operator.log",
+            TESTENV_NAMESPACES=self.options.namespace,
+            TESTENV_MAX_WORKERS=str(MAX_WORKERS),
+            TESTENV_RESYNC_SECONDS="5",
+        )
+        self.operator.start()
+
+    def _create_environment(self, grant_self: bool = False) -> None:
+        assert self.api is not None
+        assert self.provider is not None
+        body = copy.deepcopy(self.options.manifest)
+        body["spec"] = spec = copy.deepcopy(self._planned_spec())
+        if grant_self:
+            self._grant_self(spec)
+        self._use_provider_images(spec)
+        lifetime = spec.setdefault("lifetime", {})
+        ttl = lifetime.get("ttlSeconds")
+        # The CRD refuses a heartbeat timeout longer than the TTL: a short TTL bounds the default.
+        limit = min(HEARTBEAT_TIMEOUT, ttl) if isinstance(ttl, int) and ttl > 0 else HEARTBEAT_TIMEOUT
+        lifetime.setdefault("heartbeatTimeoutSeconds", limit)
+        meta = body.setdefault("metadata", {})
+        self.name = f"{meta.get('name', 'run')}-{self.run_id}"[:63]
+        meta.update(name=self.name, namespace=self.options.namespace)
+        meta.setdefault("labels", {})[LABEL_RUN_ID] = self.run_id
+        meta.setdefault("annotations", {})[ANNOTATION_HEARTBEAT] = _now()
+        if not isinstance(self.provider, ExistingProvider):  # a cluster of ours: make the namespace
+            with contextlib.suppress(ApiException):
+                client.CoreV1Api(self.api).create_namespace({"metadata": {"name": self.options.namespace}})
+        try:
+            created = client.CustomObjectsApi(self.api).create_namespaced_custom_object(
+                GROUP, VERSION, self.options.namespace, PLURAL, body, field_validation="Strict"
+            )
+        except ApiException as exc:
+            namespace = self.options.namespace
+            if exc.status in (400, 422):  # the manifest itself is invalid
+                raise ManifestError(f"the API server refused the TestEnvironment: {exc.body}") from exc
+            if exc.status == 403:
+                raise kube.refusal(exc, "create", PLURAL, namespace, kube.pipeline_grant(namespace)) from exc
+            if exc.status == 404:
+                raise ClusterError(
+                    f"namespace {namespace!r} does not exist: create it (an admin, on a shared cluster), or "
+                    "choose another with --testenv-namespace"
+                ) from exc
+            raise ClusterError(
+                f"creating the TestEnvironment in {namespace} failed: {exc.status} {exc.reason}"
+            ) from exc
+        self.uid = created["metadata"]["uid"]
+        names = ", ".join(f"{s['name']} ({s['type']})" for s in spec["services"])
+        self.report(
+            f"environment {self.options.namespace}/{self.name}: {self.options.workers} worker(s) x {names}, "
+            f"local ports from {spec['portBase']}"
+        )
+
+    def _use_provider_images(self, spec: dict[str, Any]) -> None:
+        """Services without an image of their own get the provider's (kind: our offline builds)."""
+        assert self.provider is not None
+        images = self.provider.service_images({s["type"] for s in spec["services"]})
+        used = set()
+        for service in spec["services"]:
+            if not service.get("image") and service["type"] in images:
+                service["image"] = images[service["type"]]
+                used.add(service["image"])
+        if used:
+            self.report(f"loading {len(used)} local image(s) into the cluster")
+            self.provider.load_images(sorted(used))
+        if isinstance(self.provider, clusters.KindProvider):
+            named = {s.get("image") or (s.get("custom") or {}).get("image") for s in spec["services"]} - used
+            if loaded := self.provider.load_local(sorted(i for i in named if i)):
+                self.report(f"loaded {', '.join(loaded)} from the local Docker engine into the kind node")
+
+    # -- while tests run --------------------------------------------------------------------
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            with contextlib.suppress(Exception):
+                assert self.api is not None
+                client.CustomObjectsApi(self.api).patch_namespaced_custom_object(
+                    GROUP,
+                    VERSION,
+                    self.options.namespace,
+                    PLURAL,
+                    self.name,
+                    {"metadata": {"annotations": {ANNOTATION_HEARTBEAT: _now()}}},
+                    _content_type="application/merge-patch+json",
+                )
+
+    def _watch_progress(self) -> None:
+        """Report each worker as it becomes ready, with how long each of its services took."""
+        assert self.api is not None
+        objects = client.CustomObjectsApi(self.api)
+        while not self._stop.wait(0.3) and len(self.ready_at) < self.options.workers:
+            with contextlib.suppress(ApiException):
+                body = objects.get_namespaced_custom_object(
+                    GROUP, VERSION, self.options.namespace, PLURAL, self.name
+                )
+                for worker in workers_from_status(body.get("status")):
+                    if worker.index in self.ready_at or not worker.ready or not self._served(worker):
+                        continue
+                    took = time.monotonic() - self.started
+                    self.ready_at[worker.index] = took
+                    self.report(
+                        f"worker {worker.index} ready in {took:.1f}s{self._service_times(worker.namespace)}"
+                    )
+
+    def _host_ready_times(self, namespace: str) -> list[tuple[str, float]]:
+        """(service, seconds until its host process listened) of each pod the data plane serves."""
+        assert self.dataplane is not None
+        return [
+            (s.pod.name.rsplit("-", 2)[0], s.ready_after)
+            for s in list(self.dataplane.served.values())
+            if s.pod.namespace == namespace and s.ready_after is not None
+        ]
+
+    def _served(self, worker: WorkerStatus) -> bool:
+        """Every service of the worker has a host process that listens (on a simulated data plane);
+        a service whose pod the data plane has not picked up yet is not served."""
+        if self.dataplane is None:
+            return True
+        listening = {name for name, _ in self._host_ready_times(worker.namespace)}
+        return all(service.name in listening for service in worker.services)
+
+    def _service_times(self, namespace: str) -> str:
+        if self.dataplane is not None:
+            times = sorted(self._host_ready_times(namespace))
+        else:
+            times = sorted(self._pod_ready_times(namespace).items())
+        return " (" + ", ".join(f"{name} {took:.1f}s" for name, took in times) + ")" if times else ""
+
+    def _pod_ready_times(self, namespace: str) -> dict[str, float]:
+        """Per service: from its pod's creation to the pod's Ready condition (real kubelets)."""
+        assert self.api is not None
+        times: dict[str, float] = {}
+        with contextlib.suppress(ApiException):
+            for pod in client.CoreV1Api(self.api).list_namespaced_pod(namespace).items:
+                service = (pod.metadata.labels or {}).get(LABEL_SERVICE)
+                ready = next(
+                    (c for c in (pod.status.conditions or []) if c.type == "Ready" and c.status == "True"),
+                    None,
+                )
+                if service and ready is not None and ready.last_transition_time is not None:
+                    took = (ready.last_transition_time - pod.metadata.creation_timestamp).total_seconds()
+                    times[service] = max(times.get(service, 0.0), took)
+        return times
+
+    def wait_reported(self, timeout: float) -> None:
+        """Block until every worker was reported ready (or `timeout`): for a run without xdist,
+        whose only process runs the tests itself and whose output pytest captures meanwhile."""
+        progress = next((t for t in self._threads if t.name == "_watch_progress"), None)
+        if progress is not None:
+            progress.join(timeout)
+
+    # -- teardown ---------------------------------------------------------------------------
+
+    def stop(self) -> str:
+        """Delete the environment (unless kept) and stop what the run started; returns a summary.
+
+        The namespaces go in the background unless `wait_teardown`: the cluster's operator deletes
+        them, or this run's own operator, which then exits by itself. A second call does nothing
+        and returns "". The run folder stays until `remove_run_dir`: workers may still read a
+        published set-up failure from it.
+        """
+        if self._stop.is_set():
+            return ""
+        self._stop.set()
+        started = time.monotonic()
+        left: list[str] = []
+        background = ""
+        try:
+            if self.dataplane is not None:  # the services are not needed any more: end them now
+                self.dataplane.close()
+            if self.api is not None and self.name and not self.options.keep and self._delete_environment():
+                background = "" if self.options.wait_teardown else self._hand_deletion_over()
+                if not background:
+                    left = self._wait_deleted()
+        finally:
+            if self.dataplane is not None:
+                self.dataplane.close()
+            if self.operator is not None and not self.options.keep and not background:
+                self.operator.stop()
+            release_block(self.run_id)
+        ready = f"{len(self.ready_at)}/{self.options.workers} workers ready"
+        if self.ready_at:
+            ready += f" (slowest {max(self.ready_at.values()):.1f}s)"
+        if self.options.keep:
+            return f"{ready}; kept {self.options.namespace}/{self.name} and its namespaces (--testenv-keep)"
+        took = f"{time.monotonic() - started:.1f}s"
+        if background:
+            return f"{ready}; stopped in {took}, {background}"
+        gone = "all namespaces deleted" if not left else f"namespaces still present: {', '.join(left)}"
+        return f"{ready}; torn down in {took}, {gone}"
+
+    def _hand_deletion_over(self) -> str:
+        """Leave the deletion to an operator; what the summary says of it ("" if none took it)."""
+        if self.operator is None:
+            return "the cluster's operator deletes the namespaces in the background"
+        if not self.operator.finish_in_background():
+            return ""
+        assert self.operator.proc is not None
+        return (
+            f"the namespaces are deleted in the background by operator pid {self.operator.proc.pid}, "
+            "which exits when done (--testenv-wait-teardown waits for it)"
+        )
+
+    def remove_run_dir(self) -> None:
+        if not self.options.keep:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def _delete_environment(self) -> bool:
+        """Ask for the environment's deletion: False if it was not there (or could not be asked)."""
+        assert self.api is not None
+        try:
+            client.CustomObjectsApi(self.api).delete_namespaced_custom_object(
+                GROUP, VERSION, self.options.namespace, PLURAL, self.name
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            self.report(f"deleting {self.options.namespace}/{self.name} failed: {exc.status} {exc.reason}")
+        return True
+
+    def _wait_deleted(self, timeout: float = 120) -> list[str]:
+        left: list[str] = []
+
+        def gone() -> bool:
+            nonlocal left
+            left = self._left_behind()
+            return not left
+
+        with contextlib.suppress(WaitTimeoutError):
+            wait_for(gone, timeout=timeout, what=f"{self.name} and its namespaces to be gone", interval=0.3)
+        return left
+
+    def _left_behind(self) -> list[str]:
+        assert self.api is not None
+        core = client.CoreV1Api(self.api)
+        try:
+            left = [
+                n.metadata.name
+                for n in core.list_namespace(label_selector=f"{LABEL_OWNER_UID}={self.uid}").items
+            ]
+        except ApiException as exc:
+            if exc.status != 403:
+                raise
+            # A pipeline may not list namespaces (cluster scope). The operator removes the
+            # environment's finalizer only once its namespaces are gone, so waiting for it is enough.
+            left = []
+        try:  # the operator must stay up until it has removed its finalizer too
+            client.CustomObjectsApi(self.api).get_namespaced_custom_object(
+                GROUP, VERSION, self.options.namespace, PLURAL, self.name
+            )
+            left.append(f"TestEnvironment {self.name}")
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+        return left

@@ -1,0 +1,64 @@
+"""Protocol-level pings through a local forward (or at a Service's DNS name, from inside the
+cluster): is the service itself answering?
+
+Pod readiness says the container is ready; on the `local` cluster kwok marks pods Ready
+before the host process listens, and on any cluster a port-forward can outlive its pod. A
+worker only starts once each of its services answers its own protocol (its descriptor's ping).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+from testenv_harness.ground.waiting import wait_for
+from testenv_harness.services.base import Ping
+
+
+def answers(ping: Ping | None, port: int, timeout: float = 2.0, host: str = "127.0.0.1") -> bool:
+    """One attempt: does the server on host:port answer `ping`? With no ping (a custom service's
+    unknown protocol), whether the connection stays open: a forward to nothing is closed at once."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            if ping is None:
+                sock.settimeout(0.5)
+                try:
+                    return sock.recv(1) != b""
+                except TimeoutError:
+                    return True
+            sock.sendall(ping.request)
+            answer = b""
+            deadline = time.monotonic() + timeout
+            while not ping.healthy(answer) and time.monotonic() < deadline:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    return False
+                answer += chunk
+            return ping.healthy(answer)
+    except OSError:
+        return False
+
+
+def _ping_of(service_type: str) -> Ping | None:
+    from testenv_harness.services import catalog  # the descriptors' modules import this one
+
+    kind = catalog.of(service_type)
+    return kind.ping if kind else None
+
+
+def ping(service_type: str, port: int, timeout: float = 2.0, host: str = "127.0.0.1") -> bool:
+    """One attempt: does the service of this type on host:port answer its protocol?"""
+    return answers(_ping_of(service_type), port, timeout, host)
+
+
+def wait_answering(service_type: str, port: int, timeout: float, host: str = "127.0.0.1") -> float:
+    """Seconds until the service answered; WaitTimeoutError (a TimeoutError) naming the port otherwise."""
+    started = time.monotonic()
+    check = _ping_of(service_type)
+    wait_for(
+        lambda: answers(check, port, host=host),
+        timeout=timeout,
+        what=f"{service_type} on {host}:{port} to answer its protocol",
+        seen=lambda: "no answer, or not the protocol's",
+    )
+    return time.monotonic() - started

@@ -1,0 +1,310 @@
+"""A worker's connection to its own services: wait for its namespace, forward, export.
+
+A worker waits for its own namespace only, opens a local listener per service on the port the
+operator planned, checks each service answers, and exports connection details as environment
+variables. Nothing here is computed twice: names, ports and URLs come from the CR's status.
+A run inside the cluster (`connect = direct`) forwards nothing: its endpoints are the Services'
+DNS names, which the status lists too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Self
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from testenv_api import GROUP, LABEL_RUNNER, PLURAL, VERSION, Phase, plan_ports, service_url
+from testenv_api.status import PortStatus, ServiceStatus, WorkerStatus, workers_from_status
+from testenv_harness.ground import kube, localports
+from testenv_harness.ground.errors import NotReadyError, PortBusyError, TestEnvError
+from testenv_harness.ground.waiting import WaitTimeoutError, wait_for
+from testenv_harness.services import catalog, probes
+from testenv_harness.tunnel.portforward import Forwarder
+from testenv_harness.worker.handoff import DIRECT, Handoff
+
+#: What forwarding a worker's services takes in its namespace (the chart's worker-access role).
+FORWARD_RIGHTS: list[kube.Right] = [
+    ("list", "pods", ""),
+    ("watch", "pods", ""),
+    ("get", "pods/portforward", ""),
+    ("create", "pods/portforward", ""),
+]
+#: What a restart takes there besides.
+RESTART_RIGHTS: list[kube.Right] = [("list", "pods", ""), ("watch", "pods", ""), ("delete", "pods", "")]
+#: Seconds a worker keeps asking for its rights while the operator's RoleBinding may be on its way.
+RIGHTS_SETTLE_SECONDS = 5.0
+
+
+def _variable(name: str) -> str:
+    return re.sub(r"[^A-Z0-9]", "_", name.upper())
+
+
+class WorkerConnection:
+    """Where one worker's services are, and the local forwards that reach them."""
+
+    def __init__(self, handoff: Handoff, worker: int) -> None:
+        self.handoff = handoff
+        self.worker = worker
+        self.run_id = handoff.run_id
+        self.api = kube.api_client(handoff.kubeconfig_path, handoff.context or None)
+        self.core = client.CoreV1Api(self.api)
+        #: Straight to the Services' DNS names, from a pod in the cluster: no forwards.
+        self.direct = handoff.connect == DIRECT
+        self.status: WorkerStatus | None = None
+        self.forwarder: Forwarder | None = None
+        self.timings: dict[str, float] = {}
+
+    # -- start-up ---------------------------------------------------------------------------
+
+    def connect(self) -> Self:
+        """Wait for this worker, forward its services and export their variables (the plugin's way)."""
+        self.wait_ready().forward()
+        os.environ.update(self.environment())
+        return self
+
+    def wait_ready(self) -> Self:
+        """Wait until the operator reports this worker Ready; its endpoints are known from then on."""
+        self.status = self._wait_for_worker(self.handoff.timeout)
+        return self
+
+    def forward(self) -> Self:
+        """Listen on every planned local port of this worker and wait until each service answers
+        (connecting directly: only wait until each answers at its Service's DNS name)."""
+        started = time.monotonic()
+        status = self._status()
+        try:
+            if not self.direct:
+                self.require_rights(FORWARD_RIGHTS)
+                self.forwarder = Forwarder(self.api, status.namespace)
+                for service in status.services:
+                    for planned in service.ports:
+                        self._listen(service, planned.port, planned.local_port)
+            for service in status.services:
+                left = self.handoff.timeout - (time.monotonic() - started)
+                host, port = self.endpoint(service.name)
+                try:
+                    probes.wait_answering(service.type, port, max(left, 1), host=host)
+                except TimeoutError as exc:
+                    hint = (
+                        f" (a direct connection from this pod: the worker's NetworkPolicy admits pods of "
+                        f"namespace {self.handoff.namespace} labelled {LABEL_RUNNER}=true only)"
+                        if self.direct
+                        else ""
+                    )
+                    raise self._not_ready(
+                        f"{service.name} ({service.type}) does not answer: {exc}{hint}"
+                    ) from exc
+                self.timings[service.name] = time.monotonic() - started
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def require_rights(self, rights: list[kube.Right]) -> None:
+        """On a cluster someone else runs, say which of `rights` in this worker's namespace the
+        identity lacks, and what grants them, before a call fails half way (AccessError)."""
+        if self.handoff.provider != "existing":
+            return  # clusters the harness made: it is their admin
+        # The operator binds the access role with the worker's other objects: allow a moment.
+        grant = kube.worker_grant(self.handoff.name)
+        kube.require_rights(self.api, self.namespace, rights, grant, settle=RIGHTS_SETTLE_SECONDS)
+
+    def _listen(self, service: ServiceStatus, port: int, local_port: int) -> None:
+        assert self.forwarder is not None
+        try:
+            self.forwarder.listen(service.name, port, local_port)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            why = (
+                f"; it lies in this machine's ephemeral port range ({localports.EPHEMERAL_RANGE_FILE}), "
+                "so an outgoing connection may hold it: give the environment (or the pool it claimed "
+                "from) a portBase below that range"
+                if localports.ephemeral(local_port)
+                else ""
+            )
+            raise PortBusyError(
+                f"local port {local_port} ({service.name} of {self.namespace}) is in use: another "
+                "process forwards this worker already (a second `testenv forward` for it, or `testenv "
+                f"run`, which forwards every worker), or a program of yours listens there{why}"
+            ) from exc
+
+    def _environment_object(self) -> dict[str, Any]:
+        h = self.handoff
+        body: dict[str, Any] = client.CustomObjectsApi(self.api).get_namespaced_custom_object(
+            GROUP, VERSION, h.namespace, PLURAL, h.name
+        )
+        return body
+
+    def _wait_for_worker(self, timeout: float) -> WorkerStatus:
+        seen = "no status yet"
+
+        def ready() -> WorkerStatus | None:
+            nonlocal seen
+            status = self._environment_object().get("status") or {}
+            mine = [w for w in workers_from_status(status) if w.index == self.worker]
+            if mine and mine[0].phase == Phase.READY:
+                return mine[0]
+            if status.get("phase") == Phase.FAILED:
+                raise self._not_ready(f"the environment failed: {status.get('message')}")
+            seen = (mine[0].message or f"phase {mine[0].phase}") if mine else status.get("message", seen)
+            return None
+
+        try:
+            return wait_for(
+                ready,
+                timeout=timeout,
+                what=f"worker {self.worker} to be Ready",
+                interval=0.25,
+                seen=lambda: seen,
+            )
+        except WaitTimeoutError as exc:
+            raise self._not_ready(str(exc)) from exc
+
+    def _not_ready(self, what: str) -> NotReadyError:
+        namespace = self.status.namespace if self.status else self._namespace_guess()
+        lines = [f"kube-testenv worker {self.worker} ({namespace}): {what}"]
+        with contextlib.suppress(ApiException, TypeError):
+            for pod in self.core.list_namespaced_pod(namespace).items:
+                lines.append(f"  pod {pod.metadata.name}: {pod.status.phase}")
+            events = sorted(
+                self.core.list_namespaced_event(namespace).items,
+                key=lambda e: str(e.last_timestamp or e.event_time or ""),
+            )[-8:]
+            lines += [f"  event {e.reason}: {e.message}" for e in events]
+        problem = self.handoff.run_path / "dataplane" / f"{namespace}.problem"
+        if problem.exists():
+            lines.append(f"  data plane: {problem.read_text()}")
+        lines.append(
+            "hint: `kubectl describe testenvironment "
+            f"{self.handoff.name} -n {self.handoff.namespace}` shows the operator's view; "
+            "raise --testenv-timeout "
+            "if the cluster is just slow"
+        )
+        return NotReadyError("\n".join(lines))
+
+    def _namespace_guess(self) -> str:
+        with contextlib.suppress(ApiException, KeyError):
+            workers = workers_from_status(self._environment_object().get("status"))
+            return next(w.namespace for w in workers if w.index == self.worker)
+        return "(unknown namespace)"
+
+    def close(self) -> None:
+        if self.forwarder is not None:
+            self.forwarder.close()
+            self.forwarder = None
+
+    # -- where things are -------------------------------------------------------------------
+
+    @property
+    def namespace(self) -> str:
+        return self._status().namespace
+
+    def _status(self) -> WorkerStatus:
+        if self.status is None:
+            raise TestEnvError("TestEnv.connect() has not run")
+        return self.status
+
+    def service(self, name: str) -> ServiceStatus:
+        return self._status().service(name)
+
+    def url(self, name: str) -> str:
+        """The URL of a service for this process, e.g. redis://localhost:20000 (through the forward)
+        or redis://redis.te-ci-run-1a2b3c-w0.svc:6379 (connecting directly)."""
+        service = self.service(name)
+        return service.cluster_url if self.direct else service.url
+
+    def endpoint(self, name: str) -> tuple[str, int]:
+        """(host, port) where this process reaches `name`'s primary port, for sockets of our own."""
+        service = self.service(name)
+        if self.direct:
+            return service.host, service.cluster_port
+        return "127.0.0.1", service.primary.local_port
+
+    def host_port(self, name: str, port: str | None = None) -> tuple[str, int]:
+        """Where this process reaches `name` (its primary port, or the port named `port`)."""
+        service = self.service(name)
+        if port is None:
+            host, number = self.endpoint(name)
+            return ("localhost" if host == "127.0.0.1" else host), number
+        for candidate in service.ports:
+            if candidate.name == port:
+                if self.direct:
+                    return service.host, candidate.port
+                return "localhost", candidate.local_port
+        known = ", ".join(p.name for p in service.ports)
+        raise KeyError(f"service {name!r} has no port {port!r} (its ports: {known})")
+
+    def environment(self) -> dict[str, str]:
+        """The variables exported for the code under test (documented in docs/harness.md)."""
+        endpoints = {s.name: (self.url(s.name), *self.host_port(s.name)) for s in self._status().services}
+        return {
+            "TESTENV_WORKER": str(self.worker),
+            "TESTENV_NAMESPACE": self.namespace,
+            "TESTENV_RUN_ID": self.run_id,
+            **service_variables(self._status().services, endpoints),
+        }
+
+
+def service_variables(
+    services: Sequence[ServiceStatus], endpoints: Mapping[str, tuple[str, str, int]]
+) -> dict[str, str]:
+    """Each service's `<NAME>_URL/_HOST/_PORT` and the one-of-a-type names (REDIS_URL, ...), from
+    (url, host, port) per service name."""
+    variables: dict[str, str] = {}
+    for service in services:
+        key = _variable(service.name)
+        url, host, port = endpoints[service.name]
+        variables.update({f"{key}_URL": url, f"{key}_HOST": host, f"{key}_PORT": str(port)})
+    for kind in catalog.TYPES.values():
+        of_kind = [s for s in services if s.type == kind.name]
+        if len(of_kind) == 1:
+            variables.update(dict.fromkeys(kind.variables, endpoints[of_kind[0].name][0]))
+            variables.update({k: v for k, v in kind.defaults.items() if k not in os.environ})
+    return variables
+
+
+def planned_variables(spec: Mapping[str, Any], run_id: str) -> list[dict[str, str]]:
+    """Per worker, the variables its forwards will serve, from the local-port plan alone: what a
+    worker exports before it collects (modules that build a client at import read them), before
+    the environment exists. Its namespace is not known yet: TESTENV_NAMESPACE comes at connect."""
+    kinds = {s["name"]: s["type"] for s in spec["services"]}
+    envs = {s["name"]: {e["name"]: e.get("value", "") for e in s.get("env") or []} for s in spec["services"]}
+    planned = []
+    for worker, ports in enumerate(plan_ports(spec)):
+        first = {p.service: p.local_port for p in reversed(ports)}
+        services = [
+            ServiceStatus(
+                name,
+                kind,
+                False,
+                "",
+                tuple(PortStatus(p.name, p.port, p.local_port) for p in ports if p.service == name),
+            )
+            for name, kind in kinds.items()
+        ]
+        endpoints = {
+            name: (service_url(kinds[name], "localhost", port, envs[name]), "localhost", port)
+            for name, port in first.items()
+        }
+        planned.append(
+            {
+                "TESTENV_WORKER": str(worker),
+                "TESTENV_RUN_ID": run_id,
+                "TESTENV_TOPIC_PREFIX": topic_prefix(run_id, worker),
+                **service_variables(services, endpoints),
+            }
+        )
+    return planned
+
+
+def topic_prefix(run_id: str, worker: int, sep: str = ".") -> str:
+    """What `TestEnv.topic` puts before a name: `<run>-w<N><sep>`."""
+    return f"{run_id}-w{worker}{sep}"

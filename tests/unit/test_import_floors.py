@@ -1,0 +1,109 @@
+"""The harness's wings stay on their floors: each wing's docstring says which wings it may
+import ("May import: ..."), and every import in its modules (function-level ones included) is
+checked against that line. The operator and the harness share only the contract package."""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import testenv_api
+import testenv_harness
+import testenv_operator
+
+HARNESS = Path(testenv_harness.__file__).parent
+OPERATOR = Path(testenv_operator.__file__).parent
+API = Path(testenv_api.__file__).parent
+NOTHING = "(nothing of testenv_harness)"
+
+
+def _imports(path: Path) -> Iterator[tuple[int, str]]:
+    """Every absolute module a file imports, with its line."""
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            yield from ((node.lineno, alias.name) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.lineno, node.module
+            # `from testenv_harness import worker` names a wing too
+            yield from ((node.lineno, f"{node.module}.{alias.name}") for alias in node.names)
+
+
+def _wings() -> dict[str, set[str]]:
+    wings = {}
+    for init in sorted(HARNESS.glob("*/__init__.py")):
+        doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+        found = re.search(r"^May import: (.+)$", doc, re.M)
+        assert found, f"{init}: the wing's docstring must end with a 'May import: ...' line"
+        allowed = found.group(1).strip()
+        wings[init.parent.name] = set() if allowed == NOTHING else {w.strip() for w in allowed.split(",")}
+    return wings
+
+
+def _wing_of(module: str, wings: dict[str, set[str]]) -> str | None:
+    parts = module.split(".")
+    if parts[0] != "testenv_harness" or len(parts) < 2 or parts[1] not in wings:
+        return None
+    return parts[1]
+
+
+def test_the_harness_has_few_top_level_modules_and_every_wing_says_its_floor() -> None:
+    top = sorted(p.name for p in HARNESS.iterdir() if p.suffix == ".py" or (p / "__init__.py").exists())
+    assert len(top) <= 10, top
+    wings = _wings()
+    for wing, allowed in wings.items():
+        assert allowed <= set(wings), f"{wing} may import unknown wings {allowed - set(wings)}"
+
+
+def test_no_import_runs_against_the_floors() -> None:
+    wings = _wings()
+    wrong = []
+    for path in sorted(HARNESS.rglob("*.py")):
+        relative = path.relative_to(HARNESS)
+        if len(relative.parts) == 1:
+            continue  # the package's front door (__init__, __main__) re-exports from any wing
+        home = relative.parts[0]
+        for line, module in _imports(path):
+            target = _wing_of(module, wings)
+            if target is not None and target != home and target not in wings[home]:
+                wrong.append(f"{relative}:{line} imports {module} ({home} may import: {sorted(wings[home])})")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_floors_have_no_cycle() -> None:
+    wings = _wings()
+    done: set[str] = set()
+
+    def visit(wing: str, path: tuple[str, ...]) -> None:
+        assert wing not in path, f"cycle: {' -> '.join((*path, wing))}"
+        if wing not in done:
+            for lower in wings[wing]:
+                visit(lower, (*path, wing))
+            done.add(wing)
+
+    for wing in wings:
+        visit(wing, ())
+
+
+@pytest.mark.parametrize(
+    ("package", "forbidden"),
+    [
+        (OPERATOR, ("testenv_harness",)),
+        (HARNESS, ("testenv_operator",)),
+        (API, ("testenv_harness", "testenv_operator")),
+    ],
+    ids=["operator", "harness", "api"],
+)
+def test_the_operator_and_the_harness_share_only_the_contract(
+    package: Path, forbidden: tuple[str, ...]
+) -> None:
+    wrong = [
+        f"{path.relative_to(package.parent)}:{line} imports {module}"
+        for path in sorted(package.rglob("*.py"))
+        for line, module in _imports(path)
+        if module.split(".")[0] in forbidden
+    ]
+    assert not wrong, "\n".join(wrong)
