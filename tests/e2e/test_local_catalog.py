@@ -33,7 +33,7 @@ MANIFEST = {
     },
 }
 
-TESTS = '''
+TESTS = """
 import os, subprocess, urllib.parse
 import pika
 from barrier import barrier
@@ -73,9 +73,9 @@ def test_each_worker_has_its_own_servers(testenv):
     connection = pika.BlockingConnection(params)
     assert connection.channel().queue_declare("jobs", passive=False).method.message_count == 0
     connection.close()
-'''
+"""
 
-BARRIER = '''
+BARRIER = """
 from testenv_harness.ground.waiting import wait_for
 
 def barrier(testenv, name, workers=2, timeout=120):
@@ -83,7 +83,7 @@ def barrier(testenv, name, workers=2, timeout=120):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / str(testenv.worker)).touch()
     wait_for(lambda: len(list(folder.iterdir())) >= workers, timeout=timeout, what=f"workers at {name}")
-'''
+"""
 
 #: What our PostgreSQL and RabbitMQ servers run as (the unshare'd server, the Erlang VM, epmd).
 MARKERS = ("/usr/lib/postgresql/", "rabbitmq-node", "beam.smp", "epmd -port")

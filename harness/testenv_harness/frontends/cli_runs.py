@@ -32,6 +32,7 @@ from testenv_harness.ground import kube
 from testenv_harness.ground.errors import TestEnvError
 from testenv_harness.ground.files import hold_lock
 from testenv_harness.ground.localports import bindable
+from testenv_harness.ground.waiting import WaitTimeoutError, wait_for
 from testenv_harness.provision.clusters import CHOICES
 from testenv_harness.run import runstate
 from testenv_harness.run.runstate import RunState
@@ -432,9 +433,8 @@ def cmd_down(args: argparse.Namespace) -> int:
     if log is not None and log.exists():
         _follow(log, gone, timeout=600, offset=offset)
     else:
-        deadline = time.monotonic() + 600
-        while not gone() and time.monotonic() < deadline:
-            time.sleep(0.2)
+        with contextlib.suppress(WaitTimeoutError):
+            wait_for(gone, timeout=600, what=f"run {state.name!r} to stop")
     if not gone():
         raise TestEnvError(f"run {state.name!r} (process {state.pid}) did not stop within 600s")
     if log is not None:

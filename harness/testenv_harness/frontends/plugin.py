@@ -26,6 +26,7 @@ from testenv_harness.run.session import (
     CONNECT_MODES,
     RunOptions,
     RunSession,
+    Session,
     load_manifest,
     services_manifest,
 )
@@ -257,7 +258,7 @@ class Controller:
         self.config = config
         self.options = options
         self.reuse_idle = reuse_idle
-        self.session: RunSession | reuse.ReuseSession | None = None
+        self.session: Session | None = None
         self.slots = Slots(options.workers)
         self.started = False
         self.planned: list[dict[str, str]] = []
@@ -281,14 +282,14 @@ class Controller:
         """Each worker's variables from the run's local-port plan, reserved now (see RunSession.plan);
         [] for a reused environment (its keeper planned it) or where the plan cannot be made yet
         (set-up reports why, once it runs)."""
-        if not isinstance(self.session, RunSession):
+        if self.session is None:
             return []
         try:
             return self.session.plan()
         except (TestEnvError, ValueError):
             return []
 
-    def _session(self) -> RunSession | reuse.ReuseSession:
+    def _session(self) -> Session:
         if self.reuse_idle is None:
             return RunSession(self.options, self.report)
         name = reuse.keeper_name(self.options)

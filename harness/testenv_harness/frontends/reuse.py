@@ -38,6 +38,7 @@ import yaml
 from testenv_harness.ground.children import alive
 from testenv_harness.ground.errors import ClusterError
 from testenv_harness.ground.files import hold_lock
+from testenv_harness.ground.waiting import WaitTimeoutError, wait_for
 from testenv_harness.run import runstate
 from testenv_harness.run.runstate import RunState
 from testenv_harness.run.session import RunOptions
@@ -129,7 +130,7 @@ def forget(name: str) -> None:
 
 
 class ReuseSession:
-    """The controller's side of a reused run, with the face of `RunSession` the plugin uses."""
+    """The controller's side of a reused run: a `Session`, as `RunSession` is."""
 
     def __init__(self, options: RunOptions, claim: Claim, idle: float, report: Callable[[str], None]) -> None:
         self.options = options
@@ -218,9 +219,11 @@ class ReuseSession:
 
     def _follow(self, name: str, keeper: subprocess.Popen[bytes], log: Path) -> RunState | None:
         """Pass the keeper's progress lines on until it is Ready (its state), or None if it failed."""
-        deadline = time.monotonic() + self.options.timeout + 300  # cluster and images on top
         offset = 0
-        while time.monotonic() < deadline:
+
+        def settled() -> tuple[RunState | None] | None:
+            """(the Ready state,) or (None,) once it failed; None while it is on its way."""
+            nonlocal offset
             state = runstate.load(name)
             with log.open("rb") as handle:
                 handle.seek(offset)
@@ -233,12 +236,26 @@ class ReuseSession:
                     self.report(line.rstrip("\n").removeprefix("testenv: "))
             mine = state is not None and state.pid == keeper.pid
             if mine and state is not None and state.phase == runstate.READY:
-                return state
+                return (state,)
             if keeper.poll() is not None or (mine and state is not None and state.phase == runstate.FAILED):
-                return None
-            time.sleep(0.1)
-        keeper.terminate()
-        return None
+                return (None,)
+            return None
+
+        try:
+            (found,) = wait_for(
+                settled,
+                timeout=self.options.timeout + 300,  # cluster and images on top
+                what=f"keeper {name!r} to be Ready",
+                interval=0.1,
+            )
+        except WaitTimeoutError:
+            keeper.terminate()
+            return None
+        return found
+
+    def plan(self) -> list[dict[str, str]]:
+        """Nothing planned here: the keeper planned the environment's ports when it made it."""
+        return []
 
     def wait_reported(self, timeout: float) -> None:
         """Nothing to wait for: `start` returned with every worker Ready."""
@@ -265,6 +282,5 @@ def _stop(state: RunState, timeout: float = 300) -> None:
     """End a keeper (as `testenv down` does: SIGTERM, then its teardown) and wait for it."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(state.pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while alive(state.pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    with contextlib.suppress(WaitTimeoutError):
+        wait_for(lambda: not alive(state.pid), timeout=timeout, what=f"{state.name!r} to end", interval=0.1)

@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 from kubernetes import client
@@ -115,6 +115,32 @@ def load_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """One step of a run's set-up, and how to take it back (None: nothing to take back)."""
+
+    name: str
+    do: Callable[[], None]
+    undo: Callable[[], None] | None = None
+
+
+class Session(Protocol):
+    """What the plugin and the CLI hold of a run: its own (RunSession) or a reused one's."""
+
+    run_dir: Path
+    handoff: Handoff | None
+
+    def plan(self) -> list[dict[str, str]]: ...
+
+    def start(self) -> Handoff: ...
+
+    def wait_reported(self, timeout: float) -> None: ...
+
+    def stop(self) -> str: ...
+
+    def remove_run_dir(self) -> None: ...
+
+
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -140,6 +166,12 @@ class RunSession:
         self.ready_at: dict[int, float] = {}
         self.handoff: Handoff | None = None
         self._spec: dict[str, Any] | None = None
+        #: The set-up steps taken so far, in order: `stop` takes them back, last first.
+        self.done: list[Step] = []
+        self._connect = FORWARD
+        #: How the environment's deletion went (set by taking the environment step back).
+        self._background = ""
+        self._left: list[str] = []
 
     @classmethod
     def reclaim(
@@ -159,6 +191,7 @@ class RunSession:
         session.api = kube.api_client(session.cluster.kubeconfig, session.cluster.context)
         session.name, session.uid = handoff.name, uid
         session.run_dir.mkdir(parents=True, exist_ok=True)
+        session.done = [session._operator_step(), session._environment_step()]
         try:
             if operator == "subprocess":
                 session._start_operator()
@@ -178,7 +211,32 @@ class RunSession:
             report=self.report,
         )
 
+    def steps(self) -> list[Step]:
+        """The run's set-up, in order; each step that leaves something behind knows how to undo it."""
+        return [
+            Step("cluster", self._bring_cluster_up),
+            self._operator_step(),
+            self._environment_step(),
+            Step("data plane", self._start_dataplane, undo=self._stop_dataplane),
+            Step("progress", self._start_watchers),  # they end with `stop`'s event
+            Step("handoff", self._publish_handoff),
+        ]
+
+    def _operator_step(self) -> Step:
+        return Step("operator", self._bring_operator, undo=self._stop_operator)
+
+    def _environment_step(self) -> Step:
+        return Step("environment", self._create_environment_as_chosen, undo=self._take_environment_down)
+
     def start(self) -> Handoff:
+        """Take every set-up step; whatever step fails, `stop` takes back exactly those done."""
+        for step in self.steps():
+            step.do()
+            self.done.append(step)
+        assert self.handoff is not None
+        return self.handoff
+
+    def _bring_cluster_up(self) -> None:
         self.provider = self._provider()
         if self.provider.simulated_pods:
             services = (self.options.manifest.get("spec") or {}).get("services") or []
@@ -193,26 +251,58 @@ class RunSession:
                 else "default"
             )
             self.options = dataclasses.replace(self.options, namespace=default)
-        connect = self._connect_mode()
-        run_operator = self.options.operator
-        if run_operator == "auto":
-            run_operator = self.provider.default_operator
-        if run_operator == "subprocess":
+        self._connect = self._connect_mode()
+
+    def _operator_mode(self) -> str:
+        assert self.provider is not None
+        chosen = self.options.operator
+        return self.provider.default_operator if chosen == "auto" else chosen
+
+    def _bring_operator(self) -> None:
+        assert self.api is not None
+        if self._operator_mode() == "subprocess":
             kube.install_crd(self.api)
             self._start_operator()
         else:
             self._check_operator_served()
-        self._create_environment(grant_self=run_operator == "cluster")
+
+    def _stop_operator(self) -> None:
+        """Our operator stops, unless it finishes the deletion in the background or the run keeps all."""
+        if self.operator is not None and not self.options.keep and not self._background:
+            self.operator.stop()
+
+    def _create_environment_as_chosen(self) -> None:
+        self._create_environment(grant_self=self._operator_mode() == "cluster")
+
+    def _take_environment_down(self) -> None:
+        if self.api is None or not self.name or self.options.keep or not self._delete_environment():
+            return
+        self._background = "" if self.options.wait_teardown else self._hand_deletion_over()
+        if not self._background:
+            self._left = self._wait_deleted()
+
+    def _start_dataplane(self) -> None:
+        assert self.api is not None
+        assert self.provider is not None
         if self.provider.simulated_pods:
             self.dataplane = DataPlane(self.api, self.uid, self.run_dir / "dataplane", self.report).start()
+
+    def _stop_dataplane(self) -> None:
+        if self.dataplane is not None:  # the services are not needed any more: end them now
+            self.dataplane.close()
+
+    def _start_watchers(self) -> None:
         for target in (self._heartbeat, self._watch_progress):
             thread = threading.Thread(target=target, daemon=True, name=target.__name__)
             thread.start()
             self._threads.append(thread)
+
+    def _publish_handoff(self) -> None:
+        assert self.cluster is not None
         self.handoff = Handoff(
             kubeconfig=str(self.cluster.kubeconfig or ""),
             context=self.cluster.context or "",
-            connect=connect,
+            connect=self._connect,
             namespace=self.options.namespace,
             name=self.name,
             run_id=self.run_id,
@@ -221,7 +311,6 @@ class RunSession:
             timeout=self.options.timeout,
         )
         publish(self.run_dir, self.handoff)
-        return self.handoff
 
     def plan(self) -> list[dict[str, str]]:
         """Reserve this run's local ports now, before anything starts, and return each worker's
@@ -493,21 +582,22 @@ class RunSession:
             return ""
         self._stop.set()
         started = time.monotonic()
-        left: list[str] = []
-        background = ""
+        failed: Exception | None = None
         try:
-            if self.dataplane is not None:  # the services are not needed any more: end them now
-                self.dataplane.close()
-            if self.api is not None and self.name and not self.options.keep and self._delete_environment():
-                background = "" if self.options.wait_teardown else self._hand_deletion_over()
-                if not background:
-                    left = self._wait_deleted()
+            for step in reversed(self.done):  # what was done, last first; each undo is tried
+                if step.undo is None:
+                    continue
+                try:
+                    step.undo()
+                except Exception as exc:
+                    failed = failed or exc
+                    self.report(f"taking back the {step.name} step failed: {exc}")
         finally:
-            if self.dataplane is not None:
-                self.dataplane.close()
-            if self.operator is not None and not self.options.keep and not background:
-                self.operator.stop()
+            self.done = []
             release_block(self.run_id)
+        if failed is not None:
+            raise failed
+        left, background = self._left, self._background
         ready = f"{len(self.ready_at)}/{self.options.workers} workers ready"
         if self.ready_at:
             ready += f" (slowest {max(self.ready_at.values()):.1f}s)"

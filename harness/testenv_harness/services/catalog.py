@@ -6,9 +6,7 @@ from testenv_harness.services import aws, kafka, mosquitto, postgres, rabbitmq, 
 from testenv_harness.services.base import ServiceType
 
 TYPES: dict[str, ServiceType] = {
-    kind.name: kind
-    for module in (redis, kafka, aws, postgres, rabbitmq, mosquitto)
-    for kind in module.TYPES
+    kind.name: kind for module in (redis, kafka, aws, postgres, rabbitmq, mosquitto) for kind in module.TYPES
 }
 
 

@@ -120,10 +120,7 @@ def _conf_safe(value: str) -> bool:
     trims it, and reads the file as Latin-1, so only printable ASCII without '#' and without
     surrounding blanks comes through unchanged."""
     return (
-        bool(value)
-        and value == value.strip()
-        and "#" not in value
-        and all(" " <= ch <= "~" for ch in value)
+        bool(value) and value == value.strip() and "#" not in value and all(" " <= ch <= "~" for ch in value)
     )
 
 

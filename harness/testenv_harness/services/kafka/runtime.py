@@ -46,9 +46,7 @@ def libs_dir() -> Path:
 def classpath() -> str:
     libs = libs_dir()
     if not libs.is_dir():
-        raise ToolchainError(
-            f"Kafka {KAFKA_VERSION} jars are not fetched ({libs} is missing): {BUILD_HINT}"
-        )
+        raise ToolchainError(f"Kafka {KAFKA_VERSION} jars are not fetched ({libs} is missing): {BUILD_HINT}")
     return f"{libs}/*"
 
 

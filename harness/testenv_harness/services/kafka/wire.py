@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import socket
 import struct
-import time
 
+from testenv_harness.ground.waiting import WaitTimeoutError, wait_for
 from testenv_harness.services.base import Ping
 
 METADATA = 3
@@ -193,8 +193,8 @@ def reset(port: int, *, timeout: float = 10.0, host: str = "127.0.0.1") -> None:
         reader.take(">i")  # throttle time
         if failed := _failures(reader, GROUP_ID_NOT_FOUND):
             raise ResetError(f"the broker kept consumer groups {', '.join(failed)}")
-    deadline = time.monotonic() + timeout
-    while (left := user_topics(port, host=host)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if left:
-        raise ResetError(f"topics {', '.join(left)} were still listed {timeout:.0f}s after their deletion")
+    try:
+        wait_for(lambda: not user_topics(port, host=host), timeout=timeout, what="the topics", interval=0.05)
+    except WaitTimeoutError:
+        left = ", ".join(user_topics(port, host=host))
+        raise ResetError(f"topics {left} were still listed {timeout:.0f}s after their deletion") from None
