@@ -157,8 +157,30 @@ def log4j_config(workdir: Path) -> Path:
     return path
 
 
+def _escaped(text: str, key: bool) -> str:
+    """`text` as java.util.Properties reads it back exactly (Kafka loads the file as ISO 8859-1):
+    backslashes, line breaks and other control characters, anything outside printable ASCII, a
+    leading blank, and in a key the separators and comment marks are escaped. So no value from
+    a pod's environment can end its line and add a property of its own."""
+    out = []
+    for at, ch in enumerate(text):
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch in "\n\r\t\f":
+            out.append({"\n": "\\n", "\r": "\\r", "\t": "\\t", "\f": "\\f"}[ch])
+        elif not " " <= ch <= "~":
+            units = ch.encode("utf-16-be")  # Java's \\u escapes are UTF-16 code units
+            out += [f"\\u{units[i]:02x}{units[i + 1]:02x}" for i in range(0, len(units), 2)]
+        elif (ch == " " and (key or at == 0)) or (key and ch in "=:#!"):
+            out.append("\\" + ch)
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
 def write_properties(properties: Mapping[str, str], path: Path) -> Path:
-    path.write_text("".join(f"{k}={v}\n" for k, v in sorted(properties.items())))
+    lines = (f"{_escaped(k, key=True)}={_escaped(v, key=False)}\n" for k, v in sorted(properties.items()))
+    path.write_text("".join(lines), encoding="ascii")
     return path
 
 
