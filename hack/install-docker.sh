@@ -108,14 +108,16 @@ fi
 say "starting dockerd (log: $log)"
 $sudo mkdir -p "$(dirname "$log")"
 # setsid: the engine must not die with the shell (or CI step) that started it.
-$sudo setsid dockerd "${args[@]}" </dev/null >>"$log" 2>&1 &
-echo $! | $sudo tee "$pidfile" >/dev/null
+# dockerd writes its own pid: $! is sudo's when we are not root.
+$sudo setsid dockerd --pidfile "$pidfile" "${args[@]}" </dev/null >>"$log" 2>&1 &
+started=$!
 for _ in $(seq 1 60); do
   if answers; then
     say "engine ready: $(docker version --format 'server {{.Server.Version}}, client {{.Client.Version}}')"
     exit 0
   fi
-  if ! kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+  # /proc/<pid> shows whether it runs, whoever owns it (kill -0 on root's process fails for a user)
+  if [ ! -d "/proc/$started" ]; then
     break
   fi
   sleep 1
