@@ -16,8 +16,6 @@ POOL_PLURAL = "testenvironmentpools"
 POOL_SHORT_NAMES = ("tepool",)
 POOL_CRD_NAME = f"{POOL_PLURAL}.{GROUP}"
 
-SERVICE_TYPES = ("redis", "kafka", "localstack", "moto", "postgres", "rabbitmq", "mosquitto", "custom")
-
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "kube-testenv"
 #: metadata.uid of the owning TestEnvironment: the only proof of ownership the operator trusts.

@@ -28,6 +28,11 @@ SERVICE_PORTS: Mapping[str, tuple[tuple[str, int], ...]] = {
     "mosquitto": (("mqtt", 1883),),
 }
 
+#: Every type a spec.services entry may have: the built-in ones, and `custom` (an image of the user's).
+SERVICE_TYPES = (*SERVICE_PORTS, "custom")
+#: Where a client inside the cluster dials a type whose primary port is not the one it uses there:
+#: Kafka's clients bootstrap on the INTERNAL listener (it advertises the Service's name).
+_IN_CLUSTER_PORTS = {"kafka": KAFKA_INTERNAL_PORT}
 
 #: The credentials the postgres type's server is made with, unless the spec's env sets others.
 POSTGRES_CREDENTIALS = {"POSTGRES_USER": "testenv", "POSTGRES_PASSWORD": "testenv", "POSTGRES_DB": "testenv"}
@@ -52,6 +57,11 @@ def service_url(service_type: str, host: str, port: int, env: Mapping[str, str] 
         user, password, db = values["POSTGRES_USER"], values["POSTGRES_PASSWORD"], values["POSTGRES_DB"]
         return f"postgresql://{user}:{password}@{host}:{port}/{db}"
     return f"{_URL_SCHEMES.get(service_type, 'tcp')}://{host}:{port}"
+
+
+def cluster_port(service_type: str, primary: int) -> int:
+    """The port a client inside the cluster dials for a service whose primary port is `primary`."""
+    return _IN_CLUSTER_PORTS.get(service_type, primary)
 
 
 def primary_port(service_type: str) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from testenv_api.services import KAFKA_INTERNAL_PORT
+from testenv_api.services import cluster_port
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +46,7 @@ class ServiceStatus:
     def cluster_port(self) -> int:
         """The port a client inside the cluster dials at `host`: the primary port's, except Kafka,
         whose clients there bootstrap on the INTERNAL listener (it advertises `host`)."""
-        return KAFKA_INTERNAL_PORT if self.type == "kafka" else self.primary.port
+        return cluster_port(self.type, self.primary.port)
 
     @property
     def cluster_url(self) -> str:
