@@ -68,7 +68,7 @@ OPERATOR_SETTINGS = {
     "TESTENV_MAX_ENVIRONMENTS_PER_NAMESPACE": "1000",
 }
 #: What the operator applies per worker with its default settings (TESTENV_WORKER_*).
-FENCES = manifests.Fences.from_settings(Settings())
+FENCES = Settings().fences
 #: Threads the direct lower bound applies with (the operator: up to 8 passes on a pool of 32).
 APPLY_THREADS = 16
 

@@ -4,6 +4,9 @@ With TESTENV_LEADER_ELECTION set (the chart sets it), the process first waits fo
 (`election`) and runs kopf only while it holds it; a replica that waits answers its liveness
 endpoint meanwhile, so probes pass. A holder that loses the Lease stops kopf and exits 1, and its
 pod's restart makes it a candidate again.
+
+The settings are read here, once, and reach kopf's startup handler (`handlers.configure`) in the
+operator's memo.
 """
 
 from __future__ import annotations
@@ -31,32 +34,35 @@ def main() -> int:
     except SettingsError as exc:
         print(f"testenv-operator: {exc}", file=sys.stderr)
         return 2
-    kopf.configure(verbose=settings.log_level == "DEBUG", log_format=kopf.LogFormat.JSON)
+    kopf.configure(verbose=settings.reporting.log_level == "DEBUG", log_format=kopf.LogFormat.JSON)
     return asyncio.run(_run(settings))
 
 
 async def _kopf(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    namespaces = settings.tenants.namespaces
     await kopf.operator(
-        clusterwide=not settings.namespaces,
-        namespaces=list(settings.namespaces),
-        liveness_endpoint=settings.liveness or None,
+        clusterwide=not namespaces,
+        namespaces=list(namespaces),
+        liveness_endpoint=settings.reporting.liveness or None,
         standalone=True,
         stop_flag=stop,
+        memo=kopf.Memo(settings=settings),
     )
 
 
 async def _run(settings: Settings) -> int:
-    if not settings.leader_election:
+    leadership = settings.leadership
+    if not leadership.leader_election:
         await _kopf(settings)
         return 0
-    namespace, name = settings.leader_election
+    namespace, name = leadership.leader_election
     lease = Lease(
         kubeio.connect(),
         namespace,
         name,
-        duration=settings.lease_seconds,
-        renew_deadline=settings.lease_seconds * 2 / 3,
-        retry=max(1.0, settings.lease_seconds / 7.5),
+        duration=leadership.lease_seconds,
+        renew_deadline=leadership.lease_seconds * 2 / 3,
+        retry=max(1.0, leadership.lease_seconds / 7.5),
     )
     stopped = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -79,7 +85,7 @@ async def _run(settings: Settings) -> int:
 
 async def _wait_for_lease(lease: Lease, settings: Settings, stopped: asyncio.Event) -> bool:
     """Until this process holds the Lease (True) or is told to stop (False)."""
-    standby = await _standby_endpoint(settings.liveness)
+    standby = await _standby_endpoint(settings.reporting.liveness)
     try:
         said = ""
         while not stopped.is_set():

@@ -124,6 +124,13 @@ def _kafka(spec: Mapping[str, Any], ctx: ServiceContext) -> ServicePlan:
     )
 
 
+def type_secret_refs(spec: Mapping[str, Any]) -> list[Mapping[str, str]]:
+    """The Secret keys a service's type-specific settings read (LocalStack's auth token), besides
+    its env's secretKeyRefs."""
+    token = (spec.get("localstack") or {}).get("authTokenSecretRef")
+    return [token] if token else []
+
+
 def _localstack(spec: Mapping[str, Any], ctx: ServiceContext) -> ServicePlan:
     settings = spec.get("localstack") or {}
     env = {"EAGER_SERVICE_LOADING": "1"}

@@ -57,7 +57,7 @@ def _start(runtime: Runtime) -> None:
         "%s the run that started this operator has ended; finishing its deletions, then exiting "
         "(at most %ss)",
         TAKEN,
-        runtime.settings.finish_seconds,
+        runtime.settings.timing.finish_seconds,
     )
 
 
@@ -71,12 +71,12 @@ def _outlive_parent() -> None:
 def deleting(runtime: Runtime) -> int:
     """How many TestEnvironments of the served namespaces (all, when it serves the cluster) are
     being deleted."""
-    namespaces = runtime.settings.namespaces or ("",)
+    namespaces = runtime.settings.tenants.namespaces or ("",)
     return sum(kubeio.environments_deleting(runtime.api, namespace) for namespace in namespaces)
 
 
 async def _exit_when_done(runtime: Runtime) -> None:
-    deadline = time.monotonic() + runtime.settings.finish_seconds
+    deadline = time.monotonic() + runtime.settings.timing.finish_seconds
     failing_since: float | None = None
     while True:
         now = time.monotonic()
@@ -102,7 +102,7 @@ async def _exit_when_done(runtime: Runtime) -> None:
                     "finishing: %s environment(s) still being deleted after %ss: exiting anyway; the "
                     "next operator for these namespaces (or `testenv sweep`) takes them over",
                     left,
-                    runtime.settings.finish_seconds,
+                    runtime.settings.timing.finish_seconds,
                 )
                 break
         await asyncio.sleep(CHECK_SECONDS)

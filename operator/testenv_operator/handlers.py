@@ -10,8 +10,9 @@
 - deletion: a finalizer deletes the owned namespaces and waits until they are gone;
 - a background sweep deletes managed namespaces whose owner no longer exists.
 
-What the handlers share is a `Runtime` in kopf's memo; what one environment's handlers share
-(the lock that keeps a pass and the tear-down apart) is in that object's own memo.
+What the handlers share is a `Runtime` in kopf's memo, made by `configure` from the settings
+`__main__` read and put there; what one environment's handlers share (the lock that keeps a pass
+and the tear-down apart) is in that object's own memo. The daemons' loop is `converger`'s.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,11 +27,12 @@ import kopf
 
 from testenv_api import FINALIZER, GROUP, LABEL_OWNER_UID, PLURAL, POOL_PLURAL, VERSION, Phase
 from testenv_operator import finishing, kubeio, readiness
+from testenv_operator.converger import Result, Resync, keep
 from testenv_operator.diffbase import DigestDiffBaseStorage
 from testenv_operator.orphans import sweep_orphans
 from testenv_operator.pacing import seconds_to_next_pass
 from testenv_operator.readiness import Observed
-from testenv_operator.reconciler import Outcome, expiry_reason, seconds_to_expiry
+from testenv_operator.reconciler import Depth, Outcome, PassInput, expiry_reason, seconds_to_expiry
 from testenv_operator.runtime import THREADS, Runtime
 from testenv_operator.settings import Settings
 from testenv_operator.validation import Sibling
@@ -40,8 +41,6 @@ log = logging.getLogger("testenv_operator")
 
 #: How long kopf gathers one object's events before handling them (its default is 0.1 s).
 BATCH_WINDOW_SECONDS = 0.01
-#: The longest a converger waits after a pass that raised, before it tries again.
-MAX_BACKOFF_SECONDS = 30.0
 
 
 class _QuietWakeups(logging.Filter):
@@ -54,8 +53,9 @@ class _QuietWakeups(logging.Filter):
 
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    ours = Settings.from_env()
-    logging.getLogger().setLevel(ours.log_level)
+    """kopf's settings, and the Runtime, from ours: `__main__` read them (kopf run, without it: here)."""
+    ours: Settings = memo.get("settings") or Settings.from_env()
+    logging.getLogger().setLevel(ours.reporting.log_level)
     logging.getLogger("kopf.objects").addFilter(_QuietWakeups())
     settings.persistence.finalizer = FINALIZER
     # Our status schema is strict; keep kopf's own bookkeeping in annotations only.
@@ -70,7 +70,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # readiness change: a Deployment turning ready reached the status 60-120 ms later.
     settings.batching.batch_window = BATCH_WINDOW_SECONDS
     runtime = Runtime.make(kubeio.connect(THREADS), ours)
-    settings.execution.executor = runtime.pool  # kopf's synchronous handlers (the index) too
+    settings.execution.executor = runtime.threads  # kopf's synchronous handlers (the index) too
     runtime.sweeper = asyncio.create_task(_sweep_orphans_forever(runtime))
     memo.runtime = runtime
     finishing.listen(runtime)
@@ -185,20 +185,10 @@ def _report(runtime: Runtime, body: Mapping[str, Any], outcome: Outcome, before:
         events.action(body, str(phase), status.get("message", ""))
 
 
-def _converge(
-    runtime: Runtime,
-    body: Mapping[str, Any],
-    apply_all: bool,
-    full: bool,
-    siblings: list[Sibling],
-    known: Observed | None,
-    pools: list[dict[str, Any]],
-) -> Outcome:
+def _converge(runtime: Runtime, given: PassInput) -> Outcome:
+    body, meta = given.body, given.body["metadata"]
     before = dict(body.get("status") or {})
-    outcome = runtime.reconciler.converge(
-        body, apply_all=apply_all, full=full, siblings=siblings, known=known, pools=pools
-    )
-    meta = body["metadata"]
+    outcome = runtime.reconciler.converge(given)
     for pooled in outcome.pooled_namespaces:
         runtime.claimers[pooled] = meta["uid"]
     if outcome.over_limit:
@@ -220,73 +210,51 @@ async def keep_converged(
 ) -> None:
     """The environment's one converger, from its creation (or the operator's start) to its deletion."""
     runtime: Runtime = memo.runtime
-    uid, namespace, name = (body["metadata"][key] for key in ("uid", "namespace", "name"))
-    waker = runtime.wakers.setdefault(uid, asyncio.Event())
-    lock = memo.setdefault("lock", asyncio.Lock())
-    apply_all = True  # the first pass applies everything: the operator may be new, the spec too
-    last_full, failures = 0.0, 0
+    meta = body["metadata"]
+    environment = _Environment(runtime, memo.setdefault("lock", asyncio.Lock()), kwargs)
     try:
-        while not stopped and not runtime.finishing:  # finishing: a later run's operator converges
-            waker.clear()  # before the pass: an event arriving during it must wake the next one
-            snapshot = dict(body)
-            finalized = FINALIZER in (snapshot["metadata"].get("finalizers") or [])
-            reason = expiry_reason(snapshot)
-            # Only once our finalizer is on: deleting or applying earlier would skip tear_down,
-            # and a namespace made now would be left behind. Adding it wakes this loop.
-            if finalized and reason:
-                await runtime.in_thread(_expire, runtime, snapshot, reason)
-                return
-            timeout: float | None = None
-            if finalized:
-                apply_all = apply_all or spec_unhandled(snapshot)
-                full = time.monotonic() - last_full >= runtime.settings.resync_seconds
-                try:
-                    siblings = _siblings(kwargs, namespace)
-                    # Between full passes, readiness comes from the watches: no LIST per pass. An
-                    # operator serving some namespaces does not watch its workers' namespaces.
-                    watched = not (full or apply_all or runtime.settings.namespaces)
-                    known = _watched(kwargs, uid) if watched else None
-                    pools = _pools(kwargs, namespace)
-                    one_pass = _locked_pass(
-                        runtime, lock, snapshot, apply_all, full or apply_all, siblings, known, pools
-                    )
-                    # Shielded: kopf cancels a daemon that outlives its cancellation timeout, but the
-                    # pass's thread cannot be cancelled; the lock must stay held until it ends, or
-                    # tear_down could list namespaces while the pass still creates one.
-                    outcome = await asyncio.shield(asyncio.ensure_future(one_pass))
-                except Exception as exc:  # the API server refused or went away: try again, later each time
-                    failures += 1
-                    timeout = min(MAX_BACKOFF_SECONDS, 2.0**failures)
-                    log.warning(
-                        "a pass of %s/%s failed: %s; next try in %.0fs", namespace, name, exc, timeout
-                    )
-                else:
-                    apply_all, failures = False, 0
-                    for pool_uid in outcome.drained_pools:  # refill what this pass claimed
-                        runtime.wake(pool_uid)
-                    if full:
-                        last_full = time.monotonic()
-                    timeout = seconds_to_next_pass(
-                        outcome.status, runtime.settings.resync_seconds, seconds_to_expiry(snapshot)
-                    )
-            await runtime.sleep(waker, stopped, timeout)
+        await keep(runtime, body, stopped, environment.one_pass, f"{meta['namespace']}/{meta['name']}")
     finally:
-        runtime.wakers.pop(uid, None)
-        runtime.waiting_for_room.pop(uid, None)
+        runtime.waiting_for_room.pop(meta["uid"], None)
 
 
-async def _locked_pass(
-    runtime: Runtime,
-    lock: asyncio.Lock,
-    body: Mapping[str, Any],
-    apply_all: bool,
-    full: bool,
-    siblings: list[Sibling],
-    known: Observed | None,
-    pools: list[dict[str, Any]],
-) -> Outcome:
-    async with lock, runtime.passes:
-        return await runtime.in_thread(_converge, runtime, body, apply_all, full, siblings, known, pools)
+class _Environment:
+    """One environment's passes, and what they carry from one to the next."""
+
+    def __init__(self, runtime: Runtime, lock: asyncio.Lock, handler_kwargs: Mapping[str, Any]) -> None:
+        self.runtime, self.lock, self.indices = runtime, lock, handler_kwargs
+        self.resync = Resync(runtime.settings.timing.resync_seconds)
+        #: The first pass applies everything: the operator may be new, the spec too.
+        self.apply_all = True
+
+    async def one_pass(self, body: Mapping[str, Any]) -> Result:
+        runtime = self.runtime
+        if reason := expiry_reason(body):
+            await runtime.in_thread(_expire, runtime, body, reason)
+            return Result(done=True)
+        self.apply_all = self.apply_all or spec_unhandled(body)
+        full = self.resync.due()
+        outcome = await runtime.run_pass(self.lock, _converge, runtime, self._input(body, full))
+        self.apply_all = False
+        if full:
+            self.resync.done()
+        for pool_uid in outcome.drained_pools:  # refill what this pass claimed
+            runtime.wake(pool_uid)
+        resync = runtime.settings.timing.resync_seconds
+        return Result(seconds_to_next_pass(outcome.status, resync, seconds_to_expiry(body)))
+
+    def _input(self, body: Mapping[str, Any], full: bool) -> PassInput:
+        meta = body["metadata"]
+        namespace = meta["namespace"]
+        siblings, pools = _siblings(self.indices, namespace), _pools(self.indices, namespace)
+        if self.apply_all or full:
+            depth = Depth.APPLY if self.apply_all else Depth.RESYNC
+            return PassInput(body, depth, siblings, pools)
+        # Between full passes, readiness comes from the watches: no LIST per pass. An operator
+        # serving some namespaces does not watch its workers' namespaces: it lists them.
+        if self.runtime.settings.tenants.namespaces:
+            return PassInput(body, Depth.REPAIR, siblings, pools)
+        return PassInput(body, Depth.REPORT, siblings, pools, _watched(self.indices, meta["uid"]))
 
 
 def _expire(runtime: Runtime, body: Mapping[str, Any], reason: str) -> None:
@@ -355,7 +323,7 @@ def _tear_down(runtime: Runtime, body: Mapping[str, Any]) -> None:
 async def _sweep_orphans_forever(runtime: Runtime) -> None:
     while True:
         try:
-            await runtime.in_thread(sweep_orphans, runtime.api, runtime.settings.namespaces)
+            await runtime.in_thread(sweep_orphans, runtime.api, runtime.settings.tenants.namespaces)
         except Exception:  # a failed sweep must not stop the next one
             log.exception("orphan sweep failed")
-        await asyncio.sleep(runtime.settings.sweep_seconds)
+        await asyncio.sleep(runtime.settings.timing.sweep_seconds)

@@ -17,8 +17,8 @@ from testenv_api import (
     LABEL_WORKER,
     MANAGED_BY,
 )
-from testenv_operator.catalog import ServicePlan
-from testenv_operator.settings import Settings
+from testenv_operator.catalog import ServicePlan, type_secret_refs
+from testenv_operator.settings import Fences
 
 Obj = dict[str, Any]
 
@@ -48,25 +48,6 @@ _DNS_PEER = {
     "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
     "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
 }
-
-
-@dataclasses.dataclass(frozen=True)
-class Fences:
-    """What every worker namespace is held in: its quota, and whether egress is fenced too."""
-
-    cpu: str
-    memory: str
-    ephemeral_storage: str = "16Gi"
-    open_egress: bool = False
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Fences:
-        return cls(
-            settings.worker_cpu,
-            settings.worker_memory,
-            settings.worker_ephemeral_storage,
-            open_egress=settings.worker_egress == "open",
-        )
 
 
 def _meta(name: str, labels: Mapping[str, str], namespace: str | None = None) -> Obj:
@@ -127,12 +108,12 @@ def guards(owner: Owner, ns: str, index: int, services: int, fences: Fences) -> 
             "metadata": _meta("testenv-worker", labels, ns),
             "spec": {
                 "hard": {
-                    "limits.cpu": fences.cpu,
-                    "limits.memory": fences.memory,
-                    "requests.cpu": fences.cpu,
-                    "requests.memory": fences.memory,
-                    "limits.ephemeral-storage": fences.ephemeral_storage,
-                    "requests.ephemeral-storage": fences.ephemeral_storage,
+                    "limits.cpu": fences.worker_cpu,
+                    "limits.memory": fences.worker_memory,
+                    "requests.cpu": fences.worker_cpu,
+                    "requests.memory": fences.worker_memory,
+                    "limits.ephemeral-storage": fences.worker_ephemeral_storage,
+                    "requests.ephemeral-storage": fences.worker_ephemeral_storage,
                     # Room for a Recreate rollout of every service at once.
                     "pods": str(2 * services + 2),
                 }
@@ -269,7 +250,7 @@ def referenced_secrets(service_specs: Sequence[Mapping[str, Any]]) -> dict[str, 
     keys: dict[str, set[str]] = {}
     for spec in service_specs:
         refs = [(env.get("valueFrom") or {}).get("secretKeyRef") for env in spec.get("env") or []]
-        refs.append((spec.get("localstack") or {}).get("authTokenSecretRef"))
+        refs += type_secret_refs(spec)
         for ref in refs:
             if ref:
                 keys.setdefault(ref["name"], set()).add(ref["key"])

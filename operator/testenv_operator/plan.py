@@ -9,8 +9,8 @@ from typing import Any
 from testenv_api.ports import PlannedPort, plan_ports
 from testenv_operator import manifests, naming
 from testenv_operator.catalog import DEFAULT_IMAGES, ServiceContext, ServicePlan, render_service
-from testenv_operator.manifests import Fences, Obj, Owner
-from testenv_operator.settings import Settings
+from testenv_operator.manifests import Obj, Owner
+from testenv_operator.settings import Fences, Settings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,12 +49,13 @@ def plan_worker(
     subjects: tuple[Mapping[str, Any], ...] = (),
 ) -> WorkerPlan:
     """One worker's services rendered for `namespace`, reached on the given planned ports."""
-    images = {**DEFAULT_IMAGES, **settings.images}
+    images = {**DEFAULT_IMAGES, **settings.registries.images}
     rendered = []
     for service in services:
         local = {p.name: p.local_port for p in ports if p.service == service["name"]}
         rendered.append(render_service(service, ServiceContext(namespace, local, images)))
-    return WorkerPlan(index, namespace, tuple(rendered), tuple(ports), subjects, settings.access_cluster_role)
+    role = settings.tenants.access_cluster_role
+    return WorkerPlan(index, namespace, tuple(rendered), tuple(ports), subjects, role)
 
 
 def plan_environment(owner: Owner, spec: Mapping[str, Any], settings: Settings) -> list[WorkerPlan]:

@@ -1,8 +1,8 @@
 """kopf handlers of TestEnvironmentPools: one filler per pool, and its tear-down.
 
-- the filler (a kopf daemon) is the only thing that makes a pool's workers: it wakes on the pool's
-  own spec changes, on its workers' Deployments and namespaces (they carry the pool's owner label),
-  and when a claim took some (the claiming pass wakes it);
+- the filler (a kopf daemon, looping as `converger` says) is the only thing that makes a pool's
+  workers: it wakes on the pool's own spec changes, on its workers' Deployments and namespaces
+  (they carry the pool's owner label), and when a claim took some (the claiming pass wakes it);
 - deletion: the finalizer deletes the free workers and waits until they are gone; claimed ones
   are their claimers' and stay.
 
@@ -12,28 +12,24 @@ The claims themselves are the environments' passes (reconciler, pooling).
 from __future__ import annotations
 
 import asyncio
-import logging
-import time
 from collections.abc import Mapping
 from typing import Any
 
 import kopf
 
-from testenv_api import FINALIZER, GROUP, POOL_PLURAL, VERSION
+from testenv_api import GROUP, POOL_PLURAL, VERSION
 from testenv_operator import kubeio
+from testenv_operator.converger import Result, Resync, keep
 from testenv_operator.pooling import PoolOutcome
 from testenv_operator.runtime import Runtime
 
-log = logging.getLogger("testenv_operator")
 #: A pool still filling passes again this often even without events (a safety net: the Deployment
 #: events of its workers wake it as they turn ready).
 FILLING_SECONDS = 5.0
-#: The longest a filler waits after a pass that raised, before it tries again.
-MAX_BACKOFF_SECONDS = 30.0
 
 
 def _fill(runtime: Runtime, body: Mapping[str, Any], full: bool) -> PoolOutcome:
-    outcome = runtime.reconciler.pools.fill(body, full)
+    outcome = runtime.pools.fill(body, full)
     meta = body["metadata"]
     if outcome.status != body.get("status"):
         kubeio.patch_pool_status(runtime.api, meta["namespace"], meta["name"], outcome.status)
@@ -50,44 +46,19 @@ def _fill(runtime: Runtime, body: Mapping[str, Any], full: bool) -> PoolOutcome:
 async def keep_filled(stopped: kopf.DaemonStopped, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """The pool's one filler, from its creation (or the operator's start) to its deletion."""
     runtime: Runtime = memo.runtime
-    uid, namespace, name = (body["metadata"][key] for key in ("uid", "namespace", "name"))
-    waker = runtime.wakers.setdefault(uid, asyncio.Event())
     lock = memo.setdefault("lock", asyncio.Lock())
-    last_full, failures = 0.0, 0
-    try:
-        while not stopped and not runtime.finishing:
-            waker.clear()
-            snapshot = dict(body)
-            timeout: float | None = None
-            # As for environments: nothing is made before the finalizer that deletes it is on.
-            if FINALIZER in (snapshot["metadata"].get("finalizers") or []):
-                full = time.monotonic() - last_full >= runtime.settings.resync_seconds
-                try:
-                    outcome = await asyncio.shield(
-                        asyncio.ensure_future(_locked_fill(runtime, lock, snapshot, full))
-                    )
-                except Exception as exc:
-                    failures += 1
-                    timeout = min(MAX_BACKOFF_SECONDS, 2.0**failures)
-                    log.warning(
-                        "a pass of pool %s/%s failed: %s; next try in %.0fs", namespace, name, exc, timeout
-                    )
-                else:
-                    failures = 0
-                    if full:
-                        last_full = time.monotonic()
-                    ready = outcome.status.get("phase") == "Ready"
-                    timeout = runtime.settings.resync_seconds if ready else FILLING_SECONDS
-            await runtime.sleep(waker, stopped, timeout)
-    finally:
-        runtime.wakers.pop(uid, None)
+    every = runtime.settings.timing.resync_seconds
+    resync = Resync(every)
 
+    async def one_pass(snapshot: Mapping[str, Any]) -> Result:
+        full = resync.due()
+        outcome = await runtime.run_pass(lock, _fill, runtime, snapshot, full)
+        if full:
+            resync.done()
+        return Result(every if outcome.status.get("phase") == "Ready" else FILLING_SECONDS)
 
-async def _locked_fill(
-    runtime: Runtime, lock: asyncio.Lock, body: Mapping[str, Any], full: bool
-) -> PoolOutcome:
-    async with lock, runtime.passes:
-        return await runtime.in_thread(_fill, runtime, body, full)
+    meta = body["metadata"]
+    await keep(runtime, body, stopped, one_pass, f"pool {meta['namespace']}/{meta['name']}")
 
 
 @kopf.on.event(GROUP, VERSION, POOL_PLURAL)
@@ -103,7 +74,7 @@ async def pool_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 async def drain_pool(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     runtime: Runtime = memo.runtime
     async with memo.setdefault("lock", asyncio.Lock()):
-        left = await runtime.in_thread(runtime.reconciler.pools.tear_down, dict(body))
+        left = await runtime.in_thread(runtime.pools.tear_down, dict(body))
     if left:
         raise kopf.TemporaryError(f"waiting for {len(left)} free workers to go: {', '.join(left)}", delay=1)
     runtime.events.forget(body["metadata"]["uid"])

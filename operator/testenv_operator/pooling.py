@@ -25,7 +25,7 @@ import json
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -43,18 +43,17 @@ from testenv_api import (
 )
 from testenv_api.crd import DEFAULT_POOL_PORT_BASE
 from testenv_operator import kubeio, manifests, naming
-from testenv_operator.manifests import Fences, Obj, Owner
+from testenv_operator.manifests import Obj, Owner
 from testenv_operator.plan import WorkerPlan, plan_worker
 from testenv_operator.readiness import deployment_ready
 from testenv_operator.settings import Settings
+from testenv_operator.sharing import shared_secrets
 from testenv_operator.validation import Problem, validate
 
 log = logging.getLogger(__name__)
 #: On a pooled namespace: a digest of the services it runs, so a claimer whose spec.services
 #: later change is told so instead of being served workers of another service set.
 ANNOTATION_SERVICES_DIGEST = "testenv.dev/services-digest"
-#: Read the referenced Secrets for an owner and spec: (copies, problems), as the reconciler does.
-SecretReader = Callable[[Owner, Mapping[str, Any]], tuple[list[Obj], list[Problem]]]
 
 
 def services_digest(services: Sequence[Mapping[str, Any]]) -> str:
@@ -156,19 +155,10 @@ class PoolOutcome:
 class Pools:
     """Filling pools, and claiming from them."""
 
-    def __init__(
-        self,
-        api: client.ApiClient,
-        settings: Settings,
-        threads: ThreadPoolExecutor,
-        fences: Fences,
-        secrets: SecretReader,
-    ) -> None:
+    def __init__(self, api: client.ApiClient, settings: Settings, threads: ThreadPoolExecutor) -> None:
         self.api = api
         self.settings = settings
         self.threads = threads
-        self.fences = fences
-        self.secrets = secrets
         self._allocating: dict[str, threading.Lock] = {}
 
     # -- reading ------------------------------------------------------------------------------
@@ -226,7 +216,7 @@ class Pools:
 
     def _apply(self, pool: Pool, name: str, port_base: int, secrets: list[Obj]) -> None:
         plan = plan_worker(0, name, pool.services, slot_ports(pool.services, port_base), self.settings)
-        for obj in plan.objects(pool.owner, self.fences, secrets):
+        for obj in plan.objects(pool.owner, self.settings.fences, secrets):
             kubeio.apply(self.api, obj)
 
     # -- the pool's own pass ------------------------------------------------------------------
@@ -240,7 +230,7 @@ class Pools:
         )
         secrets: list[Obj] = []
         if not problems:
-            secrets, problems = self.secrets(pool.owner, pool.spec)
+            secrets, problems = shared_secrets(self.api, pool.owner, pool.spec)
         slots = self.slots(f"{LABEL_POOL_UID}={pool.uid}")
         free = sorted((s for s in slots if s.free), key=lambda s: (s.created, s.name))
         claimed = [s for s in slots if not s.free and not s.terminating]
@@ -338,7 +328,7 @@ class Pools:
         rest = [i for i in indexes if i not in taken]
         if not rest:
             return sorted(taken), [], []
-        secrets, problems = self.secrets(pool.owner, pool.spec)
+        secrets, problems = shared_secrets(self.api, pool.owner, pool.spec)
         if problems:
             return sorted(taken), [], problems
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import enum
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -17,13 +18,14 @@ from typing import Any
 from kubernetes import client
 
 import testenv_api
-from testenv_api import LABEL_OWNER_UID, LABEL_POOL_UID, LABEL_SHAREABLE, ConditionType, Phase
+from testenv_api import LABEL_OWNER_UID, LABEL_POOL_UID, ConditionType, Phase
 from testenv_operator import kubeio, manifests, readiness
-from testenv_operator.manifests import Fences, Obj, Owner
+from testenv_operator.manifests import Obj, Owner
 from testenv_operator.plan import WorkerPlan, plan_environment
 from testenv_operator.pooling import Pool, Pools, Slot, services_digest
 from testenv_operator.readiness import NamespaceState, Observed
 from testenv_operator.settings import Settings
+from testenv_operator.sharing import shared_secrets
 from testenv_operator.validation import Problem, Sibling, environments_over_limit, validate
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,58 @@ class Outcome:
     drained_pools: set[str] = dataclasses.field(default_factory=set)
     #: Namespaces whose Deployments carry a pool's labels: their changes concern this environment.
     pooled_namespaces: list[str] = dataclasses.field(default_factory=list)
+
+
+class Depth(enum.Enum):
+    """How far one pass of an environment goes."""
+
+    #: The spec changed, or this operator is new to it: apply every worker; list every kind.
+    APPLY = "apply"
+    #: A resync (every resync_seconds): list every kind, to find drift; repair; prune.
+    RESYNC = "resync"
+    #: List namespaces and Deployments; repair what is missing; prune.
+    REPAIR = "repair"
+    #: Read namespaces and Deployments as the watches saw them, and only report: their view may
+    #: lag this operator's own applies, so repairs and pruning wait for a pass that lists.
+    REPORT = "report"
+
+
+@dataclasses.dataclass(frozen=True)
+class PassInput:
+    """What one pass of an environment starts from."""
+
+    body: Mapping[str, Any]
+    depth: Depth = Depth.APPLY
+    #: The environments of its namespace, oldest first (for the per-namespace limits).
+    siblings: Sequence[Sibling] = ()
+    #: The TestEnvironmentPools of its namespace: a new environment whose services one of them
+    #: runs claims its workers from it (see pooling).
+    pools: Sequence[Mapping[str, Any]] = ()
+    #: Its namespaces and Deployments as the operator's watches last saw them: a REPORT pass's view.
+    watched: Observed | None = None
+
+    def __post_init__(self) -> None:
+        if (self.depth is Depth.REPORT) != (self.watched is not None):
+            raise ValueError("a REPORT pass, and only a REPORT pass, reads what the watches saw")
+
+    @property
+    def owner(self) -> Owner:
+        return owner_of(self.body)
+
+    @property
+    def spec(self) -> Mapping[str, Any]:
+        spec: Mapping[str, Any] = self.body["spec"]
+        return spec
+
+    @property
+    def acting(self) -> bool:
+        """Whether the pass applies and prunes (a REPORT pass only reports)."""
+        return self.depth is not Depth.REPORT
+
+    @property
+    def every_kind(self) -> bool:
+        """Whether the pass lists every kind it owns, not just namespaces and Deployments."""
+        return self.depth in (Depth.APPLY, Depth.RESYNC)
 
 
 def _pooled(namespaces: Iterable[Obj]) -> list[Slot]:
@@ -119,12 +173,13 @@ def seconds_to_expiry(body: Mapping[str, Any], now: datetime.datetime | None = N
 
 
 class Reconciler:
-    def __init__(self, api: client.ApiClient, settings: Settings, pool: ThreadPoolExecutor) -> None:
+    def __init__(
+        self, api: client.ApiClient, settings: Settings, threads: ThreadPoolExecutor, pools: Pools
+    ) -> None:
         self.api = api
         self.settings = settings
-        self.pool = pool
-        self.fences = Fences.from_settings(settings)
-        self.pools = Pools(api, settings, pool, self.fences, self._secrets)
+        self.threads = threads
+        self.pools = pools
 
     # -- observing ----------------------------------------------------------------------------
 
@@ -145,7 +200,7 @@ class Reconciler:
             for ns in listed
         }
         kinds = (_NAMESPACED_KINDS if full else ("Deployment",)) if namespaces else ()
-        lists = self.pool.map(lambda kind: (kind, kubeio.list_labelled(self.api, kind, selector)), kinds)
+        lists = self.threads.map(lambda kind: (kind, kubeio.list_labelled(self.api, kind, selector)), kinds)
         namespaces.update(self._unlisted(plans, namespaces))
         ready: set[tuple[str, str]] = set()
         present: set[tuple[str, str, str]] = set()
@@ -162,7 +217,7 @@ class Reconciler:
     ) -> dict[str, NamespaceState]:
         """Planned namespaces that exist but are not labelled ours (never to be touched), read at once."""
         unlisted = [p.namespace for p in plans if p.namespace not in namespaces]
-        reads = self.pool.map(lambda name: kubeio.read_namespace(self.api, name), unlisted)
+        reads = self.threads.map(lambda name: kubeio.read_namespace(self.api, name), unlisted)
         found = {}
         for name, namespace in zip(unlisted, reads, strict=True):
             if namespace is not None:
@@ -173,33 +228,6 @@ class Reconciler:
         return found
 
     # -- applying -----------------------------------------------------------------------------
-
-    def _secrets(self, owner: Owner, spec: Mapping[str, Any]) -> tuple[list[Obj], list[Problem]]:
-        """The referenced Secrets, cut down to the referenced keys, if their owners shared them.
-
-        The operator can read every Secret; a tenant may not. So only a Secret labelled
-        LABEL_SHAREABLE=true, which only someone allowed to write it can set, is copied.
-        """
-        found, problems = [], []
-        for name, keys in manifests.referenced_secrets(spec["services"]).items():
-            secret = kubeio.read_secret(self.api, owner.namespace, name)
-            labels = ((secret or {}).get("metadata") or {}).get("labels") or {}
-            data = (secret or {}).get("data") or {}
-            later = "(provisioning continues as soon as it is done)"
-            if secret is None:
-                why = f"does not exist in namespace {owner.namespace}: create it {later}"
-            elif labels.get(LABEL_SHAREABLE) != "true":
-                why = (
-                    f"is not shared with TestEnvironments: someone allowed to write Secrets in "
-                    f"{owner.namespace} must label it {LABEL_SHAREABLE}=true {later}"
-                )
-            elif missing := [key for key in keys if key not in data]:
-                why = f"has no key {', '.join(map(repr, missing))}: add it or fix the reference {later}"
-            else:
-                found.append({**secret, "data": {key: data[key] for key in keys}})
-                continue
-            problems.append(Problem("spec.services[*]", f"Secret {name!r} is referenced but {why}"))
-        return found, problems
 
     def _apply_worker(
         self, owner: Owner, plan: WorkerPlan, state: NamespaceState | None, secrets: list[Obj]
@@ -213,7 +241,7 @@ class Reconciler:
             return False
         else:
             kubeio.apply(self.api, ns)
-        for obj in plan.objects(owner, self.fences, secrets):
+        for obj in plan.objects(owner, self.settings.fences, secrets):
             kubeio.apply(self.api, obj)
         return True
 
@@ -226,7 +254,7 @@ class Reconciler:
         kinds = _NAMESPACED_KINDS if full else ("Deployment",)
         wanted = {
             (o["kind"], plan.namespace, o["metadata"]["name"])
-            for o in plan.objects(owner, self.fences, [])
+            for o in plan.objects(owner, self.settings.fences, [])
             if o["kind"] in kinds
         }
         return not wanted <= observed.present
@@ -252,79 +280,52 @@ class Reconciler:
 
     # -- one pass -----------------------------------------------------------------------------
 
-    def converge(
-        self,
-        body: Mapping[str, Any],
-        apply_all: bool,
-        full: bool,
-        siblings: list[Sibling],
-        known: Observed | None = None,
-        pools: Sequence[Mapping[str, Any]] = (),
-    ) -> Outcome:
-        """apply_all: the spec changed, apply every worker; otherwise only repair what is missing.
-
-        full: observe every kind (drift check) instead of just namespaces and Deployments.
-        siblings: the environments of this namespace, oldest first (for the per-namespace limits).
-        known: namespaces and Deployments as the operator's watches last saw them, instead of
-        listing them (a pass that is neither full nor apply_all); None lists.
-        pools: the TestEnvironmentPools of the environment's namespace; a new environment whose
-        services one of them runs claims its workers from it (see pooling).
-        """
-        owner = owner_of(body)
-        spec = body["spec"]
+    def converge(self, given: PassInput) -> Outcome:
+        """One pass: refuse what cannot be served, then converge the workers the environment owns
+        (`owned_pass`) or those it claimed from a pool (`claimed_pass`)."""
+        owner, spec = given.owner, given.spec
         problems = validate(spec, self.settings)
-        over = environments_over_limit(siblings, owner.name, self.settings)
+        over = environments_over_limit(given.siblings, owner.name, self.settings)
         if over:
             problems.append(over)
         if problems:
-            return Outcome(self._status(body, [], problems), problems, over_limit=over is not None)
-        secrets, missing = self._secrets(owner, spec)
+            return Outcome(self._status(given.body, [], problems), problems, over_limit=over is not None)
+        secrets, missing = shared_secrets(self.api, owner, spec)
         if missing:
-            return Outcome(self._status(body, [], missing, waiting=True), missing)
-
-        plans = plan_environment(owner, spec, self.settings)
-        # The watches' view may lag this operator's own applies: a pass that reads it only reports;
-        # repairs and pruning wait for the next pass that lists (at most resync_seconds away).
-        acting = known is None or full or apply_all
-        pooled = any(w.get("pool") for w in (body.get("status") or {}).get("workers") or [])
+            return Outcome(self._status(given.body, [], missing, waiting=True), missing)
+        pooled = any(w.get("pool") for w in (given.body.get("status") or {}).get("workers") or [])
         listed: list[Obj] | None = None
-        if acting or pooled:
+        if given.acting or pooled:
             listed = kubeio.list_labelled(self.api, "Namespace", f"{LABEL_OWNER_UID}={owner.uid}")
             slots = _pooled(listed)
-            serving = [pool for pool in map(Pool.of, pools) if pool.serves(spec)]
-            if slots or pooled or (not listed and apply_all and serving):
-                return self._claimed_pass(body, owner, spec, slots, serving, acting)
-        if known is not None and not acting:
+            serving = [pool for pool in map(Pool.of, given.pools) if pool.serves(spec)]
+            if slots or pooled or (not listed and given.depth is Depth.APPLY and serving):
+                return self.claimed_pass(given, slots, serving)
+        return self.owned_pass(given, secrets, listed)
+
+    def owned_pass(self, given: PassInput, secrets: list[Obj], listed: list[Obj] | None) -> Outcome:
+        """A pass of an environment whose workers are namespaces made for it: apply (every worker,
+        or what is missing), delete what it no longer wants, report readiness. `listed`: its
+        namespaces, if just listed."""
+        owner = given.owner
+        plans = plan_environment(owner, given.spec, self.settings)
+        if given.watched is not None:
             # Planned namespaces the watches do not show may be someone else's: say so every pass.
-            unlisted = self._unlisted(plans, known.namespaces)
-            observed = dataclasses.replace(known, namespaces={**known.namespaces, **unlisted})
+            unlisted = self._unlisted(plans, given.watched.namespaces)
+            observed = dataclasses.replace(given.watched, namespaces={**given.watched.namespaces, **unlisted})
         else:
-            observed = self.observe(owner.uid, plans, full or apply_all, listed)
-        todo = [p for p in plans if acting and (apply_all or self._incomplete(owner, p, observed, full))]
+            observed = self.observe(owner.uid, plans, given.every_kind, listed)
         outcome = Outcome({}, [])
         refused: list[Problem] = []
-        if todo:
-            states = [observed.namespaces.get(p.namespace) for p in todo]
-
-            def apply_one(index: int) -> bool:
-                try:
-                    return self._apply_worker(owner, todo[index], states[index], secrets)
-                except kubeio.ApiError as exc:  # e.g. 403: say so instead of "Provisioning" forever
-                    refused.append(
-                        Problem(
-                            f"worker {todo[index].index}",
-                            f"the API server refused an apply: {exc}",
-                        )
-                    )
-                    return False
-
-            for plan, state, applied in zip(
-                todo, states, self.pool.map(apply_one, range(len(todo))), strict=True
-            ):
-                if applied:
-                    (outcome.created if state is None else outcome.repaired).append(plan.index)
-        outcome.removed_namespaces = self._prune(owner, plans, observed) if acting else []
-        previous = _previous_phases(body)
+        if given.acting:
+            todo = [
+                p
+                for p in plans
+                if given.depth is Depth.APPLY or self._incomplete(owner, p, observed, given.every_kind)
+            ]
+            refused = self._apply(owner, todo, observed, secrets, outcome)
+            outcome.removed_namespaces = self._prune(owner, plans, observed)
+        previous = _previous_phases(given.body)
         workers = [
             readiness.worker_status(
                 p, observed, owner.uid, previous.get(p.index) in (Phase.READY, Phase.DEGRADED)
@@ -334,39 +335,58 @@ class Reconciler:
         outcome.foreign = [w.namespace for w in workers if w.phase == Phase.FAILED]
         if refused:
             outcome.problems = refused
-            outcome.status = self._status(body, [], refused, reason="ApplyRefused")
+            outcome.status = self._status(given.body, [], refused, reason="ApplyRefused")
             return outcome
-        outcome.status = self._status(body, workers, [])
+        outcome.status = self._status(given.body, workers, [])
         return outcome
 
-    def _claimed_pass(
-        self,
-        body: Mapping[str, Any],
-        owner: Owner,
-        spec: Mapping[str, Any],
-        slots: list[Slot],
-        serving: list[Pool],
-        acting: bool,
-    ) -> Outcome:
-        """A pass of an environment whose workers are pooled namespaces: claim what is missing
-        (ready ones first, then new ones made for it), drop the surplus, report readiness."""
+    def _apply(
+        self, owner: Owner, todo: list[WorkerPlan], observed: Observed, secrets: list[Obj], outcome: Outcome
+    ) -> list[Problem]:
+        """Apply these workers at once on the pool, noting each in `outcome` as created or
+        repaired; what the API server refused."""
+        states = [observed.namespaces.get(p.namespace) for p in todo]
+        refused: list[Problem] = []
+
+        def apply_one(index: int) -> bool:
+            try:
+                return self._apply_worker(owner, todo[index], states[index], secrets)
+            except kubeio.ApiError as exc:  # e.g. 403: say so instead of "Provisioning" forever
+                refused.append(
+                    Problem(f"worker {todo[index].index}", f"the API server refused an apply: {exc}")
+                )
+                return False
+
+        for plan, state, applied in zip(
+            todo, states, self.threads.map(apply_one, range(len(todo))), strict=True
+        ):
+            if applied:
+                (outcome.created if state is None else outcome.repaired).append(plan.index)
+        return refused
+
+    def claimed_pass(self, given: PassInput, slots: list[Slot], serving: list[Pool]) -> Outcome:
+        """A pass of an environment whose workers are pooled namespaces (`slots`): claim what is
+        missing from the first pool `serving` it (ready ones first, then new ones made for it),
+        drop the surplus, report readiness."""
+        owner, spec = given.owner, given.spec
         outcome = Outcome({}, [])
         workers = int(spec.get("workers", 1))
         have = {s.worker for s in slots if not s.terminating}
         missing = [i for i in range(workers) if i not in have]
-        if acting and missing and serving:
+        if given.acting and missing and serving:
             pool = serving[0]
             claimed, made, problems = self.pools.provide(pool, owner, missing)
             outcome.claimed, outcome.created = claimed, made
             outcome.drained_pools.add(pool.uid)
             if problems:  # the pool's Secrets: new workers wait for them, as the pool's own do
-                outcome.problems, outcome.status = problems, self._status(body, [], problems, waiting=True)
+                outcome.problems = problems
+                outcome.status = self._status(given.body, [], problems, waiting=True)
                 return outcome
             slots = _pooled(kubeio.list_labelled(self.api, "Namespace", f"{LABEL_OWNER_UID}={owner.uid}"))
         by_index: dict[int, Slot] = {}
         for slot in sorted((s for s in slots if not s.terminating), key=lambda s: (s.worker, s.created)):
             if slot.worker in by_index or slot.worker >= workers:
-                if acting:
+                if given.acting:
                     kubeio.delete(self.api, "Namespace", slot.name)
                     outcome.removed_namespaces.append(slot.name)
             else:
@@ -393,9 +413,9 @@ class Reconciler:
                 )
             )
         subjects = tuple((spec.get("access") or {}).get("subjects") or ())
-        if acting and subjects:
+        if given.acting and subjects:
+            role = self.settings.tenants.access_cluster_role
             for index, slot in by_index.items():
-                role = self.settings.access_cluster_role
                 kubeio.apply(self.api, manifests.access_binding(owner, slot.name, index, role, subjects))
         ready = self.pools.ready_services(s.pool_uid for s in by_index.values())
         observed = Observed(
@@ -403,7 +423,7 @@ class Reconciler:
             ready,
             frozenset(),
         )
-        previous = _previous_phases(body)
+        previous = _previous_phases(given.body)
         statuses = [
             dataclasses.replace(
                 readiness.worker_status(
@@ -417,7 +437,7 @@ class Reconciler:
             for index, slot in sorted(by_index.items())
         ]
         outcome.problems = problems
-        outcome.status = self._status(body, statuses, problems)
+        outcome.status = self._status(given.body, statuses, problems)
         return outcome
 
     def _status(

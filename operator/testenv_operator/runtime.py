@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from kubernetes import client
 
 from testenv_operator.events import EventPoster
+from testenv_operator.pooling import Pools
 from testenv_operator.reconciler import Reconciler
 from testenv_operator.settings import Settings
 
@@ -34,10 +35,12 @@ T = TypeVar("T")
 class Runtime:
     api: client.ApiClient
     settings: Settings
-    pool: ThreadPoolExecutor
+    threads: ThreadPoolExecutor
+    #: Filling TestEnvironmentPools, and claiming from them (environments' passes do).
+    pools: Pools
     reconciler: Reconciler
     events: EventPoster = dataclasses.field(default_factory=EventPoster)
-    #: uid -> the event that wakes that environment's converger.
+    #: uid -> the event that wakes that object's daemon (`converger`).
     wakers: dict[str, asyncio.Event] = dataclasses.field(default_factory=dict)
     #: pooled worker namespace -> the UID of the environment that claimed it (its Deployments
     #: carry the pool's owner label, so their events name the pool).
@@ -52,27 +55,26 @@ class Runtime:
 
     @classmethod
     def make(cls, api: client.ApiClient, settings: Settings) -> Runtime:
-        pool = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="testenv")
-        return cls(api, settings, pool, Reconciler(api, settings, pool))
+        threads = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="testenv")
+        pools = Pools(api, settings, threads)
+        return cls(api, settings, threads, pools, Reconciler(api, settings, threads, pools))
 
     async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking client code on the pool, in a copy of the context as asyncio.to_thread
         does (kopf keeps its settings, and the object an event is posted for, in context vars)."""
         call = functools.partial(contextvars.copy_context().run, fn, *args)
-        return await asyncio.get_running_loop().run_in_executor(self.pool, call)
+        return await asyncio.get_running_loop().run_in_executor(self.threads, call)
+
+    async def run_pass(self, lock: asyncio.Lock, fn: Callable[..., T], *args: Any) -> T:
+        """One pass over an object: under its lock (its tear-down takes it too) and one of the
+        PASSES places, on the pool."""
+        async with lock, self.passes:
+            return await self.in_thread(fn, *args)
 
     def wake(self, uid: str | None) -> None:
         waker = self.wakers.get(uid or "")
         if waker:
             waker.set()
-
-    @staticmethod
-    async def sleep(waker: asyncio.Event, stopped: Any, timeout: float | None) -> None:
-        """Until `waker` is set, the daemon is stopped (kopf's DaemonStopped), or `timeout` passes."""
-        waiters = [asyncio.ensure_future(waker.wait()), asyncio.ensure_future(stopped.wait())]
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        for waiter in waiters:
-            waiter.cancel()
 
     def forget_claimer(self, uid: str) -> None:
         for namespace in [ns for ns, claimer in self.claimers.items() if claimer == uid]:

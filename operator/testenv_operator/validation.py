@@ -19,7 +19,7 @@ from testenv_api.ports import PortPlanError, plan_ports
 from testenv_api.services import service_ports
 from testenv_operator.catalog import DEFAULT_IMAGES, ServiceContext, render_service
 from testenv_operator.manifests import CONTAINER_EPHEMERAL_STORAGE
-from testenv_operator.settings import Settings
+from testenv_operator.settings import Fences, Limits, Registries, Settings, variable_name
 
 _DOMAIN_PART = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 _DOMAIN = rf"{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*(?::[0-9]+)?"
@@ -57,6 +57,8 @@ def _allowed(image: str, registries: Sequence[str]) -> bool:
 
 
 def _images(spec: Mapping[str, Any], settings: Settings) -> list[Problem]:
+    registries = settings.registries.allowed_registries
+    variable = variable_name(Registries, "allowed_registries")
     problems = []
     for i, service in enumerate(spec["services"]):
         for field, image in (
@@ -74,12 +76,12 @@ def _images(spec: Mapping[str, Any], settings: Settings) -> list[Problem]:
                         "for example ghcr.io/acme/api:1.4.2",
                     )
                 )
-            elif not _allowed(image, settings.allowed_registries):
+            elif not _allowed(image, registries):
                 problems.append(
                     Problem(
                         f"spec.services[{i}].{field}",
                         f"{image!r} ({registry_path(image)}) is not from a registry this operator allows "
-                        f"({', '.join(settings.allowed_registries)}; TESTENV_ALLOWED_REGISTRIES): use an "
+                        f"({', '.join(registries)}; {variable}): use an "
                         "image from one of them, or ask the cluster admin to add its registry",
                     )
                 )
@@ -120,12 +122,13 @@ def _quantities(spec: Mapping[str, Any]) -> list[Problem]:
 
 
 def _quota(spec: Mapping[str, Any], settings: Settings) -> list[Problem]:
-    ctx = ServiceContext("validation", _dummy_ports(spec), {**DEFAULT_IMAGES, **settings.images})
+    ctx = ServiceContext("validation", _dummy_ports(spec), {**DEFAULT_IMAGES, **settings.registries.images})
     plans = [render_service(s, ctx) for s in spec["services"]]
+    fences = settings.fences
     problems = []
     for resource, allowed, setting in (
-        ("cpu", settings.worker_cpu, "TESTENV_WORKER_CPU"),
-        ("memory", settings.worker_memory, "TESTENV_WORKER_MEMORY"),
+        ("cpu", fences.worker_cpu, variable_name(Fences, "worker_cpu")),
+        ("memory", fences.worker_memory, variable_name(Fences, "worker_memory")),
     ):
         wanted = sum((Decimal(parse_quantity(p.limits.get(resource, "0"))) for p in plans), Decimal(0))
         if wanted > Decimal(parse_quantity(allowed)):
@@ -138,13 +141,14 @@ def _quota(spec: Mapping[str, Any], settings: Settings) -> list[Problem]:
                 )
             )
     storage = len(plans) * Decimal(parse_quantity(CONTAINER_EPHEMERAL_STORAGE))
-    if storage > Decimal(parse_quantity(settings.worker_ephemeral_storage)):
+    if storage > Decimal(parse_quantity(fences.worker_ephemeral_storage)):
+        storage_variable = variable_name(Fences, "worker_ephemeral_storage")
         problems.append(
             Problem(
                 "spec.services",
                 f"{len(plans)} services get {CONTAINER_EPHEMERAL_STORAGE} of ephemeral storage each, more "
-                f"than the worker quota of {settings.worker_ephemeral_storage} "
-                "(TESTENV_WORKER_EPHEMERAL_STORAGE): drop a service or ask the cluster admin",
+                f"than the worker quota of {fences.worker_ephemeral_storage} "
+                f"({storage_variable}): drop a service or ask the cluster admin",
             )
         )
     return problems
@@ -164,11 +168,12 @@ def validate(spec: Mapping[str, Any], settings: Settings) -> list[Problem]:
     """Every problem with a spec the API server accepted, or [] when it can be provisioned."""
     problems: list[Problem] = []
     workers = int(spec.get("workers", 1))
-    if workers > settings.max_workers:
+    most, variable = settings.limits.max_workers, variable_name(Limits, "max_workers")
+    if workers > most:
         problems.append(
             Problem(
                 "spec.workers",
-                f"{workers} is more than this operator allows ({settings.max_workers}, TESTENV_MAX_WORKERS): "
+                f"{workers} is more than this operator allows ({most}, {variable}): "
                 f"lower spec.workers or ask the cluster admin to raise the limit",
             )
         )
@@ -201,21 +206,22 @@ def environments_over_limit(by_age: Sequence[Sibling], name: str, settings: Sett
     if name not in names:
         return None
     position = names.index(name)
-    limit = settings.max_environments_per_namespace
+    limit = settings.limits.max_environments_per_namespace
     if position >= limit:
         return Problem(
             "metadata.namespace",
             f"this namespace already holds {limit} older TestEnvironments, the most this operator allows "
-            f"(TESTENV_MAX_ENVIRONMENTS_PER_NAMESPACE): delete one you no longer use",
+            f"({variable_name(Limits, 'max_environments_per_namespace')}): delete one you no longer use",
         )
     older = sum(s.workers for s in by_age[:position])
     wanted = by_age[position].workers
-    cap = settings.max_workers_per_namespace
+    cap = settings.limits.max_workers_per_namespace
     if older + wanted > cap:
+        variable = variable_name(Limits, "max_workers_per_namespace")
         return Problem(
             "spec.workers",
             f"older TestEnvironments of this namespace already ask for {older} workers, and {wanted} more "
-            f"would pass the {cap} one namespace may hold (TESTENV_MAX_WORKERS_PER_NAMESPACE): lower "
+            f"would pass the {cap} one namespace may hold ({variable}): lower "
             "spec.workers or delete an environment you no longer use",
         )
     return None

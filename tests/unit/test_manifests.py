@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from testenv_api import LABEL_OWNER_UID, LABEL_RUNNER, LABEL_WORKER
 from testenv_operator.catalog import GENERIC, STEP_DOWN, ServiceContext, render_service
-from testenv_operator.manifests import Fences, Owner, guards, namespace, referenced_secrets, workload
+from testenv_operator.manifests import Owner, guards, namespace, referenced_secrets, workload
+from testenv_operator.settings import Fences
 
 OWNER = Owner("team", "env", "uid-1")
 
@@ -15,7 +16,9 @@ def test_namespace_carries_ownership_worker_and_pod_security_labels() -> None:
 
 
 def test_guards_fence_the_namespace() -> None:
-    quota, limits, policy = guards(OWNER, "ns", 0, 3, Fences("4", "8Gi", "6Gi"))
+    quota, limits, policy = guards(
+        OWNER, "ns", 0, 3, Fences(worker_cpu="4", worker_memory="8Gi", worker_ephemeral_storage="6Gi")
+    )
     hard = quota["spec"]["hard"]
     assert hard["limits.cpu"] == "4"
     assert hard["pods"] == "8"
@@ -35,7 +38,7 @@ def test_guards_fence_the_namespace() -> None:
 
 
 def test_egress_reaches_the_own_namespace_and_cluster_dns_only() -> None:
-    *_, policy = guards(OWNER, "ns", 0, 1, Fences("1", "1Gi"))
+    *_, policy = guards(OWNER, "ns", 0, 1, Fences(worker_cpu="1", worker_memory="1Gi"))
     own, dns = policy["spec"]["egress"]
     assert own == {"to": [{"podSelector": {}}]}
     (peer,) = dns["to"]
@@ -46,7 +49,9 @@ def test_egress_reaches_the_own_namespace_and_cluster_dns_only() -> None:
     # No ipBlock anywhere: the metadata address (169.254.169.254) and the API server are not peers.
     assert "ipBlock" not in str(policy["spec"])
 
-    *_, open_policy = guards(OWNER, "ns", 0, 1, Fences("1", "1Gi", open_egress=True))
+    *_, open_policy = guards(
+        OWNER, "ns", 0, 1, Fences(worker_cpu="1", worker_memory="1Gi", worker_egress="open")
+    )
     assert open_policy["spec"]["policyTypes"] == ["Ingress"]
     assert "egress" not in open_policy["spec"]
 
