@@ -427,7 +427,17 @@ def _testenv_autostart(request: pytest.FixtureRequest) -> None:
     if config.stash.get(_WORKER, None) is None and config.stash.get(_CONTROLLER, None) is None:
         return
     if _needs(request.node):
-        request.getfixturevalue("testenv")
+        env: TestEnv = request.getfixturevalue("testenv")
+        _record_where(request.node, env)
+
+
+def _record_where(item: pytest.Item, env: TestEnv) -> None:
+    """The test's worker namespace and its services' endpoints as the test's properties: JUnit
+    XML carries them (`<property>`), so a CI page showing a failed test shows where it ran."""
+    item.user_properties.append(("testenv_namespace", env.namespace))
+    item.user_properties.append(("testenv_worker", str(env.worker)))
+    for service in env.services():
+        item.user_properties.append((f"testenv_url_{service.name}", env.url(service.name)))
 
 
 # -- which tests need the environment -----------------------------------------------------------

@@ -212,6 +212,10 @@ class WorkerConnection:
             raise TestEnvError("TestEnv.connect() has not run")
         return self.status
 
+    def services(self) -> list[ServiceStatus]:
+        """This worker's services, as its status names them."""
+        return list(self._status().services)
+
     def service(self, name: str) -> ServiceStatus:
         return self._status().service(name)
 
