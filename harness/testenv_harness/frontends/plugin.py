@@ -4,6 +4,9 @@ The controller (or the only process, without xdist) is a plugin object, `Control
 the run up only once tests are going to run and tears it down at the end of the session. Each
 xdist worker gets a slot and the run's folder through `pytest_configure_node`; its session
 fixture `testenv` waits for the published `Handoff`, then for its own services only.
+
+A failed test's report gets its worker's services' state and log lines (failure_logs.py); with
+`--testenv-timeline FILE` the controller writes the run's timeline at the end (timeline.py).
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-from collections.abc import Iterator
+import time
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -19,9 +23,10 @@ from typing import Any
 import pytest
 
 from testenv_api import MAX_WORKERS
-from testenv_harness.frontends import reuse
+from testenv_harness.frontends import failure_logs, reuse, timeline
 from testenv_harness.ground.errors import TestEnvError
 from testenv_harness.provision.clusters import CHOICES
+from testenv_harness.run import runstate
 from testenv_harness.run.session import (
     CONNECT_MODES,
     RunOptions,
@@ -34,9 +39,12 @@ from testenv_harness.worker.handoff import Slots, publish_failure, receive
 from testenv_harness.worker.testenv import TestEnv
 
 _CONTROLLER = pytest.StashKey["Controller"]()
-#: On a worker: {"run_dir", "slot", "reused"} from the controller, through xdist's workerinput.
+#: On a worker: {"run_dir", "slot", "reused", "variables", "keeper"} from the controller, through
+#: xdist's workerinput.
 _WORKER = pytest.StashKey[dict[str, Any]]()
 _WORKERINPUT_KEY = "testenv_worker"
+#: What this process's worker did, for the run's timeline (only with a timeline asked for).
+_WORKER_EVENTS = pytest.StashKey[timeline.WorkerEvents]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -100,6 +108,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--testenv-timeout", type=float, default=None, help="seconds a worker waits for its services"
     )
     group.addoption(
+        "--testenv-log-lines",
+        type=int,
+        default=None,
+        metavar="N",
+        help="a failed test's report shows the last N lines each of its worker's services wrote while it "
+        f"ran, and their state (default {failure_logs.DEFAULT_LINES}; 0: off)",
+    )
+    group.addoption(
+        "--testenv-timeline",
+        metavar="FILE",
+        default=None,
+        help="write the run's timeline (a row per worker: set-up steps, pods, tests) to FILE, one HTML "
+        "page, and its events to FILE with .json",
+    )
+    group.addoption(
         "--testenv-tests",
         action="append",
         metavar="PATH|marked",
@@ -133,6 +156,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=str(reuse.DEFAULT_IDLE_SECONDS),
     )
     parser.addini(
+        "testenv_log_lines",
+        "lines of each service a failed test's report shows (like --testenv-log-lines; 0: off)",
+        default=str(failure_logs.DEFAULT_LINES),
+    )
+    parser.addini(
+        "testenv_timeline", "the run's timeline page (like --testenv-timeline), relative to the ini file"
+    )
+    parser.addini(
         "testenv_wait_teardown",
         "end the run only once its namespaces are deleted (like --testenv-wait-teardown)",
         type="bool",
@@ -154,6 +185,30 @@ def _workers(config: pytest.Config) -> int:
 def _timeout(config: pytest.Config) -> float:
     """Seconds a worker waits (ValueError for a value that is not a number)."""
     return float(config.getoption("testenv_timeout") or config.getini("testenv_timeout"))
+
+
+def _log_lines(config: pytest.Config) -> int:
+    """Lines per service on a failed test's report (0: none, and no state either)."""
+    option = config.getoption("testenv_log_lines")
+    raw = str(option) if option is not None else str(config.getini("testenv_log_lines")).strip()
+    try:
+        lines = int(raw)
+    except ValueError:
+        lines = -1
+    if lines < 0:
+        raise pytest.UsageError(
+            f"kube-testenv: testenv_log_lines = {raw!r}: give a number of lines, 0 for none"
+        )
+    return lines
+
+
+def _timeline_path(config: pytest.Config) -> Path | None:
+    """Where the timeline page goes: the option's path is the shell's, the ini's the ini file's."""
+    option = config.getoption("testenv_timeline")
+    if option:
+        return Path(config.invocation_params.dir) / str(option)
+    ini = str(config.getini("testenv_timeline") or "").strip()
+    return (config.inipath or config.rootpath).parent / ini if ini else None
 
 
 def _reuse_idle(config: pytest.Config) -> float | None:
@@ -262,6 +317,8 @@ class Controller:
         self.slots = Slots(options.workers)
         self.started = False
         self.planned: list[dict[str, str]] = []
+        path = _timeline_path(config)
+        self.timeline = timeline.Timeline(path) if path is not None else None
 
     def report(self, line: str) -> None:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
@@ -308,12 +365,28 @@ class Controller:
         slot, reused = self.slots.take(node.gateway.id)
         variables = self.planned[slot] if slot < len(self.planned) else {}
         node.workerinput[_WORKERINPUT_KEY] = json.dumps(
-            {"run_dir": str(self.session.run_dir), "slot": slot, "reused": reused, "variables": variables}
+            {
+                "run_dir": str(self.session.run_dir),
+                "slot": slot,
+                "reused": reused,
+                "variables": variables,
+                "keeper": _keeper(self.session),
+            }
         )
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: object) -> None:
         self.slots.release(node.gateway.id)
+        if self.timeline is not None:
+            self.timeline.add_workeroutput(getattr(node, "workeroutput", None) or {})
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if self.timeline is None or self.session is None:
+            return
+        node = getattr(report, "node", None)
+        worker_id = str(node.gateway.id) if node is not None else ""
+        slot = next((s for s, holder in self.slots.holders.items() if holder == worker_id), 0)
+        self.timeline.report(report, slot, worker_id)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
@@ -332,13 +405,17 @@ class Controller:
         if self.started or self.session is None:
             return
         self.started = True
+        began = time.time()
         try:
             self.session.start()
+            self._note_set_up(began, "")
         except ValueError as exc:  # the user's manifest or options: theirs to fix
+            self._note_set_up(began, "failed")
             self.report(f"set-up failed: {exc}")
             self.report(self.session.stop())
             raise pytest.UsageError(f"kube-testenv could not set up the run: {exc}") from exc
         except TestEnvError as exc:  # cluster, operator, timeouts: every test errors with the cause
+            self._note_set_up(began, "failed")
             self.report(f"set-up failed: {exc}")
             publish_failure(self.session.run_dir, str(exc))
             self.report(self.session.stop())
@@ -346,14 +423,56 @@ class Controller:
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         self.finish()
 
+    def _note_set_up(self, began: float, outcome: str) -> None:
+        """A session that records no steps of its own (a reused environment's) is one step here."""
+        if self.timeline is not None and not hasattr(self.session, "timeline"):
+            name = "claim the kept environment" if isinstance(self.session, reuse.ReuseSession) else "set-up"
+            self.timeline.add(
+                [timeline.event(None, "run", "set-up", name, began, time.time(), outcome=outcome)]
+            )
+
     def finish(self) -> None:
         if self.session is None:
             return
         current, self.session = self.session, None
-        summary = current.stop()
+        began = time.time()
+        try:
+            summary = current.stop()
+        finally:
+            self._write_timeline(current, began)
         if summary and self.started:
             self.report(summary)
         current.remove_run_dir()
+
+    def _write_timeline(self, session: Session, teardown_began: float) -> None:
+        """The page and its JSON, once the run is torn down (also when no test needed the environment)."""
+        if self.timeline is None:
+            return
+        events: list[timeline.Event] = list(getattr(session, "timeline", None) or [])
+        if self.started and not any(e.get("kind") == "teardown" for e in events):
+            name = "release the kept environment" if isinstance(session, reuse.ReuseSession) else "teardown"
+            events.append(timeline.event(None, "run", "teardown", name, teardown_began, time.time()))
+        self.timeline.add(events)
+        own = self.config.stash.get(_WORKER_EVENTS, None)  # without xdist this process was the worker
+        if own is not None:
+            self.timeline.add_worker(own.as_dict())
+        handoff = session.handoff
+        self.timeline.info.update(
+            workers=self.options.workers,
+            name=handoff.name if handoff is not None else "",
+            cluster=f"{handoff.provider} {self.options.cluster_name}" if handoff is not None else "",
+        )
+        try:
+            page, events_file = self.timeline.write()
+        except OSError as exc:
+            self.report(f"could not write the timeline to {self.timeline.path}: {exc}")
+            return
+        self.report(f"timeline: {page} (events: {events_file})")
+
+
+def _keeper(session: Session | None) -> str:
+    """The reuse keeper whose environment (and data plane) `session` uses, "" for a run's own."""
+    return session.claim.name if isinstance(session, reuse.ReuseSession) else ""
 
 
 def _interrupt_on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -377,6 +496,7 @@ def pytest_configure(config: pytest.Config) -> None:
         if config.getoption("testenv_keep") or config.getoption("testenv_manifest"):
             raise pytest.UsageError("kube-testenv options were given without --testenv (or `testenv = true`)")
         return
+    _log_lines(config)  # a bad value stops the run before anything is made
     controller = Controller(config, _options(config), _reuse_idle(config))
     config.stash[_CONTROLLER] = controller
     config.pluginmanager.register(controller, "testenv-controller")
@@ -409,14 +529,64 @@ def testenv(request: pytest.FixtureRequest) -> Iterator[TestEnv]:
             "kube-testenv is not enabled: run pytest with --testenv, or set `testenv = true` in the ini file"
         )
     timeout = _timeout(request.config)
+    events = _worker_events(request.config)
+    began = time.time()
     handoff = receive(run_dir, timeout)
-    env = TestEnv(handoff, slot).connect()
+    if events is not None:
+        events.span(slot, "waiting for the run's set-up", began)
+    began = time.time()
+    env = TestEnv(handoff, slot)
+    if events is not None:
+        events.span(slot, "making the API client", began)
+    env.connect()
     # A crashed worker held this slot, or an earlier run the environment: start from clean
     # services, not their leftovers.
     if reused or handoff.reused:
+        began = time.time()
         env.reset_all()
+        if events is not None:
+            events.span(slot, "resetting every service (used before)", began)
+    if events is not None:
+        events.connected(env)
+    lines = _log_lines(request.config)
+    if lines:
+        services = [service.name for service in env.services()]
+        logs = env.logs(_dataplane_dir(request.config))
+        failure_logs.watch(request.config, failure_logs.Watcher(logs, env.worker, lines, services))
     yield env
+    began = time.time()
     env.close()
+    if events is not None:
+        events.span(slot, "closing the forwards", began)
+
+
+def _worker_events(config: pytest.Config) -> timeline.WorkerEvents | None:
+    """This process's worker events, while a timeline is asked for (None otherwise)."""
+    if _timeline_path(config) is None:
+        return None
+    if _WORKER_EVENTS not in config.stash:
+        config.stash[_WORKER_EVENTS] = timeline.WorkerEvents()
+    return config.stash[_WORKER_EVENTS]
+
+
+def _dataplane_dir(config: pytest.Config) -> Path | None:
+    """Where the local data plane writes its host processes' output when it is not this run's: a
+    reuse keeper's (the keeper's run folder). None: the run's own folder (the handoff's)."""
+    worker = config.stash.get(_WORKER, None)
+    controller = config.stash.get(_CONTROLLER, None)
+    if worker is not None:
+        keeper = str(worker.get("keeper") or "")
+    else:
+        keeper = _keeper(controller.session if controller is not None else None)
+    if not keeper:
+        return None
+    try:
+        state = runstate.load(keeper)
+    except TestEnvError:
+        return None
+    if state is None or state.handoff is None:
+        return None
+    return Path(str(state.handoff["run_dir"])) / "dataplane"
 
 
 @pytest.fixture(autouse=True)
@@ -429,6 +599,27 @@ def _testenv_autostart(request: pytest.FixtureRequest) -> None:
     if _needs(request.node):
         env: TestEnv = request.getfixturevalue("testenv")
         _record_where(request.node, env)
+        failure_logs.mark(request.node)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed test's report gets its worker's services: their state and what they wrote."""
+    report = yield
+    failure_logs.attach(item, report)
+    return report
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """On an xdist worker, once its fixtures are torn down: its timeline events go to the
+    controller with the worker's output."""
+    events = session.config.stash.get(_WORKER_EVENTS, None)
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if events is not None and workeroutput is not None:
+        workeroutput[timeline.WORKEROUTPUT_KEY] = json.dumps(events.as_dict())
 
 
 def _record_where(item: pytest.Item, env: TestEnv) -> None:

@@ -172,6 +172,14 @@ class RunSession:
         #: How the environment's deletion went (set by taking the environment step back).
         self._background = ""
         self._left: list[str] = []
+        #: When each set-up step and its undo ran (wall clock), and each host process's start: the
+        #: plugin's run timeline draws them (frontends/timeline.py says what an event holds).
+        self.timeline: list[dict[str, Any]] = []
+
+    def _record(self, name: str, start: float, kind: str = "set-up", **more: Any) -> None:
+        """One step of the run (or its undo), from `start` until now, as a timeline event."""
+        event = {"row": None, "lane": "run", "name": name, "start": start, "end": time.time(), "kind": kind}
+        self.timeline.append(event | more)
 
     @classmethod
     def reclaim(
@@ -231,7 +239,13 @@ class RunSession:
     def start(self) -> Handoff:
         """Take every set-up step; whatever step fails, `stop` takes back exactly those done."""
         for step in self.steps():
-            step.do()
+            began = time.time()
+            try:
+                step.do()
+            except BaseException:
+                self._record(step.name, began, outcome="failed")
+                raise
+            self._record(step.name, began)
             self.done.append(step)
         assert self.handoff is not None
         return self.handoff
@@ -517,6 +531,7 @@ class RunSession:
                         continue
                     took = time.monotonic() - self.started
                     self.ready_at[worker.index] = took
+                    self._record_host_processes(worker)
                     self.report(
                         f"worker {worker.index} ready in {took:.1f}s{self._service_times(worker.namespace)}"
                     )
@@ -529,6 +544,24 @@ class RunSession:
             for s in list(self.dataplane.served.values())
             if s.pod.namespace == namespace and s.ready_after is not None
         ]
+
+    def _record_host_processes(self, worker: WorkerStatus) -> None:
+        """On a simulated data plane: when each of the worker's host processes started and listened."""
+        if self.dataplane is None:
+            return
+        wall = time.time() - time.monotonic()
+        for served in list(self.dataplane.served.values()):
+            if served.pod.namespace == worker.namespace and served.ready_after is not None:
+                self.timeline.append(
+                    {
+                        "row": worker.index,
+                        "lane": served.pod.name.rsplit("-", 2)[0],
+                        "name": f"host process of pod {served.pod.name} listening",
+                        "start": wall + served.started,
+                        "end": wall + served.started + served.ready_after,
+                        "kind": "host",
+                    }
+                )
 
     def _served(self, worker: WorkerStatus) -> bool:
         """Every service of the worker has a host process that listens (on a simulated data plane);
@@ -587,9 +620,12 @@ class RunSession:
             for step in reversed(self.done):  # what was done, last first; each undo is tried
                 if step.undo is None:
                     continue
+                began = time.time()
                 try:
                     step.undo()
+                    self._record(f"teardown: {step.name}", began, kind="teardown")
                 except Exception as exc:
+                    self._record(f"teardown: {step.name}", began, kind="teardown", outcome="failed")
                     failed = failed or exc
                     self.report(f"taking back the {step.name} step failed: {exc}")
         finally:

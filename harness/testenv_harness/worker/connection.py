@@ -15,6 +15,7 @@ import os
 import re
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Self
 
 from kubernetes import client
@@ -28,6 +29,7 @@ from testenv_harness.ground.waiting import WaitTimeoutError, wait_for
 from testenv_harness.services import catalog, probes
 from testenv_harness.tunnel.portforward import Forwarder
 from testenv_harness.worker.handoff import DIRECT, Handoff
+from testenv_harness.worker.logs import ServiceLogs
 
 #: What forwarding a worker's services takes in its namespace (the chart's worker-access role).
 FORWARD_RIGHTS: list[kube.Right] = [
@@ -60,6 +62,8 @@ class WorkerConnection:
         self.status: WorkerStatus | None = None
         self.forwarder: Forwarder | None = None
         self.timings: dict[str, float] = {}
+        #: (what, start, end) in wall-clock seconds of this worker's own steps, for the run's timeline.
+        self.spans: list[tuple[str, float, float]] = []
 
     # -- start-up ---------------------------------------------------------------------------
 
@@ -71,13 +75,15 @@ class WorkerConnection:
 
     def wait_ready(self) -> Self:
         """Wait until the operator reports this worker Ready; its endpoints are known from then on."""
+        began = time.time()
         self.status = self._wait_for_worker(self.handoff.timeout)
+        self.spans.append(("waiting for the operator to report the worker Ready", began, time.time()))
         return self
 
     def forward(self) -> Self:
         """Listen on every planned local port of this worker and wait until each service answers
         (connecting directly: only wait until each answers at its Service's DNS name)."""
-        started = time.monotonic()
+        started, began = time.monotonic(), time.time()
         status = self._status()
         try:
             if not self.direct:
@@ -105,6 +111,9 @@ class WorkerConnection:
         except BaseException:
             self.close()
             raise
+        way = "answers at its Service's DNS name" if self.direct else "answers through its forward"
+        self.spans += [(f"{name} {way}", began, began + took) for name, took in self.timings.items()]
+        self.spans.append(("forwards ready" if not self.direct else "services answer", began, time.time()))
         return self
 
     def require_rights(self, rights: list[kube.Right]) -> None:
@@ -189,6 +198,26 @@ class WorkerConnection:
             "if the cluster is just slow"
         )
         return NotReadyError("\n".join(lines))
+
+    def logs(self, host_root: Path | None = None) -> ServiceLogs:
+        """This worker's service pods: their state and what they wrote (worker/logs.py). On the local
+        cluster their output is the data plane's files, under `host_root` (default: the run's)."""
+        namespace = self.status.namespace if self.status is not None else self.find_namespace()
+        if self.handoff.provider != "local":
+            host_root = None
+        elif host_root is None:
+            host_root = self.handoff.run_path / "dataplane"
+        return ServiceLogs(self.core, namespace, host_root, kube.worker_grant(self.handoff.name))
+
+    def find_namespace(self) -> str:
+        """This worker's namespace as the environment's status names it, Ready or not yet
+        (TestEnvError while it names none)."""
+        workers = workers_from_status(self._environment_object().get("status"))
+        found = next((w.namespace for w in workers if w.index == self.worker and w.namespace), None)
+        if found is None:
+            where = f"{self.handoff.namespace}/{self.handoff.name}"
+            raise TestEnvError(f"{where} names no namespace for worker {self.worker} yet")
+        return found
 
     def _namespace_guess(self) -> str:
         with contextlib.suppress(ApiException, KeyError):
