@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import textwrap
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
-from testenv_api import LABEL_OWNER_NAMESPACE
+from testenv_api import GROUP, LABEL_OWNER_NAMESPACE, PLURAL, VERSION
 from testenv_harness.frontends import reuse
 from testenv_harness.ground import kube
 from testenv_harness.ground.children import alive
 from testenv_harness.ground.waiting import wait_for
 from testenv_harness.provision.clusters import Cluster
 from testenv_harness.run import runstate
+from testenv_harness.run.runstate import RunState
+from testenv_harness.worker.handoff import Handoff
 
 from .conftest import Run
 
@@ -170,4 +177,114 @@ def test_a_run_that_finds_the_kept_environment_claimed_makes_its_own(
     assert state is not None
     # Unclaimed for testenv_reuse_idle (5 s), the keeper tears its environment down and exits.
     wait_for(lambda: not alive(state.pid), timeout=60, what="the idle keeper to exit")
+    wait_for(lambda: not _clean(e2e_cluster, namespace), timeout=90, what="the kept environment to go")
+
+
+#: One Redis per worker is enough to tell a kept environment from a fresh one.
+REDIS_SUITE = """
+import redis
+
+
+def test_redis_answers(testenv):
+    assert redis.Redis.from_url(testenv.url("redis")).ping()
+"""
+
+
+@pytest.fixture
+def redis_suite(pytester: pytest.Pytester) -> Path:
+    pytester.makeini("[pytest]\ntestenv = true\ntestenv_services = redis\n")
+    pytester.makepyfile(test_redis=REDIS_SUITE)
+    return pytester.path
+
+
+def _kept(name: str) -> RunState:
+    state = runstate.load(name)
+    assert state is not None, f"keeper {name!r} left no state"
+    assert state.alive, f"keeper {name!r} must outlive the run"
+    return state
+
+
+def _delete_environment(cluster: Cluster, state: RunState) -> Handoff:
+    """Delete the keeper's TestEnvironment behind its back, as `kubectl delete te` would."""
+    handoff = state.handoff_object()
+    client.CustomObjectsApi(kube.api_client(cluster.kubeconfig)).delete_namespaced_custom_object(
+        GROUP, VERSION, handoff.namespace, PLURAL, handoff.name
+    )
+    return handoff
+
+
+def _environment_exists(cluster: Cluster, handoff: Handoff) -> bool:
+    try:
+        client.CustomObjectsApi(kube.api_client(cluster.kubeconfig)).get_namespaced_custom_object(
+            GROUP, VERSION, handoff.namespace, PLURAL, handoff.name
+        )
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
+
+
+def test_a_keeper_whose_environment_is_deleted_exits_and_the_next_run_sets_up_afresh(
+    run_suite: Run, redis_suite: Path, e2e_cluster: Cluster, namespace: str, keepers: list[str]
+) -> None:
+    where = (f"--testenv-namespace={namespace}", "--testenv-reuse")
+    first = run_suite(*where)
+    keepers.append(name := _keeper(first))
+    first.assert_outcomes(passed=1)
+    state = _kept(name)
+    log = Path(state.log)
+    gone = _delete_environment(e2e_cluster, state)
+    started = time.monotonic()
+    # It reads its environment every 2 s and exits once it has been gone for 5 s, after teardown.
+    wait_for(lambda: not state.alive, timeout=60, what=f"keeper {name!r} to notice and exit")
+    took = time.monotonic() - started
+    assert took < 60
+    said = log.read_text()
+    assert f"environment {gone.namespace}/{gone.name} " in said
+    assert f"keeper {name!r} tears down what it holds and exits" in said
+    assert runstate.load(name) is None, "the keeper forgot its run when it exited"
+
+    second = run_suite(*where)
+    second.assert_outcomes(passed=1)
+    second.stdout.fnmatch_lines(["*starting keeper*"])
+    assert "NotFoundException" not in second.stdout.str()
+    fresh = _kept(name)
+    assert fresh.pid != state.pid
+    assert fresh.handoff_object().name != gone.name, "a fresh environment, not the deleted one"
+    reuse._stop(fresh)
+    wait_for(lambda: not _clean(e2e_cluster, namespace), timeout=90, what="the kept environment to go")
+
+
+def test_a_run_that_claims_a_keeper_whose_environment_is_gone_sets_up_afresh(
+    run_suite: Run, redis_suite: Path, e2e_cluster: Cluster, namespace: str, keepers: list[str]
+) -> None:
+    """The keeper is stopped (SIGSTOP), so it cannot notice: the claim itself must check."""
+    where = (f"--testenv-namespace={namespace}", "--testenv-reuse")
+    first = run_suite(*where)
+    keepers.append(name := _keeper(first))
+    first.assert_outcomes(passed=1)
+    state = _kept(name)
+    os.kill(state.pid, signal.SIGSTOP)
+    try:
+        gone = _delete_environment(e2e_cluster, state)
+        # Its operator, a process of its own, is not stopped: it finishes the deletion.
+        wait_for(lambda: not _environment_exists(e2e_cluster, gone), timeout=90, what="the environment to go")
+        second = run_suite(*where)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(state.pid, signal.SIGCONT)
+    second.assert_outcomes(passed=1)
+    second.stdout.fnmatch_lines(
+        [
+            f"*keeper '{name}' (process {state.pid}): environment {gone.namespace}/{gone.name} is gone "
+            "from the cluster (404*ending it and setting up a fresh environment",
+            "*starting keeper*",
+        ]
+    )
+    assert "NotFoundException" not in second.stdout.str()
+    assert not state.alive, "the stale keeper was ended"
+    fresh = _kept(name)
+    assert fresh.handoff_object().name != gone.name
+    reuse._stop(fresh)
     wait_for(lambda: not _clean(e2e_cluster, namespace), timeout=90, what="the kept environment to go")

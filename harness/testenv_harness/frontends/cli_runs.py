@@ -28,7 +28,7 @@ from kubernetes.client.exceptions import ApiException
 from testenv_api import GROUP, MAX_WORKERS, PLURAL, VERSION
 from testenv_harness.frontends import exports, reuse, supervise
 from testenv_harness.frontends.holder import Holder
-from testenv_harness.ground import kube
+from testenv_harness.ground import files, kube
 from testenv_harness.ground.errors import TestEnvError
 from testenv_harness.ground.files import hold_lock
 from testenv_harness.ground.localports import bindable
@@ -189,9 +189,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             "first, or pick another name with --run"
         )
     log = runstate.folder() / f"{name}.log"
-    log.write_text("")
     argv = [sys.executable, "-m", "testenv_harness", *args.argv, "--foreground", "--run", name]
-    with log.open("ab") as handle:
+    with files.open_log(log) as handle:
         holder = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=handle, stderr=handle, start_new_session=True
         )
@@ -208,7 +207,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def _hold(name: str, options: RunOptions, forward: bool, idle_exit: float | None = None) -> int:
     """`up --foreground`: hold the run in this process until SIGTERM, SIGINT or SIGHUP, or, with
-    `idle_exit`, until no process has claimed it (reuse.py) for that many seconds."""
+    `idle_exit` (a reuse keeper, reuse.py), until no process has claimed it for that many seconds
+    or its environment is gone from the cluster."""
     holder = Holder(
         name, options, command="up", forward=forward, report=say, log=runstate.folder() / f"{name}.log"
     )
@@ -220,23 +220,27 @@ def _hold(name: str, options: RunOptions, forward: bool, idle_exit: float | None
             if idle_exit is None:
                 while True:
                     time.sleep(3600)
-            own = reuse.keep_while_claimed(name, idle_exit, say)
+            watch = reuse.EnvironmentWatch(holder.state.handoff_object(), holder.state.uid)
+            own = reuse.keep_while_claimed(name, idle_exit, say, watch)
     except KeyboardInterrupt:
         say("stopping")
     finally:
         with _shielded():
-            holder.stop()
-            if idle_exit is not None:
-                reuse.forget(name)
-            if own is not None:
-                own.release()
+            try:
+                holder.stop()
+            finally:
+                if idle_exit is not None:
+                    own = own or reuse.Claim.take(name)
+                    reuse.forget(name, own)
+                if own is not None:
+                    own.release()
     return 0
 
 
 def _follow(log: Path, done: Callable[[], bool], timeout: float, offset: int = 0) -> int:
     """Copy what `log` gains to stderr until `done()` (or `timeout`); returns the new offset."""
     deadline = time.monotonic() + timeout
-    with log.open("rb") as handle:
+    with os.fdopen(files.open_private(log, os.O_RDONLY), "rb") as handle:
         handle.seek(offset)
         while True:
             finished = done()
@@ -340,8 +344,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 
 def _claim_worker(state: RunState) -> tuple[int, int]:
-    folder = runstate.folder() / f"{state.name}.{state.pid}.slots"
-    folder.mkdir(exist_ok=True)
+    folder = files.private_dir(runstate.folder() / f"{state.name}.{state.pid}.slots")
     waited = False
     while True:
         for number in range(state.workers):
@@ -387,6 +390,11 @@ def _cluster_view(state: RunState) -> dict[str, Any]:
         )
     except ApiException as exc:
         where = f"{handoff.namespace}/{handoff.name}"
+        if exc.status == 404:
+            return {
+                "error": f"{where} is gone from the cluster (deleted, or the cluster was re-created): "
+                f"`testenv down --run {state.name}` ends the run"
+            }
         return {"error": f"cannot read {where}: {exc.status} {exc.reason}: {kube.said(exc)}"}
     except Exception as exc:  # any reason the cluster cannot answer is worth one line here
         return {"error": f"cannot read {handoff.namespace}/{handoff.name}: {str(exc).splitlines()[0]}"}
@@ -419,10 +427,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_down(args: argparse.Namespace) -> int:
     state = runstate.find(args.run)
-    if not state.alive:
+    if not state.signal(signal.SIGTERM):  # gone, or its PID is another process's now: never signalled
         _reclaim(state)
         return 0
-    os.kill(state.pid, signal.SIGTERM)
     say(f"stopping run {state.name!r} (process {state.pid})")
     log = Path(state.log) if state.log else None
     offset = log.stat().st_size if log is not None and log.exists() else 0

@@ -329,7 +329,10 @@ class Controller:
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         if _nothing_will_run(self.config):
             return
-        self.session = self._session()
+        try:
+            self.session = self._session()
+        except TestEnvError as exc:  # e.g. a cache others may write to: the user's to fix, not a crash
+            raise pytest.UsageError(f"kube-testenv: {exc}") from exc
         signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
         self.planned = self._plan()
         if self.planned and not self.config.pluginmanager.hasplugin("dsession"):

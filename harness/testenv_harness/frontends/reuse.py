@@ -10,7 +10,13 @@ its operator and data plane along and the environment expires by heartbeat, as a
 
 - **Exclusive**: a claim is an exclusive `flock` on `<name>.claim`, held for the run's life (a
   crashed run's lock goes with its process). A run that finds the keeper claimed makes an
-  environment of its own, as without reuse.
+  environment of its own, as without reuse. Only the lock counts: the PID the file names is
+  for people.
+- **Checked**: a run claims what the API server shows, not what a state file says: the keeper's
+  TestEnvironment is there, the same object, and Ready; else the run ends that keeper and sets
+  up afresh, in one line. A keeper checks its environment too (`EnvironmentWatch`): gone from
+  the cluster, or the cluster unreachable, for some seconds (a re-created local cluster, a
+  `kubectl delete`), it tears down what it owns and exits.
 - **Clean**: every worker of a reused environment resets its services before its first test
   (`Faults.reset`), so no test sees an earlier run's data.
 - **Workers**: a keeper with at least as many workers as the run asks for serves it (the
@@ -32,10 +38,15 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
-from testenv_harness.ground.children import alive
+from testenv_api import GROUP, PLURAL, VERSION, Phase
+from testenv_api.status import workers_from_status
+from testenv_harness.ground import files, kube
 from testenv_harness.ground.errors import ClusterError
 from testenv_harness.ground.files import hold_lock
 from testenv_harness.ground.waiting import WaitTimeoutError, wait_for
@@ -48,6 +59,18 @@ from testenv_harness.worker.handoff import Handoff, publish
 DEFAULT_IDLE_SECONDS = 900.0
 #: Seconds between a keeper's checks of its claim.
 CHECK_SECONDS = 1.0
+#: Seconds between a keeper's reads of its TestEnvironment.
+WATCH_SECONDS = 2.0
+#: A keeper exits once its environment has been gone (404, another object, being deleted) this long,
+GONE_SECONDS = 5.0
+#: or once its cluster has not answered this long (a restart of the API server takes less).
+UNREACHABLE_SECONDS = 30.0
+#: Seconds one read of the TestEnvironment may take.
+READ_TIMEOUT = 5.0
+#: Seconds a claiming run waits for a kept environment that is there but not Ready (a pod restarting).
+CLAIM_READY_SECONDS = 30.0
+#: Tries, 50 ms apart, before a claim counts as another run's (a keeper's look holds it for an instant).
+_CLAIM_TRIES = 5
 _SPEC_PER_RUN = ("workers", "portBase")
 
 
@@ -85,12 +108,15 @@ class Claim:
     @classmethod
     def take(cls, name: str) -> Claim | None:
         """The claim, or None when another live run holds it."""
-        fd = hold_lock(_claim_path(name))
-        if fd is None:
-            return None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        return cls(name, fd)
+        for attempt in range(_CLAIM_TRIES):
+            fd = hold_lock(_claim_path(name))
+            if fd is not None:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, str(os.getpid()).encode(), 0)  # for people: only the lock counts
+                return cls(name, fd)
+            if attempt < _CLAIM_TRIES - 1:
+                time.sleep(0.05)
+        return None
 
     def release(self) -> None:
         if self._fd is not None:
@@ -100,22 +126,110 @@ class Claim:
 
 
 def claimed(name: str) -> bool:
-    """Whether a live process holds keeper `name`'s claim (read without locking: no race with a claimer)."""
-    with contextlib.suppress(OSError, ValueError):
-        text = _claim_path(name).read_text().strip()
-        return bool(text) and alive(int(text))
-    return False
+    """Whether a process holds keeper `name`'s claim: its lock, not a PID the file names (a PID is
+    used again once its process is gone). A claimer that meets this look retries (`Claim.take`)."""
+    return files.lock_held(_claim_path(name))
 
 
-def keep_while_claimed(name: str, idle: float, report: Callable[[str], None]) -> Claim:
-    """Return once keeper `name` has gone `idle` seconds without a claim (the keeper's loop).
+class EnvironmentGoneError(ClusterError):
+    """A kept environment, or its cluster, is no longer there: the message says which, and what now."""
+
+    def __init__(self, message: str, *, unreachable: bool = False) -> None:
+        super().__init__(message)
+        #: The cluster did not answer (it may come back), rather than said the object is gone.
+        self.unreachable = unreachable
+
+
+def read_environment(handoff: Handoff, uid: str, timeout: float = READ_TIMEOUT) -> dict[str, Any]:
+    """The kept TestEnvironment as the API server has it now; EnvironmentGoneError if it is gone
+    (404, another object of its name, being deleted) or its cluster does not answer."""
+    where = f"{handoff.namespace}/{handoff.name}"
+    api: client.ApiClient | None = None
+    try:
+        api = kube.api_client(handoff.kubeconfig_path, handoff.context or None)
+        body: dict[str, Any] = client.CustomObjectsApi(api).get_namespaced_custom_object(
+            GROUP, VERSION, handoff.namespace, PLURAL, handoff.name, _request_timeout=timeout
+        )
+    except ApiException as exc:
+        if exc.status == 404:
+            raise EnvironmentGoneError(
+                f"environment {where} is gone from the cluster (404: deleted, or the cluster was re-created)"
+            ) from exc
+        raise EnvironmentGoneError(
+            f"cannot read environment {where} ({exc.status} {exc.reason}: {kube.said(exc)})", unreachable=True
+        ) from exc
+    except Exception as exc:  # refused, timed out, no kubeconfig any more: the cluster is not there
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise EnvironmentGoneError(
+            f"cannot reach the cluster of environment {where} ({reason})", unreachable=True
+        ) from exc
+    finally:
+        if api is not None:
+            api.close()
+    meta = body.get("metadata") or {}
+    if uid and meta.get("uid") != uid:
+        raise EnvironmentGoneError(f"environment {where} is another object now (made again under its name)")
+    if meta.get("deletionTimestamp"):
+        raise EnvironmentGoneError(f"environment {where} is being deleted")
+    return body
+
+
+def _not_ready(body: dict[str, Any], workers: int) -> tuple[str, bool] | None:
+    """Why an environment cannot serve `workers` workers now, and whether that is final; None if it can."""
+    status = body.get("status") or {}
+    phase = status.get("phase") or Phase.PENDING
+    if phase in (Phase.FAILED, Phase.TERMINATING):
+        return f"is {phase}: {status.get('message') or 'no message'}", True
+    ready = {w.index for w in workers_from_status(status) if w.phase == Phase.READY}
+    missing = [str(index) for index in range(workers) if index not in ready]
+    if phase != Phase.READY or missing:
+        return f"is {phase}, worker(s) {', '.join(missing) or 'all'} not Ready", False
+    return None
+
+
+class EnvironmentWatch:
+    """A keeper's look at its own environment: `gone()` says why it is gone once it has been gone
+    (or its cluster silent) long enough, so one failed read does not end a keeper."""
+
+    def __init__(self, handoff: Handoff, uid: str, every: float = WATCH_SECONDS) -> None:
+        self.handoff = handoff
+        self.uid = uid
+        self.every = every
+        self._next = 0.0
+        self._failing_since: float | None = None
+
+    def gone(self) -> str | None:
+        """Why the environment is gone, or None while it is there (or has not been gone for long)."""
+        now = time.monotonic()
+        if now < self._next:
+            return None
+        self._next = now + self.every
+        try:
+            read_environment(self.handoff, self.uid)
+        except EnvironmentGoneError as exc:
+            since = self._failing_since = self._failing_since or now
+            grace = UNREACHABLE_SECONDS if exc.unreachable else GONE_SECONDS
+            return str(exc) if now - since >= grace else None
+        self._failing_since = None
+        return None
+
+
+def keep_while_claimed(
+    name: str, idle: float, report: Callable[[str], None], watch: EnvironmentWatch | None = None
+) -> Claim | None:
+    """Return once keeper `name` has gone `idle` seconds without a claim, or once `watch` finds its
+    environment gone (the keeper's loop).
 
     Returns the keeper's own claim, to hold while it tears down: a run arriving meanwhile finds
     the keeper claimed and makes an environment of its own, instead of claiming a dying one.
+    None when the environment went while a run held the claim: that run finds it gone itself.
     """
     last = time.monotonic()
     while True:
         time.sleep(CHECK_SECONDS)
+        if watch is not None and (why := watch.gone()) is not None:
+            report(f"{why}: keeper {name!r} tears down what it holds and exits; the next run sets up afresh")
+            return Claim.take(name)
         if claimed(name):
             last = time.monotonic()
         elif time.monotonic() - last >= idle and (own := Claim.take(name)) is not None:
@@ -123,10 +237,14 @@ def keep_while_claimed(name: str, idle: float, report: Callable[[str], None]) ->
             return own
 
 
-def forget(name: str) -> None:
-    """Remove a keeper's claim and manifest files once it has ended (its log stays, as `up`'s does)."""
-    for suffix in (".claim", ".yaml"):
-        (runstate.folder() / f"{name}{suffix}").unlink(missing_ok=True)
+def forget(name: str, own: Claim | None) -> None:
+    """Remove a keeper's manifest once it has ended (its log stays, as `up`'s does), and its claim
+    file while it holds the claim: a file a run still holds a lock on stays, or a third run could
+    claim a new file of that name meanwhile."""
+    folder = runstate.folder()
+    (folder / f"{name}.yaml").unlink(missing_ok=True)
+    if own is not None:
+        (folder / f"{name}.claim").unlink(missing_ok=True)
 
 
 class ReuseSession:
@@ -148,19 +266,26 @@ class ReuseSession:
         name = self.claim.name
         state = runstate.load(name)
         if state is not None and state.alive and state.phase == runstate.READY:
-            if state.workers >= self.options.workers:
+            if state.workers < self.options.workers:
+                self.report(
+                    f"keeper {name!r} has {state.workers} worker(s), this run needs more: replacing it"
+                )
+                _stop(state)
+                state = None
+            elif (why := self._unusable(state)) is not None:
+                self.report(
+                    f"keeper {name!r} (process {state.pid}): {why}; "
+                    "ending it and setting up a fresh environment"
+                )
+                _stop(state)
+                state = None
+            else:
                 self.reused = True
                 self.report(
                     f"reusing environment {state.handoff_object().name} of keeper {name!r} "
                     f"(process {state.pid}): {self.options.workers} of its {state.workers} worker(s), "
                     "each reset before its first test"
                 )
-            else:
-                self.report(
-                    f"keeper {name!r} has {state.workers} worker(s), this run needs more: replacing it"
-                )
-                _stop(state)
-                state = None
         elif state is not None and state.alive:  # starting or failed, yet still there: start afresh
             _stop(state)
             state = None
@@ -175,11 +300,28 @@ class ReuseSession:
         publish(self.run_dir, self.handoff)
         return self.handoff
 
+    def _unusable(self, state: RunState) -> str | None:
+        """Why the keeper's environment cannot serve this run, as the API server shows it now (gone,
+        its cluster silent, failed, or not Ready within CLAIM_READY_SECONDS); None if it can."""
+        handoff = state.handoff_object()
+        deadline = time.monotonic() + CLAIM_READY_SECONDS
+        while True:
+            try:
+                body = read_environment(handoff, state.uid)
+            except EnvironmentGoneError as exc:
+                return str(exc)
+            problem = _not_ready(body, self.options.workers)
+            if problem is None:
+                return None
+            why, final = problem
+            if final or time.monotonic() >= deadline:
+                return f"environment {handoff.namespace}/{handoff.name} {why}"
+            time.sleep(0.5)
+
     def _start_keeper(self) -> RunState:
         name, folder = self.claim.name, runstate.folder()
         manifest, log = folder / f"{name}.yaml", folder / f"{name}.log"
-        manifest.write_text(yaml.safe_dump(self.options.manifest))
-        log.write_bytes(b"")
+        files.write_atomic(manifest, yaml.safe_dump(self.options.manifest))
         argv = [
             sys.executable,
             "-m",
@@ -201,7 +343,7 @@ class ReuseSession:
             f"--timeout={self.options.timeout}",
             f"--idle-exit={self.idle}",
         ]
-        with log.open("ab") as handle:
+        with files.open_log(log) as handle:
             keeper = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=handle, stderr=handle, start_new_session=True
             )
@@ -225,7 +367,7 @@ class ReuseSession:
             """(the Ready state,) or (None,) once it failed; None while it is on its way."""
             nonlocal offset
             state = runstate.load(name)
-            with log.open("rb") as handle:
+            with os.fdopen(files.open_private(log, os.O_RDONLY), "rb") as handle:
                 handle.seek(offset)
                 lines = handle.read().decode(errors="replace").splitlines(keepends=True)
             for line in lines:
@@ -279,8 +421,11 @@ class ReuseSession:
 
 
 def _stop(state: RunState, timeout: float = 300) -> None:
-    """End a keeper (as `testenv down` does: SIGTERM, then its teardown) and wait for it."""
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(state.pid, signal.SIGTERM)
+    """End a keeper (as `testenv down` does: SIGTERM, then its teardown) and wait for it. Only the
+    process that wrote `state` is signalled, never one that got its PID since; a stopped one
+    (SIGSTOP, Ctrl-Z) is continued, so that it can tear down."""
+    if not state.signal(signal.SIGTERM):
+        return
+    state.signal(signal.SIGCONT)
     with contextlib.suppress(WaitTimeoutError):
-        wait_for(lambda: not alive(state.pid), timeout=timeout, what=f"{state.name!r} to end", interval=0.1)
+        wait_for(lambda: not state.alive, timeout=timeout, what=f"{state.name!r} to end", interval=0.1)

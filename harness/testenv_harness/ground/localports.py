@@ -2,7 +2,8 @@
 
 A run plans its local ports when it starts, but its workers bind them seconds later. So that
 two runs on one machine never plan the same block, each block is written to a reservation file
-(under a lock) for as long as the run's process lives.
+(under a lock) for as long as the run's process lives: its PID and that process's start time,
+so that a PID used again by another process does not keep the block.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import socket
 import threading
 from pathlib import Path
 
-from testenv_harness.ground.children import alive
-from testenv_harness.ground.files import cache_root, locked
+from testenv_harness.ground import files
+from testenv_harness.ground.children import alive, is_ours, start_time
+from testenv_harness.ground.files import cache_root, locked, write_atomic
 
 #: Where `free_port` looks: below the ephemeral range and below the runs' planned ports (20000 up).
 _FREE_PORTS = range(10000, 20000)
@@ -68,9 +70,12 @@ def ephemeral(port: int) -> bool:
 
 
 def _reservations() -> Path:
-    folder = cache_root() / "port-reservations"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    return files.private_dir(cache_root() / "port-reservations")
+
+
+def _held(pid: int, started: int | None) -> bool:
+    """Whether the reserving process still runs (a file of an older version records no start time)."""
+    return is_ours(pid, started) if started is not None else alive(pid)
 
 
 def _taken(folder: Path) -> list[tuple[int, int]]:
@@ -78,8 +83,8 @@ def _taken(folder: Path) -> list[tuple[int, int]]:
     blocks = []
     for entry in folder.glob("*.block"):
         with contextlib.suppress(OSError, ValueError):
-            pid, base, count = (int(x) for x in entry.read_text().split())
-            if alive(pid):
+            pid, base, count, *rest = (int(x) for x in files.read_private(entry).split())
+            if _held(pid, rest[0] if rest else None):
                 blocks.append((base, base + count))
             else:
                 entry.unlink()
@@ -99,7 +104,8 @@ def reserve_block(count: int, run_id: str, start: int = 20000, stop: int = 60000
                 continue
             busy = next((p for p in range(base, base + count) if not bindable(p)), None)
             if busy is None:
-                (folder / f"{run_id}.block").write_text(f"{os.getpid()} {base} {count}")
+                started = start_time(os.getpid()) or 0
+                write_atomic(folder / f"{run_id}.block", f"{os.getpid()} {base} {count} {started}")
                 return base
             base = busy + 1
     raise OSError(f"no {count} consecutive free local ports between {start} and {stop}")

@@ -5,6 +5,10 @@ owns the run session, its operator and data plane. Every other command (`env`, `
 `status`, `down`, `restart`, `exec`) finds that run by name through its state file, which the
 holder writes when it starts, again when every worker is ready, and removes after teardown.
 A state file whose holder is gone belongs to a run killed with -9: `testenv sweep` reclaims it.
+
+The folder is this user's alone (files.private_dir), state files are read without following
+links, and a holder counts as alive only while its PID still names the process that wrote the
+file (its start time is recorded with it): a PID used again by another process is never signalled.
 """
 
 from __future__ import annotations
@@ -13,17 +17,21 @@ import dataclasses
 import json
 import os
 import re
+import signal
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-from testenv_harness.ground import files
-from testenv_harness.ground.children import alive
+from testenv_harness.ground import children, files
+from testenv_harness.ground.children import alive as alive  # re-exported: callers ask runstate.alive
 from testenv_harness.ground.errors import TestEnvError
 from testenv_harness.ground.files import locked, write_atomic
 from testenv_harness.worker.handoff import Handoff
 
 STARTING, READY, FAILED = "starting", "ready", "failed"
+#: On every holder's command line (`python -m testenv_harness ...`, `testenv run ...`): how a
+#: state file written before start times were recorded is told from a PID used again.
+HOLDER_MARKER = "testenv"
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
 
 
@@ -51,10 +59,21 @@ class RunState:
     handoff: dict[str, Any] | None = None
     #: Worker number ("1".."N") -> that worker's variables under their plain names.
     environments: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
+    #: The holder's start time (children.start_time); 0 in files of older versions.
+    started: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.started and self.pid == os.getpid():  # a state this process holds: record when it began
+            self.started = children.start_time(self.pid) or 0
 
     @property
     def alive(self) -> bool:
-        return alive(self.pid)
+        """Whether the holder still runs: its PID, and the same process that wrote this state."""
+        return children.is_ours(self.pid, self.started, HOLDER_MARKER)
+
+    def signal(self, sig: signal.Signals) -> bool:
+        """Signal the holder, if it still runs (never a process that got its PID since); whether sent."""
+        return children.signal_ours(self.pid, self.started, sig, HOLDER_MARKER)
 
     def handoff_object(self) -> Handoff:
         if self.handoff is None:
@@ -94,9 +113,8 @@ def check_name(name: str) -> str:
 
 
 def folder() -> Path:
-    path = files.cache_root() / "runs"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    """Where the state files are: this user's alone (UnsafeFileError otherwise, saying what to do)."""
+    return files.private_dir(files.cache_root() / "runs")
 
 
 def path_of(name: str) -> Path:
@@ -124,11 +142,21 @@ def claim(state: RunState) -> None:
 
 
 def load(name: str) -> RunState | None:
+    """Run `name`'s state, None if there is none (or it is half-written or unreadable);
+    UnsafeFileError if the file is a symbolic link or not this user's plain file."""
     try:
-        data = json.loads(path_of(name).read_text())
+        data = json.loads(files.read_private(path_of(name)))
     except (OSError, ValueError):
         return None
-    return RunState(**data)
+    if not isinstance(data, dict):
+        return None
+    # Another kube-testenv version may share the cache: fields this one does not know are left out
+    # (a newer holder's), and a state missing fields this one needs is not a run it can act on.
+    known = {field.name for field in dataclasses.fields(RunState)}
+    try:
+        return RunState(**{key: value for key, value in data.items() if key in known})
+    except TypeError:
+        return None
 
 
 def remove(name: str, pid: int) -> None:

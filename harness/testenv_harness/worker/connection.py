@@ -147,9 +147,17 @@ class WorkerConnection:
 
     def _environment_object(self) -> dict[str, Any]:
         h = self.handoff
-        body: dict[str, Any] = client.CustomObjectsApi(self.api).get_namespaced_custom_object(
-            GROUP, VERSION, h.namespace, PLURAL, h.name
-        )
+        try:
+            body: dict[str, Any] = client.CustomObjectsApi(self.api).get_namespaced_custom_object(
+                GROUP, VERSION, h.namespace, PLURAL, h.name
+            )
+        except ApiException as exc:
+            if exc.status == 404:  # never a bare API error: say what is gone and what to do
+                raise self._not_ready(
+                    f"the TestEnvironment {h.namespace}/{h.name} is gone from the cluster (deleted, or "
+                    "the cluster was re-created while the run went on): run the tests again"
+                ) from exc
+            raise
         return body
 
     def _wait_for_worker(self, timeout: float) -> WorkerStatus:
