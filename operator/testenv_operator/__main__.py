@@ -2,8 +2,11 @@
 
 With TESTENV_LEADER_ELECTION set (the chart sets it), the process first waits for the Lease
 (`election`) and runs kopf only while it holds it; a replica that waits answers its liveness
-endpoint meanwhile, so probes pass. A holder that loses the Lease stops kopf and exits 1, and its
-pod's restart makes it a candidate again.
+endpoint meanwhile, so probes pass. A holder that loses the Lease (not renewed in time, as its own
+monotonic clock says, even while a renewal still hangs) steps down: its writes stop at once (the
+`Mandate` its API client asks), kopf is told to stop, and the process exits 1 before anyone else
+may take the Lease over, whether kopf stopped by then or not. Its pod's restart makes it a
+candidate again.
 
 The settings are read here, once, and reach kopf's startup handler (`handlers.configure`) in the
 operator's memo.
@@ -14,15 +17,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
-import time
 import urllib.parse
+from typing import NoReturn
 
 import kopf
 
 from testenv_operator import handlers, kubeio, pool_handlers  # noqa: F401  (the handlers register with kopf)
-from testenv_operator.election import Lease
+from testenv_operator.election import Lease, Terms, keep
 from testenv_operator.settings import Settings, SettingsError
 
 log = logging.getLogger("testenv_operator")
@@ -38,7 +42,9 @@ def main() -> int:
     return asyncio.run(_run(settings))
 
 
-async def _kopf(settings: Settings, stop: asyncio.Event | None = None) -> None:
+async def _kopf(
+    settings: Settings, stop: asyncio.Event | None = None, mandate: kubeio.Mandate | None = None
+) -> None:
     namespaces = settings.tenants.namespaces
     await kopf.operator(
         clusterwide=not namespaces,
@@ -46,7 +52,7 @@ async def _kopf(settings: Settings, stop: asyncio.Event | None = None) -> None:
         liveness_endpoint=settings.reporting.liveness or None,
         standalone=True,
         stop_flag=stop,
-        memo=kopf.Memo(settings=settings),
+        memo=kopf.Memo(settings=settings, mandate=mandate or kubeio.Mandate()),
     )
 
 
@@ -56,14 +62,8 @@ async def _run(settings: Settings) -> int:
         await _kopf(settings)
         return 0
     namespace, name = leadership.leader_election
-    lease = Lease(
-        kubeio.connect(),
-        namespace,
-        name,
-        duration=leadership.lease_seconds,
-        renew_deadline=leadership.lease_seconds * 2 / 3,
-        retry=max(1.0, leadership.lease_seconds / 7.5),
-    )
+    terms = Terms.of(leadership.lease_seconds)
+    lease = Lease(kubeio.connect(terms.lease_calls, connections=2), namespace, name, terms=terms)
     stopped = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -71,16 +71,58 @@ async def _run(settings: Settings) -> int:
     if not await _wait_for_lease(lease, settings, stopped):
         return 0
     log.info("holding the Lease %s/%s as %s: running", namespace, name, lease.holder)
+    mandate = kubeio.Mandate()
     kopf_stop = asyncio.Event()
-    operator = asyncio.create_task(_kopf(settings, kopf_stop))
-    keeper = asyncio.create_task(_keep(lease, kopf_stop))
-    await operator
-    lost = keeper.done() and keeper.result()
-    keeper.cancel()
-    if lost:
-        return 1
+    operator = asyncio.create_task(_kopf(settings, kopf_stop, mandate))
+    keeper = asyncio.create_task(keep(lease))
+    await asyncio.wait({operator, keeper}, return_when=asyncio.FIRST_COMPLETED)
+    if keeper.done() and not keeper.cancelled():
+        await _step_down(lease, keeper, mandate, kopf_stop, operator)
+    keeper.cancel()  # kopf stopped on its own: SIGTERM (a clean stop), or it failed
+    operator.result()
     await asyncio.to_thread(lease.release)
     return 0
+
+
+async def _step_down(
+    lease: Lease,
+    keeper: asyncio.Task[str],
+    mandate: kubeio.Mandate,
+    kopf_stop: asyncio.Event,
+    operator: asyncio.Task[None],
+) -> NoReturn:
+    """Stop writing at once, stop kopf, and be gone before anyone else may take the Lease
+    (`Terms.exit_deadline`); the pod's restart makes the process a candidate again."""
+    try:
+        why = keeper.result()
+    except Exception as exc:  # the renewals themselves broke: no longer sure to hold it
+        why = f"renewing failed: {exc!r}"
+    mandate.revoke(why)
+    log.error(
+        "stepping down: lost the Lease %s/%s (%s); no more writes, stopping, so that the next holder "
+        "acts alone",
+        lease.namespace,
+        lease.name,
+        why,
+    )
+    kopf_stop.set()
+    try:
+        await asyncio.wait_for(asyncio.shield(operator), timeout=max(0.0, lease.exit_in()))
+    except TimeoutError:
+        log.error("kopf has not stopped in time: exiting now, before another holder may take over")
+    except Exception as exc:  # kopf failed while stopping: exiting is all that is left
+        log.error("kopf stopped with an error: %r", exc)
+    _exit_now(1)
+
+
+def _exit_now(code: int) -> NoReturn:
+    """Exit without waiting for threads: one stuck in a call on the dead connection would hold the
+    interpreter's exit until its read timeout (asyncio.run waits for its executor, and
+    concurrent.futures joins its workers), and the process must be gone by the exit deadline."""
+    logging.shutdown()  # flushes the log first
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 async def _wait_for_lease(lease: Lease, settings: Settings, stopped: asyncio.Event) -> bool:
@@ -90,40 +132,21 @@ async def _wait_for_lease(lease: Lease, settings: Settings, stopped: asyncio.Eve
         said = ""
         while not stopped.is_set():
             try:
-                if await asyncio.to_thread(lease.try_hold, time.monotonic()):
+                if await asyncio.to_thread(lease.try_hold):
                     return True
-                holder = await asyncio.to_thread(lease.holder_now)
-            except Exception as exc:  # refused, or the API server is away: keep waiting
+                holder = lease.seen_holder or "nobody"
+            except Exception as exc:  # refused, timed out, or the API server is away: keep waiting
                 holder = f"unknown ({exc})"
             if holder != said:
                 log.info("standby: the Lease %s/%s is held by %s", lease.namespace, lease.name, holder)
                 said = holder
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopped.wait(), lease.retry)
+                await asyncio.wait_for(stopped.wait(), lease.terms.retry)
         return False
     finally:
         if standby is not None:
             standby.close()
             await standby.wait_closed()
-
-
-async def _keep(lease: Lease, kopf_stop: asyncio.Event) -> bool:
-    """Renew the Lease; stop kopf and return True once it could not be renewed in time."""
-    while True:
-        await asyncio.sleep(lease.retry)
-        try:
-            await asyncio.to_thread(lease.try_hold, time.monotonic())
-        except Exception as exc:  # refused, or the API server is away: lost() decides
-            log.warning("renewing the Lease failed: %s", exc)
-        if lease.lost(time.monotonic()):
-            log.error(
-                "lost the Lease %s/%s (not renewed for %.0fs): stopping, so that the new holder acts alone",
-                lease.namespace,
-                lease.name,
-                lease.renew_deadline,
-            )
-            kopf_stop.set()
-            return True
 
 
 async def _standby_endpoint(liveness: str) -> asyncio.Server | None:

@@ -4,7 +4,8 @@ One daemon per object (a TestEnvironment, a TestEnvironmentPool) calls `keep` wi
 loop runs the pass, then sleeps until an event wakes the object (`Runtime.wake`), the daemon is
 stopped, or the pass's `Result.requeue_after` runs out; a pass that raised is tried again after a
 backoff that doubles up to MAX_BACKOFF_SECONDS. Nothing is done before the object carries our
-finalizer: what a pass makes, the finalizer's handler must be there to delete.
+finalizer: what a pass makes, the finalizer's handler must be there to delete. No pass starts once
+the process lost the Lease (`Runtime.mandate`); one under way has its writes refused from then on.
 """
 
 from __future__ import annotations
@@ -72,6 +73,10 @@ async def keep(
     failures = 0
     try:
         while not stopped and not runtime.finishing:
+            if not runtime.mandate.held:
+                # This process lost the Lease: kopf is being stopped, and no pass may start meanwhile.
+                await stopped.wait()
+                return
             waker.clear()  # before the pass: an event arriving during it must wake the next one
             snapshot = dict(body)
             timeout: float | None = None

@@ -29,6 +29,7 @@ from testenv_api import FINALIZER, GROUP, LABEL_OWNER_UID, PLURAL, POOL_PLURAL, 
 from testenv_operator import finishing, kubeio, readiness
 from testenv_operator.converger import Result, Resync, keep
 from testenv_operator.diffbase import DigestDiffBaseStorage
+from testenv_operator.election import Terms
 from testenv_operator.orphans import sweep_orphans
 from testenv_operator.pacing import seconds_to_next_pass
 from testenv_operator.readiness import Observed
@@ -64,12 +65,22 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         prefix=GROUP, key="last-handled-configuration"
     )
     settings.posting.level = logging.INFO
+    # Every call gets bounds (kopf's default is 5 minutes, and none to connect): a call to a dead
+    # but open connection would otherwise wait that long. kopf's timeout is for the whole answer,
+    # whole-cluster lists at start-up included, so it is longer than our per-read one.
+    calls = Terms.of(ours.leadership.lease_seconds).calls
+    settings.networking.connect_timeout = calls.connect
+    settings.networking.request_timeout = max(30.0, 4 * calls.read)
     settings.watching.server_timeout = 270
+    settings.watching.client_timeout = 300  # past the server's own end of a watch, never before it
     # kopf holds each object's events this long to fold bursts into one; our event handlers only
     # wake a converger (cheap, idempotent), so the default 0.1 s was pure latency on every
     # readiness change: a Deployment turning ready reached the status 60-120 ms later.
     settings.batching.batch_window = BATCH_WINDOW_SECONDS
-    runtime = Runtime.make(kubeio.connect(THREADS), ours)
+    # The Lease's keeper (`__main__`) revokes the mandate when leadership is lost: no write of the
+    # Runtime's client leaves after that. Without leader election, it is never revoked.
+    mandate: kubeio.Mandate = memo.get("mandate") or kubeio.Mandate()
+    runtime = Runtime.make(kubeio.connect(calls, THREADS, mandate), ours, mandate)
     settings.execution.executor = runtime.threads  # kopf's synchronous handlers (the index) too
     runtime.sweeper = asyncio.create_task(_sweep_orphans_forever(runtime))
     memo.runtime = runtime
@@ -321,7 +332,7 @@ def _tear_down(runtime: Runtime, body: Mapping[str, Any]) -> None:
 
 
 async def _sweep_orphans_forever(runtime: Runtime) -> None:
-    while True:
+    while runtime.mandate.held:  # a process that stepped down sweeps no more
         try:
             await runtime.in_thread(sweep_orphans, runtime.api, runtime.settings.tenants.namespaces)
         except Exception:  # a failed sweep must not stop the next one

@@ -5,6 +5,11 @@ Lists come back as plain dicts (camelCase, as the API server sends them): the re
 a handful of fields and model deserialisation would only cost time. A refusal comes back as a
 typed `ApiError` (`NotFoundError`, `ConflictError`, `ForbiddenError`, `GoneError`,
 `InvalidError`), so callers say which answers they expect instead of comparing status codes.
+
+Every call has a connect and a read timeout (`Timeouts`, chosen from the Lease's duration: see
+election.Terms), so none can hang on a dead but open connection, and none is retried inside the
+client (a retry would multiply the bound). A client made with a `Mandate` sends no write once the
+mandate is revoked (leadership lost): the write raises `NotActingError` before it leaves.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -37,12 +42,81 @@ KINDS: dict[str, tuple[type, str, bool]] = {
 }
 
 
-def connect(connections: int = 32) -> client.ApiClient:
+class Timeouts(NamedTuple):
+    """Seconds a call may take to connect (TCP and TLS), and then to wait for each read of its answer."""
+
+    connect: float
+    read: float
+
+
+class NotActingError(Exception):
+    """A write refused before it was sent: this process no longer holds the Lease."""
+
+
+class Mandate:
+    """Whether this process may still write to the cluster. Held from the start; `revoke`d once,
+    when leadership is lost, and never held again (a process that lost the Lease exits).
+
+    A plain attribute, read by every writing thread without a lock: one assignment, seen at once.
+    """
+
+    def __init__(self) -> None:
+        self.lost: str | None = None
+
+    @property
+    def held(self) -> bool:
+        return self.lost is None
+
+    def revoke(self, why: str) -> None:
+        self.lost = self.lost or why
+
+    def check(self) -> None:
+        """NotActingError once revoked."""
+        if self.lost is not None:
+            raise NotActingError(f"not writing: this operator stepped down ({self.lost})")
+
+
+#: Methods that change nothing: the only ones a client whose mandate was revoked still sends.
+_READS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class _BoundedClient(client.ApiClient):  # type: ignore[misc]  # the client is untyped
+    """An ApiClient whose every call carries `timeouts` unless it names its own, and whose every
+    write first asks `mandate`: the check sits right before the request leaves, after whatever a
+    pass computed, so no write starts once leadership is lost."""
+
+    def __init__(self, configuration: client.Configuration, timeouts: Timeouts, mandate: Mandate) -> None:
+        super().__init__(configuration)
+        self.timeouts = timeouts
+        self.mandate = mandate
+
+    def call_api(
+        self,
+        method: str,
+        url: str,
+        header_params: Any = None,
+        body: Any = None,
+        post_params: Any = None,
+        _request_timeout: Any = None,
+    ) -> Any:
+        if method.upper() not in _READS:
+            self.mandate.check()
+        return super().call_api(
+            method, url, header_params, body, post_params, _request_timeout or tuple(self.timeouts)
+        )
+
+
+def connect(timeouts: Timeouts, connections: int = 32, mandate: Mandate | None = None) -> client.ApiClient:
     """The in-cluster ServiceAccount inside a pod, else the kubeconfig ($KUBECONFIG).
 
+    `timeouts`: every call's connect and read timeouts. The client sets none, and a call to a
+    dead but open connection (a partition, a dropped NAT entry) waited forever: a Lease renewal
+    hung so, and the holder kept acting. urllib3's own retries are off: a GET that timed out would
+    be sent up to three more times, each waiting its full read timeout; callers retry instead.
     `connections`: kept-alive connections to the API server, one per thread that may call at once.
     The client's default (5 per CPU: 10 on 2 cores) made a burst of applies open connections past
     it and drop them after each call, so the next burst paid a new TLS handshake on both sides.
+    `mandate`: writes are sent only while it is held (always, without one).
     """
     configuration = client.Configuration()
     try:
@@ -50,7 +124,8 @@ def connect(connections: int = 32) -> client.ApiClient:
     except config.ConfigException:
         config.load_kube_config(client_configuration=configuration)
     configuration.connection_pool_maxsize = connections
-    return client.ApiClient(configuration)
+    configuration.retries = False
+    return _BoundedClient(configuration, timeouts, mandate or Mandate())
 
 
 class ApiError(Exception):

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from kubernetes import client
 
 from testenv_operator.events import EventPoster
+from testenv_operator.kubeio import Mandate
 from testenv_operator.pooling import Pools
 from testenv_operator.reconciler import Reconciler
 from testenv_operator.settings import Settings
@@ -39,6 +40,9 @@ class Runtime:
     #: Filling TestEnvironmentPools, and claiming from them (environments' passes do).
     pools: Pools
     reconciler: Reconciler
+    #: Whether this process may still write: revoked when it lost the Lease. `api` asks it before
+    #: every write; the loops ask it before every pass.
+    mandate: Mandate = dataclasses.field(default_factory=Mandate)
     events: EventPoster = dataclasses.field(default_factory=EventPoster)
     #: uid -> the event that wakes that object's daemon (`converger`).
     wakers: dict[str, asyncio.Event] = dataclasses.field(default_factory=dict)
@@ -54,10 +58,11 @@ class Runtime:
     finisher: asyncio.Task[None] | None = None
 
     @classmethod
-    def make(cls, api: client.ApiClient, settings: Settings) -> Runtime:
+    def make(cls, api: client.ApiClient, settings: Settings, mandate: Mandate | None = None) -> Runtime:
         threads = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="testenv")
         pools = Pools(api, settings, threads)
-        return cls(api, settings, threads, pools, Reconciler(api, settings, threads, pools))
+        reconciler = Reconciler(api, settings, threads, pools)
+        return cls(api, settings, threads, pools, reconciler, mandate or Mandate())
 
     async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking client code on the pool, in a copy of the context as asyncio.to_thread
@@ -67,8 +72,10 @@ class Runtime:
 
     async def run_pass(self, lock: asyncio.Lock, fn: Callable[..., T], *args: Any) -> T:
         """One pass over an object: under its lock (its tear-down takes it too) and one of the
-        PASSES places, on the pool."""
+        PASSES places, on the pool. NotActingError, without starting, once the mandate is revoked
+        (a pass may have waited for its place since before)."""
         async with lock, self.passes:
+            self.mandate.check()
             return await self.in_thread(fn, *args)
 
     def wake(self, uid: str | None) -> None:

@@ -304,7 +304,8 @@ class Leadership:
     lease_seconds: int = setting(
         15,
         "TESTENV_LEASE_SECONDS",
-        "how long a holder's Lease lasts unrenewed before another process may take it",
+        "how long a Lease must go unrenewed, on a standby's own clock, before it may take it; "
+        "every API call's timeouts follow from it",
         Whole(3, 300),
     )
 

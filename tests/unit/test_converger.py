@@ -13,6 +13,7 @@ import pytest
 from testenv_api import FINALIZER
 from testenv_operator import converger
 from testenv_operator.converger import MAX_BACKOFF_SECONDS, Result, Resync, backoff, keep
+from testenv_operator.kubeio import Mandate
 from testenv_operator.readiness import Observed
 from testenv_operator.reconciler import Depth, PassInput
 
@@ -39,7 +40,7 @@ def _run(
 ) -> tuple[list[float | None], int, SimpleNamespace]:
     """Run the loop over passes that give `results` in turn; the sleeps it asked for, the passes
     it made. After the last result the daemon is stopped."""
-    runtime = SimpleNamespace(wakers={}, finishing=False)
+    runtime = SimpleNamespace(wakers={}, finishing=False, mandate=Mandate())
     stopped = Stopped()
     sleeps: list[float | None] = []
     passes = 0
@@ -97,7 +98,7 @@ def test_nothing_passes_before_the_finalizer_is_on(monkeypatch: pytest.MonkeyPat
 
 
 def test_a_finishing_process_passes_no_more(monkeypatch: pytest.MonkeyPatch) -> None:
-    runtime = SimpleNamespace(wakers={}, finishing=True)
+    runtime = SimpleNamespace(wakers={}, finishing=True, mandate=Mandate())
 
     async def one_pass(_: Mapping[str, Any]) -> Result:
         raise AssertionError("no pass while finishing")
@@ -106,8 +107,31 @@ def test_a_finishing_process_passes_no_more(monkeypatch: pytest.MonkeyPatch) -> 
     assert runtime.wakers == {}
 
 
+def test_no_pass_starts_once_the_process_lost_the_lease() -> None:
+    """The pass that finds the mandate revoked is the last: the loop waits for kopf to stop it."""
+    runtime = SimpleNamespace(wakers={}, finishing=False, mandate=Mandate())
+    stopped = Stopped()
+    passes = 0
+
+    async def one_pass(_: Mapping[str, Any]) -> Result:
+        nonlocal passes
+        passes += 1
+        runtime.mandate.revoke("not renewed for 10.0s")
+        return Result(0.0)  # would pass again at once
+
+    async def main() -> None:
+        daemon = asyncio.create_task(keep(runtime, _body(), stopped, one_pass, "ns/name"))  # type: ignore[arg-type]
+        await asyncio.sleep(0.2)
+        assert not daemon.done(), "it waits for kopf's stop, as a daemon must"
+        stopped.event.set()
+        await asyncio.wait_for(daemon, 5)
+
+    asyncio.run(main())
+    assert passes == 1
+
+
 def test_an_event_wakes_the_sleeping_loop() -> None:
-    runtime = SimpleNamespace(wakers={}, finishing=False)
+    runtime = SimpleNamespace(wakers={}, finishing=False, mandate=Mandate())
     stopped = Stopped()
     passes = 0
 

@@ -1,9 +1,8 @@
 """The operator's shared state, without a cluster: typed API errors, Events said once per state,
-when a spec counts as handled, and the rules of the leader-election Lease."""
+and when a spec counts as handled. (The leader-election Lease: test_election.)"""
 
 from __future__ import annotations
 
-import datetime
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -12,7 +11,6 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from testenv_operator import kubeio
-from testenv_operator.election import Lease
 from testenv_operator.events import EventPoster
 from testenv_operator.handlers import spec_unhandled
 
@@ -107,68 +105,3 @@ def test_a_spec_is_handled_once_a_status_describes_its_generation(
     generation: int, observed: int | None, unhandled: bool
 ) -> None:
     assert spec_unhandled(_body(generation=generation, observed=observed)) is unhandled
-
-
-# -- the leader-election Lease, its pure rules ----------------------------------------------------
-
-NOW = datetime.datetime(2026, 12, 5, 12, 0, 0, tzinfo=datetime.UTC)
-
-
-def _lease(
-    holder: str | None, renewed_ago: float, duration: int = 15, transitions: int = 0
-) -> dict[str, Any]:
-    renewed = NOW - datetime.timedelta(seconds=renewed_ago)
-    return {
-        "metadata": {"name": "op", "namespace": "sys", "resourceVersion": "7"},
-        "spec": {
-            "holderIdentity": holder,
-            "leaseDurationSeconds": duration,
-            "renewTime": renewed.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-            "acquireTime": "2026-12-05T11:00:00.000000Z",
-            "leaseTransitions": transitions,
-        },
-    }
-
-
-def _candidate(holder: str = "me") -> Lease:
-    return Lease(None, "sys", "op", holder=holder)  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize(
-    ("current", "blocked_by"),
-    [
-        (None, None),
-        (_lease("other", renewed_ago=5), "other"),
-        (_lease("other", renewed_ago=16), None),  # ran out: free to take
-        (_lease("other", renewed_ago=20, duration=30), "other"),  # the holder's own duration counts
-        (_lease("me", renewed_ago=5), None),  # ours: renew it
-        (_lease(None, renewed_ago=0), None),  # given up
-    ],
-    ids=["none", "held", "run-out", "long-lease", "ours", "released"],
-)
-def test_a_candidate_waits_only_for_another_holders_live_lease(
-    current: dict[str, Any] | None, blocked_by: str | None
-) -> None:
-    assert _candidate().held_by_another(current, NOW) == blocked_by
-
-
-def test_taking_a_lease_over_counts_a_transition_and_renewing_does_not() -> None:
-    taken = _candidate()._body(_lease("other", renewed_ago=30, transitions=2), NOW)["spec"]
-    assert taken["holderIdentity"] == "me"
-    assert taken["leaseTransitions"] == 3
-    assert taken["acquireTime"] == taken["renewTime"] == "2026-12-05T12:00:00.000000Z"
-    renewed = _candidate()._body(_lease("me", renewed_ago=2, transitions=3), NOW)
-    assert renewed["spec"]["leaseTransitions"] == 3
-    assert renewed["spec"]["acquireTime"] == "2026-12-05T11:00:00.000000Z"
-    assert renewed["metadata"]["resourceVersion"] == "7"  # a write only if nobody wrote since
-    first = _candidate()._body(None, NOW)
-    assert first["spec"]["leaseTransitions"] == 0
-    assert "resourceVersion" not in first["metadata"]  # a create
-
-
-def test_a_holder_counts_as_lost_once_the_renew_deadline_passed_unrenewed() -> None:
-    lease = _candidate()
-    assert lease.lost(100.0)  # never held
-    lease.last_renewed = 100.0
-    assert not lease.lost(100.0 + lease.renew_deadline)
-    assert lease.lost(100.0 + lease.renew_deadline + 0.1)
