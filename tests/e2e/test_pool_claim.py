@@ -20,6 +20,30 @@ from tests.integration import environments as te
 
 from .conftest import Run
 
+#: While the run holds them, the pool's ports its worker forwards are reserved on this machine.
+RESERVED = """
+from testenv_harness.ground import files
+from testenv_harness.ground.waiting import wait_for
+
+
+def _reserved():
+    blocks = []
+    for entry in (files.cache_root() / "port-reservations").glob("*.block"):
+        pid, base, count, *_ = (int(x) for x in entry.read_text().split())
+        blocks.append(range(base, base + count))
+    return blocks
+
+
+def test_the_pool_ports_this_worker_forwards_are_reserved(testenv):
+    ports = [p.local_port for s in testenv.services() for p in s.ports]
+    wait_for(
+        lambda: all(any(port in block for block in _reserved()) for port in ports),
+        timeout=20,
+        what=f"ports {ports} to be reserved",
+        seen=lambda: str(_reserved()),
+    )
+"""
+
 
 @pytest.fixture
 def pool_namespace(e2e_cluster: Cluster, tmp_path: Path) -> Iterator[tuple[str, client.ApiClient]]:
@@ -49,10 +73,11 @@ def test_the_example_suite_runs_on_claimed_pool_workers(
     te.create_pool(api, namespace, te.pool_manifest("warm", 2, manifest["spec"]["services"]))
     te.wait_pool(api, namespace, "warm", ready=2, free=2, phase="Ready")
 
+    (example_suite / "test_reserved.py").write_text(RESERVED)
     result = run_suite(
         "-n", "2", f"--testenv-namespace={namespace}", "--testenv-operator=cluster", "--testenv-wait-teardown"
     )
-    result.assert_outcomes(passed=10)
+    result.assert_outcomes(passed=11)
     events = client.CoreV1Api(api).list_namespaced_event(namespace).items
     assert "claimed ready pooled workers [0, 1]" in {e.message for e in events if e.reason == "Claimed"}
     # The claimed workers went with the run; the pool made two new ones meanwhile.

@@ -14,6 +14,7 @@ import os
 import random
 import socket
 import threading
+from collections.abc import Iterable, Set
 from pathlib import Path
 
 from testenv_harness.ground import files
@@ -78,10 +79,13 @@ def _held(pid: int, started: int | None) -> bool:
     return is_ours(pid, started) if started is not None else alive(pid)
 
 
-def _taken(folder: Path) -> list[tuple[int, int]]:
-    """Blocks reserved by runs that are still alive; stale reservations are removed."""
+def _taken(folder: Path, skip: Set[str] = frozenset()) -> list[tuple[int, int]]:
+    """Blocks reserved by runs that are still alive (but the entries named in `skip`); stale
+    reservations are removed."""
     blocks = []
     for entry in folder.glob("*.block"):
+        if entry.name in skip:
+            continue
         with contextlib.suppress(OSError, ValueError):
             pid, base, count, *rest = (int(x) for x in files.read_private(entry).split())
             if _held(pid, rest[0] if rest else None):
@@ -111,6 +115,41 @@ def reserve_block(count: int, run_id: str, start: int = 20000, stop: int = 60000
     raise OSError(f"no {count} consecutive free local ports between {start} and {stop}")
 
 
+def _ranges(ports: Iterable[int]) -> list[tuple[int, int]]:
+    """Sorted ports as (first, count) runs: 30000, 30001, 30005 -> (30000, 2), (30005, 1)."""
+    runs: list[tuple[int, int]] = []
+    for port in sorted(set(ports)):
+        if runs and runs[-1][0] + runs[-1][1] == port:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((port, 1))
+    return runs
+
+
+def reserve_ports(run_id: str, ports: Iterable[int], tag: str) -> list[int]:
+    """Record ports this run forwards that it did not plan itself (a pool's, for workers it
+    claimed), so other runs' blocks keep clear of them while it lives. Returns those that another
+    live run holds already: both will forward them, and one of the two will find them taken."""
+    folder = _reservations()
+    wanted = _ranges(ports)
+    with locked(folder / ".lock"):
+        mine = {entry.name for entry in folder.glob(f"{run_id}.*block")}
+        taken = _taken(folder, skip=mine)
+        clash = [p for first, count in wanted for p in range(first, first + count) if _inside(p, taken)]
+        started = start_time(os.getpid()) or 0
+        for number, (first, count) in enumerate(wanted):
+            entry = folder / f"{run_id}.{tag}-{number}.block"
+            write_atomic(entry, f"{os.getpid()} {first} {count} {started}")
+    return clash
+
+
+def _inside(port: int, blocks: list[tuple[int, int]]) -> bool:
+    return any(low <= port < end for low, end in blocks)
+
+
 def release_block(run_id: str) -> None:
-    with contextlib.suppress(OSError):
-        (_reservations() / f"{run_id}.block").unlink()
+    """Drop every reservation of this run: its block and the ports it recorded besides."""
+    folder = _reservations()
+    for entry in [folder / f"{run_id}.block", *folder.glob(f"{run_id}.*.block")]:
+        with contextlib.suppress(OSError):
+            entry.unlink()

@@ -41,7 +41,7 @@ from testenv_harness.dataplane import runners
 from testenv_harness.dataplane.manager import DataPlane
 from testenv_harness.ground import kube
 from testenv_harness.ground.errors import ClusterError, ManifestError
-from testenv_harness.ground.localports import bindable, release_block, reserve_block
+from testenv_harness.ground.localports import bindable, release_block, reserve_block, reserve_ports
 from testenv_harness.ground.waiting import WaitTimeoutError, wait_for
 from testenv_harness.provision import clusters
 from testenv_harness.provision.clusters.base import Cluster, Provider
@@ -532,9 +532,23 @@ class RunSession:
                     took = time.monotonic() - self.started
                     self.ready_at[worker.index] = took
                     self._record_host_processes(worker)
+                    self._reserve_claimed(worker)
                     self.report(
                         f"worker {worker.index} ready in {took:.1f}s{self._service_times(worker.namespace)}"
                     )
+
+    def _reserve_claimed(self, worker: WorkerStatus) -> None:
+        """A worker claimed from a pool forwards the pool's ports, not this run's planned block:
+        reserve those too, so a run starting meanwhile on this machine plans around them."""
+        planned = local_ports(self._spec) if self._spec is not None else range(0)
+        ports = [p.local_port for s in worker.services for p in s.ports if p.local_port not in planned]
+        if not ports:
+            return
+        if clash := reserve_ports(self.run_id, ports, f"w{worker.index}"):
+            self.report(
+                f"worker {worker.index} forwards local ports {', '.join(map(str, clash))} of its pool, which "
+                "another run on this machine reserved too: give the pool (or that run) another spec.portBase"
+            )
 
     def _host_ready_times(self, namespace: str) -> list[tuple[str, float]]:
         """(service, seconds until its host process listened) of each pod the data plane serves."""
