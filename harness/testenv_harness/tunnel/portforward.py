@@ -9,6 +9,11 @@ restarted server; a server closing a connection is seen by the client too (the s
 
 API servers without the SPDY tunnel (before Kubernetes 1.31, or with the PortForwardWebsockets
 gate off) get the websocket channel protocol instead: one websocket per connection.
+
+Nothing here waits or buffers without a bound. Closing never waits for a write (a session's
+close shuts its socket down, failing any send the API server is not reading); a client that
+reads slower than its pod writes holds at most CLIENT_BUFFER bytes here before the session's
+reader pushes back, and one that reads nothing for CLIENT_STALL_SECONDS is reset (SpdyTunnel).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import select
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -43,6 +49,18 @@ MAX_SESSIONS = 4
 LINGER_SECONDS = 5
 #: Sessions opened as soon as a pod is ready, so a burst of connections spreads from the start.
 WARM_SESSIONS = 2
+#: Bytes one connection holds for a client that reads slower than its pod writes, beyond what
+#: the kernel's socket buffers already hold; past it the session's reader waits for the client.
+CLIENT_BUFFER = 4 * 1024 * 1024
+#: Seconds the session's reader waits for such a client to take any byte before resetting it.
+CLIENT_STALL_SECONDS = 5.0
+#: Most bytes kept of what a pod's error stream says (a line or two, normally).
+MAX_ERROR = 16 * 1024
+#: Bytes handed to a slow client per system call, so its progress is seen as it happens.
+_PIECE = 64 * 1024
+#: The websocket fallback: seconds a read or write may wait on the API server, and the goodbye.
+CHANNEL_TIMEOUT = 30.0
+CHANNEL_CLOSE_SECONDS = 0.5
 
 
 class TunnelUnsupportedError(ConnectionError):
@@ -89,28 +107,46 @@ def open_session(api: client.ApiClient, namespace: str, pod: str) -> Session:
 
 
 class SpdyTunnel:
-    """One local connection carried by a stream pair (error, data) on a pod's session."""
+    """One local connection carried by a stream pair (error, data) on a pod's session.
+
+    Bytes from the pod arrive on the session's one reader thread, which every connection on the
+    session shares, so delivering them must not block it for long. They go straight to the
+    client when its socket takes them; what it does not take waits in `_pending`, written out
+    by a thread of this connection's own. The server ignores SPDY flow control, so the only way
+    to slow a pod down is to stop reading its whole session (the API server, the kubelet and
+    finally the pod's server then wait, as TCP makes them). Past CLIENT_BUFFER waiting bytes
+    the reader does that, for this one client, for as long as the client keeps taking bytes;
+    a client that takes none for CLIENT_STALL_SECONDS is stuck (or is waiting for something
+    that the held-up session would bring: a deadlock), so its connection is reset, logged,
+    and the session goes on. Memory per connection is thus at most CLIENT_BUFFER plus one
+    frame, and no other stream waits more than CLIENT_STALL_SECONDS for a stuck one.
+    """
 
     def __init__(self, local: socket.socket, session: Session, port: int, request_id: int, pod: str) -> None:
         self.local = local
         self.pod = pod
+        self.port = port
         self._error = bytearray()
         self._remote_done = threading.Event()
         self._closed = threading.Event()
-        self._out_lock = threading.Lock()
+        self._room = threading.Condition()  # guards _pending, buffered and _writer
         self._pending: collections.deque[bytes] = collections.deque()
+        #: Bytes received for the client that it has not taken yet (pending or being written).
+        self.buffered = 0
         self._writer: threading.Thread | None = None
         base = {"port": str(port), "requestid": str(request_id)}
         self.error_stream, self.data = session.open(
             [base | {"streamtype": "error"}, base | {"streamtype": "data"}],
-            [(self._error.extend, self._error_end), (self._deliver, self._data_end)],
+            [(self._error_data, self._error_end), (self._deliver, self._data_end)],
             fin=[True, False],  # nothing is ever written to the error stream
         )
 
-    # remote -> local, on the session's reader thread: never block it on a slow client
+    # remote -> local, on the session's reader thread: never block it for long on a slow client
     def _deliver(self, payload: bytes) -> None:
-        with self._out_lock:
-            if not self._pending:
+        with self._room:
+            if self._closed.is_set():
+                return
+            if self._writer is None:  # nothing queued or in flight: order allows a direct send
                 try:
                     sent = self.local.send(payload, socket.MSG_DONTWAIT)
                 except BlockingIOError:
@@ -122,24 +158,74 @@ class SpdyTunnel:
                     return
                 payload = payload[sent:]
             self._pending.append(payload)
+            self.buffered += len(payload)
             if self._writer is None:
-                self._writer = threading.Thread(target=self._write_pending, daemon=True)
+                self._writer = threading.Thread(
+                    target=self._write_pending, name=f"deliver-{self.pod}", daemon=True
+                )
                 self._writer.start()
+            if self._wait_for_room():
+                return
+            held = self.buffered
+        log.warning(
+            "port-forward to %s port %d: the client took nothing for %gs while %d bytes waited for it; "
+            "resetting its connection so the other connections to the pod go on",
+            self.pod,
+            self.port,
+            CLIENT_STALL_SECONDS,
+            held,
+        )
+        self.close()
+
+    def _wait_for_room(self) -> bool:
+        """Hold the reader (under `_room`) while the client is over CLIENT_BUFFER and taking bytes;
+        False if it took none for CLIENT_STALL_SECONDS."""
+        last = self.buffered
+        deadline = time.monotonic() + CLIENT_STALL_SECONDS
+        session = self.data.session
+        try:
+            while self.buffered > CLIENT_BUFFER and not (self._closed.is_set() or self._remote_done.is_set()):
+                session.held = True  # new connections go to another session meanwhile
+                if self.buffered < last:  # the client took something: it is slow, not stuck
+                    last, deadline = self.buffered, time.monotonic() + CLIENT_STALL_SECONDS
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._room.wait(left)
+            return True
+        finally:
+            session.held = False
 
     def _write_pending(self) -> None:
         """Only for a client that reads slower than its server writes."""
         while True:
-            with self._out_lock:
-                if not self._pending:
+            with self._room:
+                if not self._pending or self._closed.is_set():
                     self._writer = None
+                    self._room.notify_all()
                     break
-                chunk = self._pending.popleft()
+                chunk = self._pending.popleft()  # still counted in `buffered` until it is taken
             try:
-                self.local.sendall(chunk)
-            except OSError:
+                with memoryview(chunk) as view:
+                    for start in range(0, len(view), _PIECE):
+                        piece = view[start : start + _PIECE]
+                        self.local.sendall(piece)
+                        with self._room:
+                            self.buffered = max(0, self.buffered - len(piece))
+                            self._room.notify_all()
+            except OSError:  # the client is gone: nothing more can reach it
+                with self._room:
+                    self._pending.clear()
+                    self.buffered = 0
+                    self._writer = None
+                    self._remote_done.set()
+                    self._room.notify_all()
                 break
         if self._remote_done.is_set():
             self._shut_local()
+
+    def _error_data(self, payload: bytes) -> None:
+        self._error += payload[: max(0, MAX_ERROR - len(self._error))]
 
     def _error_end(self, reason: str) -> None:
         if self._error:
@@ -148,8 +234,9 @@ class SpdyTunnel:
 
     def _data_end(self, reason: str) -> None:
         self._remote_done.set()
-        with self._out_lock:
+        with self._room:
             flushing = self._writer is not None
+            self._room.notify_all()  # a reader waiting for room stops waiting
         if not flushing:
             self._shut_local()
 
@@ -179,16 +266,28 @@ class SpdyTunnel:
         if self._closed.is_set():
             return
         self._closed.set()
+        self._remote_done.set()
+        with self._room:
+            self._pending.clear()
+            self.buffered = 0
+            self._room.notify_all()
+        # The client sees the end first: the resets below may wait for the session's writer.
+        self._shut_local()
         self.data.reset()
         self.error_stream.reset()
-        self._remote_done.set()
-        self._shut_local()
         with contextlib.suppress(OSError):
             self.local.close()
 
 
 class ChannelTunnel:
-    """The fallback: one websocket (v4.channel.k8s.io) per local connection."""
+    """The fallback: one websocket (v4.channel.k8s.io) per local connection.
+
+    Each connection has its own websocket and thread, so a slow client slows only its own
+    server (its thread waits in `sendall`, and TCP pushes back). The websocket's reads and
+    writes wait at most CHANNEL_TIMEOUT; `close` from another thread never waits on the
+    websocket's send lock (the connection's thread may hold it, stuck on an API server that
+    reads nothing): it shuts the socket down, and the connection's thread finishes.
+    """
 
     def __init__(
         self, local: socket.socket, api: client.ApiClient, namespace: str, pod: str, port: int
@@ -206,19 +305,38 @@ class ChannelTunnel:
                 raise ConnectionError(
                     f"unexpected port-forward preamble from {namespace}/{pod}: {preamble!r}"
                 )
-        self.ws.settimeout(None)
+        self.ws.settimeout(CHANNEL_TIMEOUT)
         self._closed = threading.Event()
+        self._runner: threading.Thread | None = None
 
     def close(self) -> None:
         if self._closed.is_set():
             return
         self._closed.set()
-        with contextlib.suppress(OSError, WebSocketException):
-            self.ws.close(timeout=0.5)
         with contextlib.suppress(OSError):
             self.local.shutdown(socket.SHUT_RDWR)
+        if self._runner in (None, threading.current_thread()):
+            # Nothing else uses the websocket: a brief goodbye (the close frame, the server's).
+            with contextlib.suppress(OSError, WebSocketException):
+                self.ws.settimeout(CHANNEL_CLOSE_SECONDS)
+                self.ws.close(timeout=CHANNEL_CLOSE_SECONDS)
+            self._free()
+        else:
+            # The connection's thread may be in a send or a read: cut the socket under it (the
+            # raw shutdown, which leaves the TLS state alone); that thread ends, and frees it.
+            sock = self.ws.sock
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
         with contextlib.suppress(OSError):
             self.local.close()
+
+    def _free(self) -> None:
+        """Close the websocket's socket (what websocket-client's untyped `shutdown` does)."""
+        sock = self.ws.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
 
     def _from_server(self) -> bool:
         """Handle everything buffered on the websocket; False when the stream has ended."""
@@ -238,6 +356,7 @@ class ChannelTunnel:
                 return True
 
     def run(self) -> None:
+        self._runner = threading.current_thread()
         remote = self.ws.sock
         try:
             while remote is not None and not self._closed.is_set():
@@ -253,6 +372,7 @@ class ChannelTunnel:
             pass
         finally:
             self.close()
+            self._free()  # when another thread closed it, the socket is still ours to free
 
 
 Tunnel = SpdyTunnel | ChannelTunnel
@@ -287,14 +407,16 @@ class Forwarder:
 
         Concurrent connections spread over up to MAX_SESSIONS sessions (each its own TCP
         connection and reader thread): another is opened in the background as soon as every
-        open one carries a connection, so no new connection waits for a handshake.
+        open one carries a connection (or is held up by a slow client), so no new connection
+        waits for a handshake.
         """
         with self._lock:
             live = self._live(pod)
-            best = min(live, key=lambda s: s.streams, default=None)
+            # A session whose reader waits for a slow client delays every stream on it: last choice.
+            best = min(live, key=lambda s: (s.held, s.streams), default=None)
         if best is None:
             return self._open(pod, only_if_none=True)
-        if best.streams:
+        if best.streams or best.held:
             self._grow(pod, min(len(live) + 1, MAX_SESSIONS))
         return best
 
@@ -354,10 +476,12 @@ class Forwarder:
         with self._lock:
             sessions = [s for pod in list(self._sessions) if which(pod) for s in self._sessions.pop(pod)]
             tunnels = [t for t in self.tunnels if which(t.pod)]
-        for tunnel in tunnels:
-            tunnel.close()
+        # Sessions first: closing one ends its streams and aborts a write the API server is not
+        # reading, so the tunnels' resets after it have nothing to wait for.
         for session in sessions:
             session.close("the pod is no longer ready")
+        for tunnel in tunnels:
+            tunnel.close()
         return len(tunnels)
 
     # -- connections ------------------------------------------------------------------------

@@ -8,7 +8,13 @@ binary messages carry the SPDY byte stream unchanged.
 
 Only what port-forward uses is implemented: SYN_STREAM/SYN_REPLY with zlib-compressed header
 blocks, DATA with FIN, RST_STREAM, PING, GOAWAY. Flow control frames are ignored, as the
-server's implementation (moby/spdystream) ignores them too.
+server's implementation (moby/spdystream) ignores them too: a session's one push-back is its
+TCP connection, so a stream's receiver must never block the reader for long (see `SpdyTunnel`
+in portforward.py).
+
+What the server sends is bounded: a header block inflates to at most MAX_HEADER_BLOCK bytes
+(a few compressed kilobytes can otherwise inflate to gigabytes) and a frame is at most 16 MiB
+by its format; frames are cut out of the received bytes by offset, never by copying the rest.
 """
 
 from __future__ import annotations
@@ -27,6 +33,9 @@ FLAG_FIN = 0x01
 RST_CANCEL, RST_REFUSED = 5, 3
 #: Largest DATA payload we send in one frame (the format allows 16 MiB).
 MAX_DATA = 256 * 1024
+#: Largest inflated header block we accept; Kubernetes sends a few dozen bytes.
+MAX_HEADER_BLOCK = 64 * 1024
+GOAWAY_PROTOCOL_ERROR = 1
 
 # The SPDY/3 header compression dictionary (draft-mbelshe-httpbis-spdy-00, 2.6.10.1): 65
 # length-prefixed words, then a run of common header values.
@@ -113,6 +122,10 @@ class SessionClosedError(ConnectionError):
     """The SPDY session is gone (the pod, the kubelet or the API server closed it)."""
 
 
+class ProtocolError(ValueError):
+    """The server sent something this session cannot go on from."""
+
+
 def encode_headers(headers: Mapping[str, str]) -> bytes:
     """A SPDY/3 header block before compression: count, then length-prefixed names and values."""
     parts = [struct.pack(">I", len(headers))]
@@ -184,14 +197,22 @@ class Session:
 
     A reader thread (`run`, started by the owner) parses frames and dispatches them; any thread
     may open streams and write. Header blocks share one zlib context per direction, so frames
-    are compressed and written under one lock, in order.
+    are compressed and written under one lock (`_writing`), in order.
+
+    That lock may be held for as long as the transport's send blocks (a peer that stops
+    reading), so nothing that ends things takes it: the streams and the closed state have a
+    lock of their own (`_state`), held only for a dictionary operation. `forget` and `close`
+    therefore never wait for a write, and `ping` skips its beat when a write is under way (the
+    connection is not idle then). Closing calls `on_close`, which must abort a blocked send
+    (the websocket pipe's close shuts its socket down).
     """
 
     def __init__(self, send: Callable[[bytes], None], receive: Callable[[], bytes], name: str) -> None:
         self._send = send
         self._receive = receive
         self.name = name
-        self._lock = threading.Lock()
+        self._writing = threading.Lock()
+        self._state = threading.Lock()
         self._compress = zlib.compressobj(zlib.Z_BEST_COMPRESSION, zlib.DEFLATED, 15, 9, zdict=DICTIONARY)
         self._decompress = zlib.decompressobj(zdict=DICTIONARY)
         self._streams: dict[int, Stream] = {}
@@ -199,13 +220,16 @@ class Session:
         self._next_ping = 1
         self.closed = threading.Event()
         self.reason = ""
+        #: True while the reader waits for a stream's consumer to make room (a slow client):
+        #: every stream on the session waits with it, so its owner sends new streams elsewhere.
+        self.held = False
         #: Called once the session is closed, e.g. to close the transport.
         self.on_close: Callable[[], None] | None = None
 
     # -- writing ----------------------------------------------------------------------------
 
     def write(self, frames: bytes, quiet: bool = False) -> None:
-        with self._lock:
+        with self._writing:
             self._write_locked(frames, quiet)
 
     def _write_locked(self, frames: bytes, quiet: bool = False) -> None:
@@ -216,7 +240,7 @@ class Session:
         try:
             self._send(frames)
         except Exception as exc:  # any transport failure ends the session for every stream
-            self.close(f"write failed: {exc}")
+            self.close(f"write failed: {exc}")  # takes `_state` only: no self-deadlock
             if not quiet:
                 raise SessionClosedError(f"{self.name}: {exc}") from exc
 
@@ -227,30 +251,36 @@ class Session:
         fin: list[bool],
     ) -> list[Stream]:
         """Open streams in one write (no waiting for the replies: data may follow at once)."""
-        with self._lock:
-            if self.closed.is_set():
-                raise SessionClosedError(f"{self.name}: {self.reason}")
+        with self._writing:
             frames, streams = [], []
             for block, (on_data, on_end), half_closed in zip(headers, handlers, fin, strict=True):
                 stream = Stream(self, self._next_id, on_data, on_end)
                 self._next_id += 2  # client streams are odd
-                self._streams[stream.id] = stream
                 streams.append(stream)
                 compressed = self._compress.compress(encode_headers(block))
                 compressed += self._compress.flush(zlib.Z_SYNC_FLUSH)
                 frames.append(control_frame(SYN_STREAM, struct.pack(">IIH", stream.id, 0, 0) + compressed))
                 if half_closed:
                     frames.append(data_frame(stream.id, b"", FLAG_FIN))
+            with self._state:  # known before the replies can arrive, unless closing took them all
+                if self.closed.is_set():
+                    raise SessionClosedError(f"{self.name}: {self.reason}")
+                self._streams.update((stream.id, stream) for stream in streams)
             self._write_locked(b"".join(frames))
         return streams
 
     def ping(self) -> None:
-        with self._lock:
+        """A keep-alive beat; skipped while a write holds the connection (it is not idle then)."""
+        if not self._writing.acquire(blocking=False):
+            return
+        try:
             ping_id, self._next_ping = self._next_ping, self._next_ping + 2
             self._write_locked(control_frame(PING, struct.pack(">I", ping_id)), quiet=True)
+        finally:
+            self._writing.release()
 
     def forget(self, stream_id: int) -> bool:
-        with self._lock:
+        with self._state:
             return self._streams.pop(stream_id, None) is not None
 
     @property
@@ -258,8 +288,8 @@ class Session:
         return len(self._streams)
 
     def close(self, reason: str) -> None:
-        """End the session and every stream on it (idempotent)."""
-        with self._lock:
+        """End the session and every stream on it (idempotent; never waits for a write)."""
+        with self._state:
             if self.closed.is_set():
                 return
             self.reason = reason
@@ -282,17 +312,27 @@ class Session:
                     self.close("closed by the server")
                     return
                 buffer += message
-                while len(buffer) >= 8:
-                    (length,) = struct.unpack_from(">I", buffer, 4)
-                    end = 8 + (length & 0xFFFFFF)
-                    if len(buffer) < end:
-                        break
-                    frame, buffer = bytes(buffer[:end]), buffer[end:]
-                    self._dispatch(frame)
+                # Frames are cut out by offset; the bytes left over (less than one frame) are
+                # kept once per message, not copied again after every frame.
+                start = 0
+                with memoryview(buffer) as view:
+                    while len(buffer) - start >= 8:
+                        (length,) = struct.unpack_from(">I", buffer, start + 4)
+                        end = start + 8 + (length & 0xFFFFFF)
+                        if len(buffer) < end:
+                            break
+                        self._dispatch(view[start:end])
+                        start = end
+                del buffer[:start]
+        except ProtocolError as exc:
+            log.warning("SPDY session %s: %s; closing it", self.name, exc)
+            self.write(control_frame(GOAWAY, struct.pack(">II", 0, GOAWAY_PROTOCOL_ERROR)), quiet=True)
+            self.close(f"protocol error: {exc}")
         except Exception as exc:  # the transport failed: every stream on it is gone
             self.close(f"connection lost: {exc}")
 
-    def _dispatch(self, frame: bytes) -> None:
+    def _dispatch(self, frame: memoryview) -> None:
+        """Handle one frame; `frame` is a view into the read buffer, so nothing may keep it."""
         first, flags_length = struct.unpack_from(">II", frame)
         flags, payload = flags_length >> 24, frame[8:]
         if not first & 0x80000000:
@@ -300,14 +340,14 @@ class Session:
             if stream is None:
                 return
             if payload:
-                stream.on_data(payload)
+                stream.on_data(bytes(payload))
             if flags & FLAG_FIN:
                 stream.ended("finished")
             return
         kind = first & 0xFFFF
         if kind in (SYN_STREAM, SYN_REPLY, HEADERS):
             offset = 10 if kind == SYN_STREAM else 4
-            self._decompress.decompress(payload[offset:])  # keeps the shared zlib context in step
+            self._inflate(payload[offset:])  # keeps the shared zlib context in step
             (stream_id,) = struct.unpack_from(">I", payload)
             if kind == SYN_STREAM:  # the server never opens streams for port-forward
                 refuse = struct.pack(">II", stream_id & 0x7FFFFFFF, RST_REFUSED)
@@ -316,14 +356,25 @@ class Session:
                 stream.ended("finished")
         elif kind == RST_STREAM:
             stream_id, status = struct.unpack_from(">II", payload)
-            with self._lock:
+            with self._state:
                 stream = self._streams.pop(stream_id & 0x7FFFFFFF, None)
             if stream:
                 stream.ended(f"reset by the server (status {status})")
         elif kind == PING:
             (ping_id,) = struct.unpack_from(">I", payload)
             if ping_id % 2 == 0:  # the server's: answer it
-                self.write(frame, quiet=True)
+                self.write(bytes(frame), quiet=True)
         elif kind == GOAWAY:
             self.close("the server said GOAWAY")
         # SETTINGS and WINDOW_UPDATE: the server does no flow control, neither do we.
+
+    def _inflate(self, block: memoryview) -> bytes:
+        """One header block, inflated to at most MAX_HEADER_BLOCK bytes (one more tells it is over).
+
+        A refused block leaves the shared zlib context out of step with the server's, so the
+        session cannot go on: ProtocolError.
+        """
+        headers = self._decompress.decompress(block, MAX_HEADER_BLOCK + 1)
+        if len(headers) > MAX_HEADER_BLOCK or self._decompress.unconsumed_tail:
+            raise ProtocolError(f"a header block inflates to over {MAX_HEADER_BLOCK} bytes")
+        return headers
