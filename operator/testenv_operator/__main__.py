@@ -9,7 +9,8 @@ may take the Lease over, whether kopf stopped by then or not. Its pod's restart 
 candidate again.
 
 The settings are read here, once, and reach kopf's startup handler (`handlers.configure`) in the
-operator's memo.
+operator's memo. So do the metrics (`metrics`): their endpoint (TESTENV_METRICS) is served from
+here on, before the Lease is awaited, so a standby answers scrapes too (`testenv_leader` 0).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ import kopf
 
 from testenv_operator import handlers, kubeio, pool_handlers  # noqa: F401  (the handlers register with kopf)
 from testenv_operator.election import Lease, Terms, keep
-from testenv_operator.settings import Settings, SettingsError
+from testenv_operator.metrics import Metrics
+from testenv_operator.settings import Settings, SettingsError, variable_name
 
 log = logging.getLogger("testenv_operator")
 
@@ -39,31 +41,47 @@ def main() -> int:
         print(f"testenv-operator: {exc}", file=sys.stderr)
         return 2
     kopf.configure(verbose=settings.reporting.log_level == "DEBUG", log_format=kopf.LogFormat.JSON)
-    return asyncio.run(_run(settings))
+    metrics = Metrics()
+    try:
+        endpoint = metrics.serve(settings.reporting.metrics)
+    except OSError as exc:  # the port is taken, or the host is not this machine's
+        name = variable_name(type(settings.reporting), "metrics")
+        print(f"testenv-operator: cannot serve {name}={settings.reporting.metrics}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(_run(settings, metrics))
+    finally:
+        if endpoint is not None:
+            endpoint.close()
 
 
 async def _kopf(
-    settings: Settings, stop: asyncio.Event | None = None, mandate: kubeio.Mandate | None = None
+    settings: Settings,
+    metrics: Metrics,
+    stop: asyncio.Event | None = None,
+    mandate: kubeio.Mandate | None = None,
 ) -> None:
     namespaces = settings.tenants.namespaces
+    metrics.leader.set(1)
     await kopf.operator(
         clusterwide=not namespaces,
         namespaces=list(namespaces),
         liveness_endpoint=settings.reporting.liveness or None,
         standalone=True,
         stop_flag=stop,
-        memo=kopf.Memo(settings=settings, mandate=mandate or kubeio.Mandate()),
+        memo=kopf.Memo(settings=settings, mandate=mandate or kubeio.Mandate(), metrics=metrics),
     )
 
 
-async def _run(settings: Settings) -> int:
+async def _run(settings: Settings, metrics: Metrics) -> int:
     leadership = settings.leadership
     if not leadership.leader_election:
-        await _kopf(settings)
+        await _kopf(settings, metrics)
         return 0
     namespace, name = leadership.leader_election
     terms = Terms.of(leadership.lease_seconds)
-    lease = Lease(kubeio.connect(terms.lease_calls, connections=2), namespace, name, terms=terms)
+    api = kubeio.connect(terms.lease_calls, connections=2, errors=metrics.api_error)
+    lease = Lease(api, namespace, name, terms=terms)
     stopped = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -73,10 +91,11 @@ async def _run(settings: Settings) -> int:
     log.info("holding the Lease %s/%s as %s: running", namespace, name, lease.holder)
     mandate = kubeio.Mandate()
     kopf_stop = asyncio.Event()
-    operator = asyncio.create_task(_kopf(settings, kopf_stop, mandate))
+    operator = asyncio.create_task(_kopf(settings, metrics, kopf_stop, mandate))
     keeper = asyncio.create_task(keep(lease))
     await asyncio.wait({operator, keeper}, return_when=asyncio.FIRST_COMPLETED)
     if keeper.done() and not keeper.cancelled():
+        metrics.leader.set(0)
         await _step_down(lease, keeper, mandate, kopf_stop, operator)
     keeper.cancel()  # kopf stopped on its own: SIGTERM (a clean stop), or it failed
     operator.result()

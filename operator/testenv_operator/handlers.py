@@ -8,7 +8,9 @@
 - an in-memory index of every namespace's environments, kept by kopf from its one watch, for the
   per-namespace limits: no pass lists TestEnvironments;
 - deletion: a finalizer deletes the owned namespaces and waits until they are gone;
-- a background sweep deletes managed namespaces whose owner no longer exists.
+- a background sweep deletes managed namespaces whose owner no longer exists;
+- the metrics (`metrics`): every event of an environment tells them its phase, and each
+  environment's first Ready the time it took.
 
 What the handlers share is a `Runtime` in kopf's memo, made by `configure` from the settings
 `__main__` read and put there; what one environment's handlers share (the lock that keeps a pass
@@ -18,6 +20,7 @@ and the tear-down apart) is in that object's own memo. The daemons' loop is `con
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import logging
 from collections.abc import Mapping
@@ -30,6 +33,7 @@ from testenv_operator import finishing, kubeio, readiness
 from testenv_operator.converger import Result, Resync, keep
 from testenv_operator.diffbase import DigestDiffBaseStorage
 from testenv_operator.election import Terms
+from testenv_operator.metrics import Metrics
 from testenv_operator.orphans import sweep_orphans
 from testenv_operator.pacing import seconds_to_next_pass
 from testenv_operator.readiness import Observed
@@ -80,7 +84,13 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # The Lease's keeper (`__main__`) revokes the mandate when leadership is lost: no write of the
     # Runtime's client leaves after that. Without leader election, it is never revoked.
     mandate: kubeio.Mandate = memo.get("mandate") or kubeio.Mandate()
-    runtime = Runtime.make(kubeio.connect(calls, THREADS, mandate), ours, mandate)
+    metrics: Metrics | None = memo.get("metrics")
+    if metrics is None:  # kopf run: no `__main__` served them
+        metrics = Metrics()
+        memo.endpoint = metrics.serve(ours.reporting.metrics)
+        metrics.leader.set(1)
+    api = kubeio.connect(calls, THREADS, mandate, errors=metrics.api_error)
+    runtime = Runtime.make(api, ours, mandate, metrics)
     settings.execution.executor = runtime.threads  # kopf's synchronous handlers (the index) too
     runtime.sweeper = asyncio.create_task(_sweep_orphans_forever(runtime))
     memo.runtime = runtime
@@ -94,6 +104,8 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
     for task in (runtime.sweeper, runtime.finisher):
         if task:
             task.cancel()
+    if endpoint := memo.get("endpoint"):
+        endpoint.close()
 
 
 @kopf.on.probe(id="environments")
@@ -237,6 +249,8 @@ class _Environment:
         self.resync = Resync(runtime.settings.timing.resync_seconds)
         #: The first pass applies everything: the operator may be new, the spec too.
         self.apply_all = True
+        #: Whether a pass of this converger found it Ready yet (its first Ready is measured).
+        self.was_ready = False
 
     async def one_pass(self, body: Mapping[str, Any]) -> Result:
         runtime = self.runtime
@@ -245,10 +259,18 @@ class _Environment:
             return Result(done=True)
         self.apply_all = self.apply_all or spec_unhandled(body)
         full = self.resync.due()
-        outcome = await runtime.run_pass(self.lock, _converge, runtime, self._input(body, full))
+        given = self._input(body, full)
+        outcome = await runtime.run_pass(
+            self.lock, _converge, runtime, given, kind="environment", depth=given.depth.value
+        )
         self.apply_all = False
         if full:
             self.resync.done()
+        if not self.was_ready and outcome.status.get("phase") == Phase.READY:
+            # Once per converger: the status this pass wrote may reach `body` after the next
+            # pass has started, which would find it "turning Ready" again.
+            self.was_ready = True
+            _measure_first_ready(runtime.metrics, body, outcome.status)
         for pool_uid in outcome.drained_pools:  # refill what this pass claimed
             runtime.wake(pool_uid)
         resync = runtime.settings.timing.resync_seconds
@@ -268,6 +290,20 @@ class _Environment:
         return PassInput(body, Depth.REPORT, siblings, pools, _watched(self.indices, meta["uid"]))
 
 
+def _measure_first_ready(metrics: Metrics, body: Mapping[str, Any], status: Mapping[str, Any]) -> None:
+    """The time from creation to Ready, if this is the environment's first Ready since it was
+    created: it never was Ready or Degraded, and its spec never changed (generation 1; a later
+    spec's Ready would be measured from the creation, not the change)."""
+    before = (body.get("status") or {}).get("phase")
+    if before in (Phase.READY, Phase.DEGRADED) or body["metadata"].get("generation", 1) != 1:
+        return
+    created = datetime.datetime.fromisoformat(body["metadata"]["creationTimestamp"])
+    seconds = (datetime.datetime.now(datetime.UTC) - created).total_seconds()
+    pooled = any(w.get("pool") for w in status.get("workers") or [])
+    # The API server's clock stamped the creation, ours reads now: never below 0 on a skew.
+    metrics.ready_seconds.labels(pooled=str(pooled).lower()).observe(max(0.0, seconds))
+
+
 def _expire(runtime: Runtime, body: Mapping[str, Any], reason: str) -> None:
     meta = body["metadata"]
     runtime.events.action(body, "Expired", f"deleting this TestEnvironment: {reason}")
@@ -275,12 +311,14 @@ def _expire(runtime: Runtime, body: Mapping[str, Any], reason: str) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-async def environment_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """A new or changed spec, or the finalizer just added: wake the converger now."""
+async def environment_changed(body: kopf.Body, event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    """A new or changed spec, or the finalizer just added: wake the converger now. Every event
+    tells the metrics the environment's phase (or that it is gone)."""
+    runtime: Runtime = memo.runtime
+    runtime.metrics.saw_environment(body, deleted=event["type"] == "DELETED")
     meta = body["metadata"]
     if meta.get("deletionTimestamp") or not spec_unhandled(body):
         return
-    runtime: Runtime = memo.runtime
     runtime.wake(meta.get("uid"))
     if (body.get("status") or {}).get("observedGeneration") is not None:
         runtime.make_room(meta["namespace"])  # fewer workers may make room; a new one never does

@@ -9,7 +9,8 @@ typed `ApiError` (`NotFoundError`, `ConflictError`, `ForbiddenError`, `GoneError
 Every call has a connect and a read timeout (`Timeouts`, chosen from the Lease's duration: see
 election.Terms), so none can hang on a dead but open connection, and none is retried inside the
 client (a retry would multiply the bound). A client made with a `Mandate` sends no write once the
-mandate is revoked (leadership lost): the write raises `NotActingError` before it leaves.
+mandate is revoked (leadership lost): the write raises `NotActingError` before it leaves. A client
+made with `errors` tells it the reason of every call that failed (the metrics count them).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NamedTuple
 
+import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
@@ -79,16 +81,50 @@ class Mandate:
 #: Methods that change nothing: the only ones a client whose mandate was revoked still sends.
 _READS = frozenset({"GET", "HEAD", "OPTIONS"})
 
+#: Told the reason of each failed call: the API server's, `ClientTimeout` or `ConnectionFailed`.
+Errors = Callable[[str], None]
+
+
+def refusal_reason(status: int, phrase: str, body: bytes | str | None) -> str:
+    """Why the API server refused a call, in one word: its Status's `reason` (NotFound,
+    AlreadyExists, Conflict, Invalid, ...), else the HTTP reason phrase (Bad Gateway: BadGateway),
+    else the status code. A word from a fixed set, fit for a metric's label."""
+    try:
+        reason = json.loads(body or "{}").get("reason")
+    except (ValueError, AttributeError):  # not JSON (a proxy's page), or not an object
+        reason = None
+    if isinstance(reason, str) and reason.isalnum() and len(reason) <= 40:
+        return reason
+    return "".join(phrase.title().split()) if phrase.replace(" ", "").isalpha() else str(status)
+
+
+def _failure(exc: urllib3.exceptions.HTTPError) -> str:
+    """Why a call got no answer: `ClientTimeout` (connecting or reading took longer than its
+    timeout) or `ConnectionFailed` (refused, reset, no such host, ...)."""
+    cause = exc.reason if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason else exc
+    # urllib3 makes a refused connection a ConnectTimeoutError too, for its own history's sake.
+    if isinstance(cause, urllib3.exceptions.NewConnectionError):
+        return "ConnectionFailed"
+    return "ClientTimeout" if isinstance(cause, urllib3.exceptions.TimeoutError) else "ConnectionFailed"
+
+
+def _ignore(_: str) -> None:
+    pass
+
 
 class _BoundedClient(client.ApiClient):  # type: ignore[misc]  # the client is untyped
     """An ApiClient whose every call carries `timeouts` unless it names its own, and whose every
     write first asks `mandate`: the check sits right before the request leaves, after whatever a
-    pass computed, so no write starts once leadership is lost."""
+    pass computed, so no write starts once leadership is lost. Every call that fails is told to
+    `errors`, by reason."""
 
-    def __init__(self, configuration: client.Configuration, timeouts: Timeouts, mandate: Mandate) -> None:
+    def __init__(
+        self, configuration: client.Configuration, timeouts: Timeouts, mandate: Mandate, errors: Errors
+    ) -> None:
         super().__init__(configuration)
         self.timeouts = timeouts
         self.mandate = mandate
+        self.errors = errors
 
     def call_api(
         self,
@@ -101,12 +137,28 @@ class _BoundedClient(client.ApiClient):  # type: ignore[misc]  # the client is u
     ) -> Any:
         if method.upper() not in _READS:
             self.mandate.check()
-        return super().call_api(
-            method, url, header_params, body, post_params, _request_timeout or tuple(self.timeouts)
-        )
+        try:
+            response = super().call_api(
+                method, url, header_params, body, post_params, _request_timeout or tuple(self.timeouts)
+            )
+        except urllib3.exceptions.HTTPError as exc:
+            self.errors(_failure(exc))
+            raise
+        except ApiException:  # what the client raises for a failed TLS handshake
+            self.errors("ConnectionFailed")
+            raise
+        if not 200 <= response.status <= 299:
+            # The client reads the refusal's body next anyway (into the ApiException); read() keeps it.
+            self.errors(refusal_reason(response.status, str(response.reason or ""), response.read()))
+        return response
 
 
-def connect(timeouts: Timeouts, connections: int = 32, mandate: Mandate | None = None) -> client.ApiClient:
+def connect(
+    timeouts: Timeouts,
+    connections: int = 32,
+    mandate: Mandate | None = None,
+    errors: Errors | None = None,
+) -> client.ApiClient:
     """The in-cluster ServiceAccount inside a pod, else the kubeconfig ($KUBECONFIG).
 
     `timeouts`: every call's connect and read timeouts. The client sets none, and a call to a
@@ -117,6 +169,8 @@ def connect(timeouts: Timeouts, connections: int = 32, mandate: Mandate | None =
     The client's default (5 per CPU: 10 on 2 cores) made a burst of applies open connections past
     it and drop them after each call, so the next burst paid a new TLS handshake on both sides.
     `mandate`: writes are sent only while it is held (always, without one).
+    `errors`: told the reason of every call that failed (`refusal_reason`, `ClientTimeout`,
+    `ConnectionFailed`).
     """
     configuration = client.Configuration()
     try:
@@ -125,7 +179,7 @@ def connect(timeouts: Timeouts, connections: int = 32, mandate: Mandate | None =
         config.load_kube_config(client_configuration=configuration)
     configuration.connection_pool_maxsize = connections
     configuration.retries = False
-    return _BoundedClient(configuration, timeouts, mandate or Mandate())
+    return _BoundedClient(configuration, timeouts, mandate or Mandate(), errors or _ignore)
 
 
 class ApiError(Exception):

@@ -52,7 +52,8 @@ async def keep_filled(stopped: kopf.DaemonStopped, body: kopf.Body, memo: kopf.M
 
     async def one_pass(snapshot: Mapping[str, Any]) -> Result:
         full = resync.due()
-        outcome = await runtime.run_pass(lock, _fill, runtime, snapshot, full)
+        depth = "resync" if full else "fill"
+        outcome = await runtime.run_pass(lock, _fill, runtime, snapshot, full, kind="pool", depth=depth)
         if full:
             resync.done()
         return Result(every if outcome.status.get("phase") == "Ready" else FILLING_SECONDS)
@@ -62,12 +63,15 @@ async def keep_filled(stopped: kopf.DaemonStopped, body: kopf.Body, memo: kopf.M
 
 
 @kopf.on.event(GROUP, VERSION, POOL_PLURAL)
-async def pool_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """A new or changed spec, or the finalizer just added: wake the filler now."""
+async def pool_changed(body: kopf.Body, event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    """A new or changed spec, or the finalizer just added: wake the filler now. Every event tells
+    the metrics the pool's phase and workers (or that it is gone)."""
+    runtime: Runtime = memo.runtime
+    runtime.metrics.saw_pool(body, deleted=event["type"] == "DELETED")
     meta = body["metadata"]
     observed = (body.get("status") or {}).get("observedGeneration")
     if not meta.get("deletionTimestamp") and observed != meta.get("generation"):
-        memo.runtime.wake(meta.get("uid"))
+        runtime.wake(meta.get("uid"))
 
 
 @kopf.on.delete(GROUP, VERSION, POOL_PLURAL)

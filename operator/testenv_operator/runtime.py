@@ -4,6 +4,9 @@ One thread pool runs all blocking client code: convergence passes, their per-wor
 tear-downs, the orphan sweep and kopf's own synchronous handlers. A pass waits for its applies
 on that same pool, so at most `PASSES` passes run at once and the pool is larger than that:
 the applies always find a free thread.
+
+The process's `Metrics` are here too: passes are timed in `run_pass`, folded wake-ups counted in
+`wake`.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from kubernetes import client
 
 from testenv_operator.events import EventPoster
 from testenv_operator.kubeio import Mandate
+from testenv_operator.metrics import Metrics
 from testenv_operator.pooling import Pools
 from testenv_operator.reconciler import Reconciler
 from testenv_operator.settings import Settings
@@ -44,6 +48,7 @@ class Runtime:
     #: every write; the loops ask it before every pass.
     mandate: Mandate = dataclasses.field(default_factory=Mandate)
     events: EventPoster = dataclasses.field(default_factory=EventPoster)
+    metrics: Metrics = dataclasses.field(default_factory=Metrics)
     #: uid -> the event that wakes that object's daemon (`converger`).
     wakers: dict[str, asyncio.Event] = dataclasses.field(default_factory=dict)
     #: pooled worker namespace -> the UID of the environment that claimed it (its Deployments
@@ -58,11 +63,19 @@ class Runtime:
     finisher: asyncio.Task[None] | None = None
 
     @classmethod
-    def make(cls, api: client.ApiClient, settings: Settings, mandate: Mandate | None = None) -> Runtime:
+    def make(
+        cls,
+        api: client.ApiClient,
+        settings: Settings,
+        mandate: Mandate | None = None,
+        metrics: Metrics | None = None,
+    ) -> Runtime:
         threads = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="testenv")
         pools = Pools(api, settings, threads)
         reconciler = Reconciler(api, settings, threads, pools)
-        return cls(api, settings, threads, pools, reconciler, mandate or Mandate())
+        return cls(
+            api, settings, threads, pools, reconciler, mandate or Mandate(), metrics=metrics or Metrics()
+        )
 
     async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking client code on the pool, in a copy of the context as asyncio.to_thread
@@ -70,17 +83,23 @@ class Runtime:
         call = functools.partial(contextvars.copy_context().run, fn, *args)
         return await asyncio.get_running_loop().run_in_executor(self.threads, call)
 
-    async def run_pass(self, lock: asyncio.Lock, fn: Callable[..., T], *args: Any) -> T:
+    async def run_pass(
+        self, lock: asyncio.Lock, fn: Callable[..., T], *args: Any, kind: str, depth: str
+    ) -> T:
         """One pass over an object: under its lock (its tear-down takes it too) and one of the
         PASSES places, on the pool. NotActingError, without starting, once the mandate is revoked
-        (a pass may have waited for its place since before)."""
+        (a pass may have waited for its place since before). `kind` and `depth` label its metrics,
+        which time the work alone: not the wait for the lock or a place."""
         async with lock, self.passes:
             self.mandate.check()
-            return await self.in_thread(fn, *args)
+            with self.metrics.timing_pass(kind, depth):
+                return await self.in_thread(fn, *args)
 
     def wake(self, uid: str | None) -> None:
         waker = self.wakers.get(uid or "")
         if waker:
+            if waker.is_set():  # the pass it asks for is already due: this wake-up adds nothing
+                self.metrics.events_folded.inc()
             waker.set()
 
     def forget_claimer(self, uid: str) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -84,6 +85,25 @@ class OneOf:
 def _text(_: str, raw: str) -> str:
     """Taken as it is: an empty value is a value (TESTENV_LIVENESS= turns the endpoint off)."""
     return raw
+
+
+def _endpoint(name: str, raw: str) -> str:
+    """`http://HOST:PORT/PATH` as it is; blank turns it off (''). Checked here, as the operator
+    binds it itself: a typo stops the start with the variable's name, not a traceback later."""
+    text = raw.strip()
+    if not text:
+        return ""
+    where = urllib.parse.urlsplit(text)
+    try:
+        port = where.port
+    except ValueError:  # not a number, or past 65535
+        port = None
+    if where.scheme != "http" or not where.hostname or port is None or where.query or where.fragment:
+        raise SettingsError(
+            f"{name}={raw!r}: write http://HOST:PORT/PATH, for example http://0.0.0.0:8081/metrics, "
+            "or nothing to turn it off"
+        )
+    return text
 
 
 def _names(_: str, raw: str) -> tuple[str, ...]:
@@ -312,10 +332,16 @@ class Leadership:
 
 @dataclasses.dataclass(frozen=True)
 class Reporting:
-    """What the process tells: its logs, and its liveness endpoint."""
+    """What the process tells: its logs, its liveness endpoint and its metrics."""
 
     liveness: str = setting(
         "http://0.0.0.0:8080/healthz", "TESTENV_LIVENESS", "liveness endpoint (empty turns it off)"
+    )
+    metrics: str = setting(
+        "http://0.0.0.0:8081/metrics",
+        "TESTENV_METRICS",
+        "Prometheus metrics endpoint, `http://HOST:PORT/PATH` (empty turns it off)",
+        _endpoint,
     )
     log_level: str = setting(
         "INFO",

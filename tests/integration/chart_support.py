@@ -89,12 +89,13 @@ class Release:
         return f"system:serviceaccount:{self.namespace}:{self.service_account}"
 
     def operator_env(self, api: client.ApiClient) -> dict[str, str]:
-        """The TESTENV_* settings the chart gave the operator container (liveness left out: a
-        local process binds a free port of its own)."""
+        """The TESTENV_* settings the chart gave the operator container (liveness and metrics left
+        out: a local process binds free ports of its own)."""
         deployment = client.AppsV1Api(api).read_namespaced_deployment(self.deployment, self.namespace)
         (container,) = deployment.spec.template.spec.containers
         env = {e.name: e.value for e in container.env}
         env.pop("TESTENV_LIVENESS")
+        env.pop("TESTENV_METRICS")
         return env
 
     def uninstall(self) -> None:

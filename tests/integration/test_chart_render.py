@@ -158,13 +158,14 @@ def test_default_render_is_the_operator_and_its_roles(default: list[Doc]) -> Non
         ("Deployment", "testenv-operator"),
         ("Role", "testenv-operator-leader"),
         ("RoleBinding", "testenv-operator-leader"),
+        ("Service", "testenv-operator"),
         ("ServiceAccount", "testenv-operator"),
     ]
     for doc in default:
         labels = doc["metadata"]["labels"]
         assert labels["app.kubernetes.io/instance"] == RELEASE
         assert labels["app.kubernetes.io/managed-by"] == "Helm"
-        if doc["kind"] in ("Deployment", "ServiceAccount", "Role", "RoleBinding"):
+        if doc["kind"] in ("Deployment", "Service", "ServiceAccount", "Role", "RoleBinding"):
             assert doc["metadata"]["namespace"] == NAMESPACE
 
 
@@ -187,7 +188,7 @@ def test_deployment_is_a_rolling_probed_restricted_set_of_elected_replicas(defau
 
     # The probes hit the endpoint the operator is told to serve.
     liveness = env_of(default)["TESTENV_LIVENESS"]
-    (port,) = operator["ports"]
+    port = _port(operator, "liveness")
     assert liveness == f"http://0.0.0.0:{port['containerPort']}/healthz"
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert operator[probe]["httpGet"] == {"path": "/healthz", "port": port["name"]}
@@ -225,6 +226,7 @@ def test_the_operator_reads_the_environment_the_chart_sets() -> None:
         "resyncSeconds": 30,
         "orphanSweepSeconds": 600,
         "livenessPort": 9090,
+        "metrics": {"enabled": True, "port": 9091},
         "leaseSeconds": 20,
     }
     docs = render(values)
@@ -254,6 +256,7 @@ def test_the_operator_reads_the_environment_the_chart_sets() -> None:
         resync_seconds=30,
         sweep_seconds=600,
         liveness="http://0.0.0.0:9090/healthz",
+        metrics="http://0.0.0.0:9091/metrics",
         log_level="WARNING",
         leader_election=(NAMESPACE, one(docs, "Deployment")["metadata"]["name"]),
         lease_seconds=20,
@@ -278,6 +281,70 @@ def test_default_settings_are_the_operators_defaults(default: list[Doc]) -> None
         assert getattr(from_chart, field) == getattr(built_in, field), field
     assert (from_chart.images, from_chart.resync_seconds, from_chart.sweep_seconds) == ({}, 10, 60)
     assert (from_chart.liveness, from_chart.log_level) == (built_in.liveness, built_in.log_level)
+    assert from_chart.metrics == built_in.metrics == "http://0.0.0.0:8081/metrics"
+
+
+# -- metrics: the endpoint, its Service, the ServiceMonitor -------------------------------------
+
+
+def _port(operator: Doc, name: str) -> Doc:
+    (port,) = [p for p in operator["ports"] if p["name"] == name]
+    result: Doc = port
+    return result
+
+
+def test_metrics_are_served_on_their_port_behind_the_operators_service(default: list[Doc]) -> None:
+    operator = container(default)
+    port = _port(operator, "metrics")
+    assert (port["containerPort"], port["protocol"]) == (8081, "TCP")
+    assert env_of(default)["TESTENV_METRICS"] == f"http://0.0.0.0:{port['containerPort']}/metrics"
+    assert Settings.from_env(env_of(default)).metrics == "http://0.0.0.0:8081/metrics"
+    service = one(default, "Service")
+    assert service["metadata"]["namespace"] == NAMESPACE
+    assert service["spec"]["ports"] == [
+        {"name": "metrics", "port": 8081, "targetPort": "metrics", "protocol": "TCP"}
+    ]
+    # It selects the operator pods, whatever podLabels add, and nothing else of the release.
+    pod_labels = one(default, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert service["spec"]["selector"]["app.kubernetes.io/component"] == "operator"
+    assert not [d for d in default if d["kind"] == "ServiceMonitor"], "the ServiceMonitor is off by default"
+
+    moved = render({"metrics": {"port": 9100}, "livenessPort": 9099})
+    assert _port(container(moved), "metrics")["containerPort"] == 9100
+    assert one(moved, "Service")["spec"]["ports"][0]["port"] == 9100
+    assert Settings.from_env(env_of(moved)).metrics == "http://0.0.0.0:9100/metrics"
+
+
+def test_metrics_turned_off_leave_no_port_no_service_and_tell_the_operator() -> None:
+    docs = render({"metrics": {"enabled": False}})
+    assert [p["name"] for p in container(docs)["ports"]] == ["liveness"]
+    assert not [d for d in docs if d["kind"] in ("Service", "ServiceMonitor")]
+    # The operator serves them by default: the chart must say off, not just say nothing.
+    assert env_of(docs)["TESTENV_METRICS"] == ""
+    assert Settings.from_env(env_of(docs)).metrics == ""
+
+
+def test_the_service_monitor_scrapes_the_metrics_port_of_the_operators_service() -> None:
+    values = {
+        "metrics": {"serviceMonitor": {"enabled": True, "interval": "15s", "labels": {"release": "prom"}}}
+    }
+    docs = render(values)
+    monitor = one(docs, "ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["namespace"] == NAMESPACE
+    assert monitor["metadata"]["labels"]["release"] == "prom"
+    assert monitor["metadata"]["labels"]["app.kubernetes.io/instance"] == RELEASE
+    service = one(docs, "Service")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    assert monitor["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "15s"}]
+    assert service["spec"]["ports"][0]["name"] == "metrics"
+    # Its labels cannot take the release's own away.
+    clash = {"metrics": {"serviceMonitor": {"enabled": True, "labels": {"app.kubernetes.io/instance": "x"}}}}
+    assert one(render(clash), "ServiceMonitor")["metadata"]["labels"]["app.kubernetes.io/instance"] == RELEASE
+    lint = _with_values(values, "lint", "--strict", str(CHART), "--kube-version", KUBE_VERSION)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
 
 
 def _schema() -> dict[str, Any]:
@@ -532,6 +599,13 @@ def test_cut_names_of_two_long_releases_still_differ() -> None:
         ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy", "value must be one of"),
         ({"image": {"digest": "sha256:abc"}}, "/image/digest", "does not match pattern"),
         ({"livenessPort": 80}, "/livenessPort", "minimum: got 80, want 1,024"),
+        ({"metrics": {"port": 80}}, "/metrics/port", "minimum: got 80, want 1,024"),
+        ({"metrics": {"enabled": "yes"}}, "/metrics/enabled", "got string, want boolean"),
+        (
+            {"metrics": {"serviceMonitor": {"interval": "half a minute"}}},
+            "/metrics/serviceMonitor/interval",
+            "does not match pattern",
+        ),
         ({"serviceAccount": {"create": "yes"}}, "/serviceAccount/create", "got string, want boolean"),
     ],
     ids=lambda v: str(v) if isinstance(v, str) else None,
@@ -552,8 +626,19 @@ def test_schema_refuses_a_wrong_value_naming_it(values: dict[str, Any], where: s
             {"workerAccess": {"name": "shared"}, "pipelineRole": {"name": "shared"}},
             "workerAccess.name and pipelineRole.name must differ",
         ),
+        (
+            {"metrics": {"enabled": False, "serviceMonitor": {"enabled": True}}},
+            "metrics.serviceMonitor.enabled needs metrics.enabled",
+        ),
+        ({"metrics": {"port": 8080}}, "metrics.port and livenessPort must differ"),
     ],
-    ids=["no service account", "no worker-access role", "one name for two roles"],
+    ids=[
+        "no service account",
+        "no worker-access role",
+        "one name for two roles",
+        "a ServiceMonitor without metrics",
+        "one port for two endpoints",
+    ],
 )
 def test_impossible_combinations_fail_with_what_to_change(values: dict[str, Any], message: str) -> None:
     assert message in refusal(values)
@@ -579,7 +664,7 @@ def test_existing_service_account_and_worker_access_role_are_used() -> None:
 
 def test_roles_can_be_left_to_the_admin() -> None:
     docs = render({"rbac": {"create": False}, "pipelineRole": {"create": False}})
-    assert sorted(d["kind"] for d in docs) == ["ClusterRole", "Deployment", "ServiceAccount"]
+    assert sorted(d["kind"] for d in docs) == ["ClusterRole", "Deployment", "Service", "ServiceAccount"]
     assert one(docs, "ClusterRole")["metadata"]["labels"]["app.kubernetes.io/component"] == "worker-access"
 
 
@@ -781,6 +866,8 @@ def test_cmd_runs_the_operator_with_its_liveness_endpoint(default: list[Doc]) ->
     assert env["PATH"].startswith("/opt/testenv/bin:")  # `python` is the virtual environment's
     assert env["TESTENV_LIVENESS"] == env_of(default)["TESTENV_LIVENESS"] == "http://0.0.0.0:8080/healthz"
     assert ("EXPOSE", "8080") in final
+    assert env["TESTENV_METRICS"] == env_of(default)["TESTENV_METRICS"] == "http://0.0.0.0:8081/metrics"
+    assert ("EXPOSE", "8081") in final
     assert (ROOT / "operator" / "testenv_operator" / "__main__.py").is_file()
 
 

@@ -137,6 +137,12 @@ cluster-wide or, with watchNamespaces, by a Role in each watched namespace.
 {{- fail (printf "pools: pool %s is in namespace %s, which watchNamespaces leaves out: add it there, or move the pool" .name .namespace) -}}
 {{- end -}}
 {{- end -}}
+{{- if and .Values.metrics.serviceMonitor.enabled (not .Values.metrics.enabled) -}}
+{{- fail "metrics.serviceMonitor.enabled needs metrics.enabled: without the endpoint there is nothing to scrape" -}}
+{{- end -}}
+{{- if and .Values.metrics.enabled (eq (int .Values.metrics.port) (int .Values.livenessPort)) -}}
+{{- fail "metrics.port and livenessPort must differ: the operator serves them on two listeners" -}}
+{{- end -}}
 {{- if and .Values.workerAccess.create .Values.pipelineRole.create (eq (include "testenv-operator.workerAccessRole" .) (include "testenv-operator.pipelineRole" .)) -}}
 {{- fail "workerAccess.name and pipelineRole.name must differ: they are two ClusterRoles with different rules" -}}
 {{- end -}}

@@ -2,8 +2,9 @@
 
 The harness runs it this way for clusters it makes; the integration tests and the benchmarks do
 too. Its liveness endpoint listens on a free loopback port, and `start` returns only once that
-answers. The kernel sends it SIGTERM when the thread that started it exits, so a run killed with
--9 takes its operator along (kopf still stops cleanly on SIGTERM).
+answers; its metrics endpoint listens on another (several operators may run on one machine, so
+neither has a fixed port). The kernel sends it SIGTERM when the thread that started it exits, so
+a run killed with -9 takes its operator along (kopf still stops cleanly on SIGTERM).
 """
 
 from __future__ import annotations
@@ -33,15 +34,22 @@ class OperatorProcess:
         first, so that only `settings` configure the operator (a benchmark must be reproducible).
         Without a kubeconfig, the operator uses the pod's ServiceAccount token, as this process does."""
         self.port = free_port()
+        self.metrics_port = free_port()
         self.log = log
         inherited = {k: v for k, v in os.environ.items() if not (clean and k.startswith("TESTENV_"))}
         where = {"KUBECONFIG": str(kubeconfig)} if kubeconfig is not None else {}
-        self.env = {**inherited, **where, "TESTENV_LIVENESS": self.healthz, **settings}
+        endpoints = {"TESTENV_LIVENESS": self.healthz, "TESTENV_METRICS": self.metrics}
+        self.env = {**inherited, **where, **endpoints, **settings}
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def healthz(self) -> str:
         return f"http://127.0.0.1:{self.port}/healthz"
+
+    @property
+    def metrics(self) -> str:
+        """Where it serves its Prometheus metrics (unless `settings` turned them off or moved them)."""
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def start(self, timeout: float = 60) -> OperatorProcess:
         """Start it and wait until it is healthy; ClusterError with its log's end otherwise."""
