@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes.config import kube_config
 
 from testenv_operator import kubeio
 from testenv_operator.election import Lease, Terms, keep
 from testenv_operator.kubeio import Mandate, NotActingError, Timeouts
+from tests.unit.plain_http_api import use_server
 
 Obj = dict[str, Any]
 
@@ -365,23 +365,10 @@ def silent_server() -> Iterator[int]:
     listener.close()
 
 
-def _kubeconfig(tmp_path: Path, port: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = tmp_path / "kubeconfig"
-    path.write_text(
-        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
-        f"clusters: [{{name: c, cluster: {{server: 'http://127.0.0.1:{port}'}}}}]\n"
-        "users: [{name: u, user: {}}]\n"
-        "contexts: [{name: c, context: {cluster: c, user: u}}]\n"
-    )
-    # The client reads $KUBECONFIG once, when imported.
-    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(path))
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-
-
 def test_a_call_to_a_server_that_never_answers_ends_at_its_read_timeout(
     silent_server: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _kubeconfig(tmp_path, silent_server, monkeypatch)
+    use_server(tmp_path, silent_server, monkeypatch)
     api = kubeio.connect(Timeouts(0.5, 0.5))
     outcome: list[BaseException | None] = []
 
@@ -437,7 +424,7 @@ def test_a_revoked_mandate_stops_writes_before_they_leave_and_lets_reads_through
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        _kubeconfig(tmp_path, server.server_address[1], monkeypatch)
+        use_server(tmp_path, server.server_address[1], monkeypatch)
         mandate = Mandate()
         api = kubeio.connect(Timeouts(2, 2), mandate=mandate)
         namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}}

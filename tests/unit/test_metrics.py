@@ -19,7 +19,6 @@ from typing import Any
 
 import prometheus_client
 import pytest
-from kubernetes.config import kube_config
 from prometheus_client.parser import text_string_to_metric_families
 
 from testenv_api import Phase
@@ -28,6 +27,7 @@ from testenv_operator.election import Timeouts
 from testenv_operator.metrics import METRICS, Metrics
 from testenv_operator.runtime import Runtime
 from testenv_operator.settings import Settings, SettingsError
+from tests.unit.plain_http_api import use_server
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -274,23 +274,11 @@ def refuser() -> Iterator[int]:
     server.server_close()
 
 
-def _kubeconfig(tmp_path: Path, port: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = tmp_path / "kubeconfig"
-    path.write_text(
-        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
-        f"clusters: [{{name: c, cluster: {{server: 'http://127.0.0.1:{port}'}}}}]\n"
-        "users: [{name: u, user: {}}]\n"
-        "contexts: [{name: c, context: {cluster: c, user: u}}]\n"
-    )
-    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(path))
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-
-
 def test_the_clients_failed_calls_are_counted_by_reason(
     refuser: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     m = Metrics()
-    _kubeconfig(tmp_path, refuser, monkeypatch)
+    use_server(tmp_path, refuser, monkeypatch)
     api = kubeio.connect(Timeouts(2, 2), errors=m.api_error)
     assert kubeio.read_namespace(api, "gone") is None  # the typed errors still work as before
     kubeio.delete(api, "Namespace", "gone")
@@ -301,7 +289,7 @@ def test_the_clients_failed_calls_are_counted_by_reason(
     assert value(m, "testenv_api_errors_total", reason="NotFound") == 3
     assert value(m, "testenv_api_errors_total", reason="AlreadyExists") == 1
 
-    _kubeconfig(tmp_path, _closed_port(), monkeypatch)
+    use_server(tmp_path, _closed_port(), monkeypatch)
     api = kubeio.connect(Timeouts(2, 2), errors=m.api_error)
     with pytest.raises(Exception, match=r"(?i)refused|connect"):
         kubeio.read_namespace(api, "x")
@@ -313,7 +301,7 @@ def test_a_call_that_gets_no_answer_in_time_is_a_client_timeout(
 ) -> None:
     m = Metrics()
     with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, never answers
-        _kubeconfig(tmp_path, silent.getsockname()[1], monkeypatch)
+        use_server(tmp_path, silent.getsockname()[1], monkeypatch)
         api = kubeio.connect(Timeouts(0.3, 0.3), errors=m.api_error)
         started = time.monotonic()
         with pytest.raises(Exception, match=r"(?i)timed out"):
