@@ -560,7 +560,7 @@ def add_parsers(sub: Any) -> None:
         "run",
         help="set up, forward every worker, run CMD with every worker's variables, tear down",
         description="The whole run: cluster, CRD, operator, environment and every worker's forwards; "
-        "then CMD with REDIS_URL_1..N and the like (see `testenv env`); teardown when CMD exits, on "
+        "then CMD with REDIS_URL_0..N-1 and the like (see `testenv env`); teardown when CMD exits, on "
         "Ctrl-C and on SIGTERM. Exits with CMD's status.",
         **_example("testenv run -f env.yaml --workers 4 -- ginkgo -p --procs 4"),
     )

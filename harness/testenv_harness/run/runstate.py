@@ -57,7 +57,7 @@ class RunState:
     log: str = ""  # the holder's progress, for a holder in the background
     uid: str = ""  # the TestEnvironment's
     handoff: dict[str, Any] | None = None
-    #: Worker number ("1".."N") -> that worker's variables under their plain names.
+    #: Worker number ("0".."N-1") -> that worker's variables under their plain names.
     environments: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
     #: The holder's start time (children.start_time); 0 in files of older versions.
     started: int = 0
