@@ -265,3 +265,11 @@ def test_port_forward_authenticates_through_the_clients_refresh_path() -> None:
     api = client.ApiClient(cfg)
     assert stream_headers(api, "/x", "p")["authorization"] == "Bearer fresh-1"
     assert stream_headers(api, "/x", "p")["authorization"] == "Bearer fresh-2", "refreshed each time"
+
+
+def test_a_postgres_name_with_a_line_break_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    pod = PodSpec(
+        "ns", "db-0", "postgres", {"POSTGRES_DB": "app\nDROP DATABASE postgres;"}, (), {5432: 40000}
+    )
+    with pytest.raises(RunnerError, match="POSTGRES_DB holds a control character"):
+        launch_for(pod, tmp_path)

@@ -45,6 +45,11 @@ def _postgres(pod: PodSpec, workdir: Path) -> Launch:
     user = pod.env.get("POSTGRES_USER") or "postgres"
     password = pod.env.get("POSTGRES_PASSWORD", "")
     database = pod.env.get("POSTGRES_DB") or user
+    for name, value in (("POSTGRES_USER", user), ("POSTGRES_DB", database)):
+        if any(ord(ch) < 0x20 or ch == "\x7f" for ch in value):  # a line break would end the statement
+            raise RunnerError(
+                f"{pod.namespace}/{pod.name}: {name} holds a control character; use a plain name"
+            )
     data = workdir / "data"
 
     def run(argv: list[str], what: str, stdin: str = "") -> str:
