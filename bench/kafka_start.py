@@ -2,7 +2,7 @@
 
 A start is timed from the moment the harness would begin preparing the broker (writing its
 config, formatting its storage) to the first ApiVersions answer on its client port (the
-harness's own protocol ping, probes.ping), asked every 20 ms. An open port is not enough: KRaft binds the
+harness's own protocol ping, catalog.ping), asked every 20 ms. An open port is not enough: KRaft binds the
 listeners long before it serves them, and a Docker port mapping accepts before anything listens.
 
 Host variants (the local data plane's broker, configured from the catalog's Kafka environment):
@@ -55,7 +55,7 @@ from testenv_harness.dataplane.runners import PodSpec, launch_for
 from testenv_harness.ground import children
 from testenv_harness.ground.localports import free_port
 from testenv_harness.provision import imagebuild
-from testenv_harness.services import probes
+from testenv_harness.services import catalog
 from testenv_harness.services.kafka import cds as kafka_cds
 from testenv_harness.services.kafka import runtime as kafka_runtime
 from testenv_operator.catalog import kafka_environment
@@ -249,7 +249,7 @@ def image_starter(ref: str, extra_env: dict[str, str]) -> Starter:
 def _await_answer(running: Running, began: float, timeout: float) -> tuple[float, float]:
     deadline = time.monotonic() + timeout
     checked = time.monotonic()
-    while not probes.ping("kafka", running.port, timeout=1.0):
+    while not catalog.ping("kafka", running.port, timeout=1.0):
         now = time.monotonic()
         if now > deadline:
             raise TimeoutError(f"no answer on port {running.port} within {timeout:.0f}s")

@@ -14,7 +14,7 @@ from testenv_api import KAFKA_EXTERNAL_PORT, KAFKA_INTERNAL_PORT, kafka_environm
 from testenv_harness.dataplane.runners import PodSpec, launch_for
 from testenv_harness.ground import children
 from testenv_harness.ground.localports import free_port
-from testenv_harness.services import probes
+from testenv_harness.services import catalog
 from testenv_harness.services.kafka import wire as kafka_wire
 
 
@@ -39,7 +39,7 @@ def broker(tmp_path: Path) -> Iterator[int]:
     with (tmp_path / "broker.log").open("wb") as log:
         process = subprocess.Popen(launch.argv, env=launch.env, cwd=tmp_path, stdout=log, stderr=log)
     try:
-        probes.wait_answering("kafka", port, timeout=120)
+        catalog.wait_answering("kafka", port, timeout=120)
         yield port
     finally:
         children.stop(process, grace=5)

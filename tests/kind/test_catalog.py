@@ -35,7 +35,7 @@ import os, subprocess, struct, socket, uuid
 import boto3, redis
 from confluent_kafka import Consumer, Producer
 from kubernetes import client
-from testenv_harness.services import probes
+from testenv_harness.services import catalog
 from testenv_api import KAFKA_INTERNAL_PORT, LABEL_SERVICE
 from testenv_harness.ground.waiting import wait_for
 
@@ -148,8 +148,8 @@ def test_postgres_login_and_query(testenv):
 
 
 def test_rabbitmq_and_mosquitto_answer_their_protocols(testenv):
-    assert probes.ping("rabbitmq", testenv.host_port("mq")[1], timeout=10)
-    assert probes.ping("mosquitto", testenv.host_port("mqtt")[1], timeout=10)
+    assert catalog.ping("rabbitmq", testenv.host_port("mq")[1], timeout=10)
+    assert catalog.ping("mosquitto", testenv.host_port("mqtt")[1], timeout=10)
 '''
 
 

@@ -14,7 +14,7 @@ from testenv_harness.dataplane.runners import PodSpec, RunnerError, launch_for, 
 from testenv_harness.ground import localports
 from testenv_harness.ground.errors import TestEnvError
 from testenv_harness.run.session import parse_services
-from testenv_harness.services import probes
+from testenv_harness.services import catalog
 from testenv_harness.services.kafka import runtime as kafka_runtime
 from testenv_harness.worker.handoff import Handoff, SetUpError, Slots, publish, publish_failure, receive
 from testenv_harness.worker.testenv import TestEnv
@@ -102,11 +102,11 @@ def _serve_once(answer: bytes) -> int:
     ],
 )
 def test_protocol_pings(kind: str, answer: bytes, ok: bool) -> None:
-    assert probes.ping(kind, _serve_once(answer)) is ok
+    assert catalog.ping(kind, _serve_once(answer)) is ok
 
 
 def test_ping_of_a_closed_port_fails() -> None:
-    assert probes.ping("redis", localports.free_port(), timeout=0.5) is False
+    assert catalog.ping("redis", localports.free_port(), timeout=0.5) is False
 
 
 @pytest.fixture
@@ -224,19 +224,19 @@ def test_pod_spec_reads_type_env_and_ports() -> None:
 
 def test_two_runs_never_plan_the_same_ports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KUBE_TESTENV_CACHE", str(tmp_path))
-    first = localports.reserve_block(12, "run-a", start=41000, stop=42000)
-    second = localports.reserve_block(12, "run-b", start=41000, stop=42000)
+    first = localports.reserve_block(12, "run-a", start=27000, stop=28000)
+    second = localports.reserve_block(12, "run-b", start=27000, stop=28000)
     assert second >= first + 12, "the second run skips the block the first one holds"
     localports.release_block("run-a")
-    assert localports.reserve_block(12, "run-c", start=41000, stop=42000) == first
+    assert localports.reserve_block(12, "run-c", start=27000, stop=28000) == first
 
 
 def test_a_dead_runs_reservation_is_dropped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KUBE_TESTENV_CACHE", str(tmp_path))
     folder = tmp_path / "port-reservations"
     folder.mkdir()
-    (folder / "gone.block").write_text("999999999 41000 100")  # no such process
-    assert localports.reserve_block(4, "run-d", start=41000, stop=42000) == 41000
+    (folder / "gone.block").write_text("999999999 27000 100")  # no such process
+    assert localports.reserve_block(4, "run-d", start=27000, stop=28000) == 27000
     assert not (folder / "gone.block").exists()
 
 

@@ -3,7 +3,8 @@ cluster): is the service itself answering?
 
 Pod readiness says the container is ready; on the `local` cluster kwok marks pods Ready
 before the host process listens, and on any cluster a port-forward can outlive its pod. A
-worker only starts once each of its services answers its own protocol (its descriptor's ping).
+worker only starts once each of its services answers its own protocol (its descriptor's ping;
+`catalog.ping` and `catalog.wait_answering` find it by the service's type).
 """
 
 from __future__ import annotations
@@ -39,26 +40,14 @@ def answers(ping: Ping | None, port: int, timeout: float = 2.0, host: str = "127
         return False
 
 
-def _ping_of(service_type: str) -> Ping | None:
-    from testenv_harness.services import catalog  # the descriptors' modules import this one
-
-    kind = catalog.of(service_type)
-    return kind.ping if kind else None
-
-
-def ping(service_type: str, port: int, timeout: float = 2.0, host: str = "127.0.0.1") -> bool:
-    """One attempt: does the service of this type on host:port answer its protocol?"""
-    return answers(_ping_of(service_type), port, timeout, host)
-
-
-def wait_answering(service_type: str, port: int, timeout: float, host: str = "127.0.0.1") -> float:
-    """Seconds until the service answered; WaitTimeoutError (a TimeoutError) naming the port otherwise."""
+def wait_answers(ping: Ping | None, port: int, timeout: float, host: str, what: str) -> float:
+    """Seconds until host:port answered `ping`; WaitTimeoutError (a TimeoutError) naming `what`
+    and the address otherwise."""
     started = time.monotonic()
-    check = _ping_of(service_type)
     wait_for(
-        lambda: answers(check, port, host=host),
+        lambda: answers(ping, port, host=host),
         timeout=timeout,
-        what=f"{service_type} on {host}:{port} to answer its protocol",
+        what=f"{what} on {host}:{port} to answer its protocol",
         seen=lambda: "no answer, or not the protocol's",
     )
     return time.monotonic() - started

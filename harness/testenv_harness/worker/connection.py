@@ -26,7 +26,7 @@ from testenv_api.status import PortStatus, ServiceStatus, WorkerStatus, workers_
 from testenv_harness.ground import kube, localports
 from testenv_harness.ground.errors import NotReadyError, PortBusyError, TestEnvError
 from testenv_harness.ground.waiting import WaitTimeoutError, wait_for
-from testenv_harness.services import catalog, probes
+from testenv_harness.services import catalog
 from testenv_harness.tunnel.portforward import Forwarder
 from testenv_harness.worker.handoff import DIRECT, Handoff
 from testenv_harness.worker.logs import ServiceLogs
@@ -96,7 +96,7 @@ class WorkerConnection:
                 left = self.handoff.timeout - (time.monotonic() - started)
                 host, port = self.endpoint(service.name)
                 try:
-                    probes.wait_answering(service.type, port, max(left, 1), host=host)
+                    catalog.wait_answering(service.type, port, max(left, 1), host=host)
                 except TimeoutError as exc:
                     hint = (
                         f" (a direct connection from this pod: the worker's NetworkPolicy admits pods of "

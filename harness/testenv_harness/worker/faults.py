@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from kubernetes.client.exceptions import ApiException
 
 from testenv_harness.ground import kube
-from testenv_harness.services import catalog, probes
+from testenv_harness.services import catalog
 from testenv_harness.services.base import ResetRefusedError
 from testenv_harness.tunnel.podwatch import PodWatch
 from testenv_harness.worker.connection import RESTART_RIGHTS, WorkerConnection
@@ -57,7 +57,7 @@ class Faults(WorkerConnection):
             return
         host, port = self.endpoint(name)
         try:
-            probes.wait_answering(service.type, port, max(1.0, deadline - time.monotonic()), host=host)
+            catalog.wait_answering(service.type, port, max(1.0, deadline - time.monotonic()), host=host)
         except TimeoutError as exc:
             raise self._not_ready(f"{name} came back but does not answer: {exc}") from exc
 
