@@ -74,7 +74,7 @@ def _state(name: str, pid: int, started: int) -> runstate.RunState:
 def test_new_folders_are_made_for_this_user_alone(cache: Path) -> None:
     assert files.cache_root() == cache
     runs = runstate.folder()
-    localports.reserve_block(2, "run-a", start=41000, stop=42000)
+    localports.reserve_block(2, "run-a", start=27000, stop=28000)
     assert [_mode(p) for p in (cache, runs, cache / "port-reservations")] == [0o700] * 3
 
 
@@ -114,7 +114,7 @@ def test_a_folder_owned_by_another_user_is_refused(cache: Path, which: str) -> N
     folder.chmod(0o700)
     os.chown(folder, 65534, 65534)
     use = (
-        (lambda: localports.reserve_block(2, "run-a", start=41000, stop=42000))
+        (lambda: localports.reserve_block(2, "run-a", start=27000, stop=28000))
         if which == "port-reservations"
         else runstate.folder
     )
@@ -156,12 +156,12 @@ def test_a_symlinked_claim_file_is_refused(cache: Path, tmp_path: Path) -> None:
 
 def test_a_symlinked_port_reservation_is_refused(cache: Path, tmp_path: Path) -> None:
     target = tmp_path / "victim"
-    target.write_text(f"{os.getpid()} 41000 10")
+    target.write_text(f"{os.getpid()} 27000 10")
     folder = cache / "port-reservations"
     folder.mkdir(parents=True)
     (folder / "other.block").symlink_to(target)
     with pytest.raises(TestEnvError, match="is a symbolic link"):
-        localports.reserve_block(2, "run-a", start=41000, stop=42000)
+        localports.reserve_block(2, "run-a", start=27000, stop=28000)
 
 
 def test_an_atomic_write_never_writes_through_a_link(cache: Path, tmp_path: Path) -> None:
@@ -242,8 +242,8 @@ def test_a_recycled_pid_does_not_keep_a_port_reservation(
     started = _start_time(stranger.pid)
     folder = cache / "port-reservations"
     folder.mkdir(parents=True)
-    (folder / "gone.block").write_text(f"{stranger.pid} 41000 100 {started + 1}")
-    assert localports.reserve_block(4, "run-d", start=41000, stop=42000) == 41000
+    (folder / "gone.block").write_text(f"{stranger.pid} 27000 100 {started + 1}")
+    assert localports.reserve_block(4, "run-d", start=27000, stop=28000) == 27000
     assert not (folder / "gone.block").exists()
 
 

@@ -17,7 +17,7 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_a_fresh_block_keeps_clear_of_ports_a_claim_forwards() -> None:
-    start = 41000
+    start = 27000
     claimed = {start, start + 1, start + 2, start + 7}
     assert localports.reserve_ports("claimer", claimed, "w0") == []
     base = localports.reserve_block(4, "fresh", start=start, stop=start + 100)
@@ -29,13 +29,13 @@ def test_a_fresh_block_keeps_clear_of_ports_a_claim_forwards() -> None:
 
 
 def test_ports_another_run_holds_are_named() -> None:
-    base = localports.reserve_block(3, "planner", start=42000, stop=42100)
+    base = localports.reserve_block(3, "planner", start=27200, stop=27300)
     assert localports.reserve_ports("claimer", [base + 1, base + 50], "w1") == [base + 1]
 
 
 def test_a_run_releases_what_it_reserved_besides_its_block(cache: Path) -> None:
-    localports.reserve_block(2, "run1", start=43000, stop=43100)
-    localports.reserve_ports("run1", [43500, 43501, 43600], "w0")
+    localports.reserve_block(2, "run1", start=27400, stop=27500)
+    localports.reserve_ports("run1", [27550, 27551, 27600], "w0")
     folder = cache / "port-reservations"
     assert len(list(folder.glob("run1*.block"))) == 3
     localports.release_block("run1")
