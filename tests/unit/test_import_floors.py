@@ -107,3 +107,37 @@ def test_the_operator_and_the_harness_share_only_the_contract(
         if module.split(".")[0] in forbidden
     ]
     assert not wrong, "\n".join(wrong)
+
+
+def _module_of(path: Path) -> str:
+    parts = path.relative_to(HARNESS.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_no_module_of_the_harness_imports_itself_back_round() -> None:
+    """No loop of imports, inside a wing too (function-level imports count: they only put the
+    loop off until the call)."""
+    modules = {_module_of(path): path for path in HARNESS.rglob("*.py")}
+    edges: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        for _, target in _imports(path):
+            while target and target not in modules:  # `from pkg.mod import name` names pkg.mod
+                target = target.rpartition(".")[0]
+            if target and target != name and not name.startswith(target + "."):
+                edges[name].add(target)
+    loops = []
+    state: dict[str, int] = {}  # 1: on the path, 2: done
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = 1
+        for target in sorted(edges[name]):
+            if state.get(target) == 1:
+                loops.append(" -> ".join([*path[path.index(target) :], target]))
+            elif target not in state:
+                visit(target, [*path, target])
+        state[name] = 2
+
+    for name in sorted(modules):
+        if name not in state:
+            visit(name, [name])
+    assert not loops, "\n".join(loops)
