@@ -4,8 +4,11 @@ appears in few places (its harness descriptor, the API contract, the operator's 
 from __future__ import annotations
 
 import ast
+import http.server
+import threading
 from collections import defaultdict
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -65,3 +68,43 @@ def test_a_broker_that_cannot_be_wiped_is_restarted_instead() -> None:
     assert reset is not None
     with pytest.raises(ResetRefusedError):
         reset("127.0.0.1", 9)
+
+
+class _Server(http.server.BaseHTTPRequestHandler):
+    """A LocalStack (health answers) or a moto_server (only its reset API answers)."""
+
+    localstack = False
+    resets: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        ok = self.localstack and self.path == "/_localstack/health"
+        self.send_response(200 if ok else 404)
+        self.end_headers()
+
+    def do_POST(self) -> None:
+        type(self).resets.append(self.path)
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("localstack", [True, False], ids=["real LocalStack", "moto_server"])
+def test_localstack_is_wiped_by_motos_api_only_where_moto_serves_it(localstack: bool) -> None:
+    handler = type("Handler", (_Server,), {"localstack": localstack, "resets": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    reset = catalog.TYPES["localstack"].reset
+    assert reset is not None
+    try:
+        if localstack:  # its S3 keeps its buckets through moto's reset path: a restart wipes it
+            with pytest.raises(ResetRefusedError):
+                reset("127.0.0.1", server.server_address[1])
+            assert handler.resets == []
+        else:
+            reset("127.0.0.1", server.server_address[1])
+            assert handler.resets == ["/moto-api/reset"]
+    finally:
+        server.shutdown()
+        server.server_close()

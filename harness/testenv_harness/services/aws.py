@@ -33,6 +33,21 @@ def _moto_reset(host: str, port: int) -> None:
         raise ResetRefusedError(f"{MOTO_RESET} answered {exc.code}") from exc
 
 
+def _localstack_reset(host: str, port: int) -> None:
+    """The local cluster serves localstack with moto_server, which its reset API wipes. A real
+    LocalStack (kind's image, an existing cluster's) answers that path without wiping its S3, so
+    one that answers its own health check is restarted instead."""
+    health = urllib.request.Request(f"http://{host}:{port}/_localstack/health")
+    try:
+        with urllib.request.urlopen(health, timeout=5) as answer:
+            real = answer.status == 200
+    except (urllib.error.URLError, OSError):
+        real = False  # moto has no such path: 404
+    if real:
+        raise ResetRefusedError("a LocalStack server: restarted to be wiped")
+    _moto_reset(host, port)
+
+
 def _moto_server(pod: PodSpec, workdir: Path) -> Launch:
     (port,) = pod.ports.values()
     if any(importlib.util.find_spec(module) is None for module in _MODULES):
@@ -49,7 +64,7 @@ def _aws(name: str) -> ServiceType:
         name,
         variables=("AWS_ENDPOINT_URL",),
         ping=_HTTP,
-        reset=_moto_reset,
+        reset=_localstack_reset if name == "localstack" else _moto_reset,
         local=_moto_server,
         local_modules=_MODULES,
         local_install=_INSTALL,
