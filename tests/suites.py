@@ -7,6 +7,7 @@ imports these fixtures into its conftest.
 from __future__ import annotations
 
 import shutil
+import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,9 @@ from testenv_harness.provision.clusters import Cluster
 #: Read before pytester points HOME at a temporary folder: the inner runs need the built tools.
 CACHE = str(files.cache_root())
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+_SCRIPT = Path(sys.executable).with_name("testenv")
+#: The `testenv` command of this installation (its script, or the module where there is none).
+TESTENV = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "testenv_harness"]
 Run = Callable[..., pytest.RunResult]
 
 

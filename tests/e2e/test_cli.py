@@ -25,22 +25,9 @@ from testenv_harness.provision import toolchain
 from testenv_harness.provision.clusters import Cluster
 from testenv_harness.run import runstate
 from tests.e2e import outages
-from tests.suites import EXAMPLES, Run
+from tests.suites import EXAMPLES, TESTENV, Run
 
-_SCRIPT = Path(sys.executable).with_name("testenv")
-TESTENV = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "testenv_harness"]
 GINKGO_SUITE = EXAMPLES / "ginkgo"
-
-
-@pytest.fixture
-def where(local_cluster: Cluster) -> list[str]:
-    """The run options that put a run on the session's cluster, in a namespace of its own."""
-    return [
-        "--cluster=local",
-        f"--cluster-name={local_cluster.name}",
-        f"--namespace=cli-{uuid.uuid4().hex[:6]}",
-        "--timeout=180",
-    ]
 
 
 @pytest.fixture

@@ -7,14 +7,9 @@ import shlex
 import subprocess
 import sys
 import uuid
-from pathlib import Path
 
-import pytest
+from tests.suites import TESTENV
 
-from testenv_harness.provision.clusters import Cluster
-
-_SCRIPT = Path(sys.executable).with_name("testenv")
-TESTENV = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "testenv_harness"]
 #: What the run's command does: make its Redis log every connection, connect, then ask.
 COMMAND = f"""
 {shlex.quote(sys.executable)} -c 'import os, redis
@@ -27,16 +22,6 @@ echo "== tail"; testenv logs redis --worker 1 --tail 1
 echo "== unknown"; testenv logs nats --worker 1 || echo "exit $?"
 echo "== range"; testenv logs redis --worker 2 || echo "exit $?"
 """
-
-
-@pytest.fixture
-def where(local_cluster: Cluster) -> list[str]:
-    return [
-        "--cluster=local",
-        f"--cluster-name={local_cluster.name}",
-        f"--namespace=logs-{uuid.uuid4().hex[:6]}",
-        "--timeout=180",
-    ]
 
 
 def _part(out: str, name: str) -> str:

@@ -55,6 +55,7 @@ from testenv_harness.run.session import RunOptions, RunSession
 from testenv_harness.worker.connection import FORWARD_RIGHTS
 from testenv_harness.worker.handoff import Handoff
 from testenv_harness.worker.testenv import TestEnv
+from tests.suites import TESTENV
 
 from . import chart_support as chart
 from . import environments as te
@@ -64,8 +65,6 @@ SYSTEM_NAMESPACE = "testenv-system"
 #: Short loops so the scenario also drives the resync and the orphan sweep within seconds.
 FAST = {"resyncSeconds": 2, "orphanSweepSeconds": 2}
 RBAC_GROUP = "rbac.authorization.k8s.io"
-_SCRIPT = Path(sys.executable).with_name("testenv")
-TESTENV = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "testenv_harness"]
 #: What the operator logs when the API server refuses it something.
 PERMISSION_TROUBLE = re.compile(
     r"forbidden|\b403\b|not enough permissions|orphan sweep failed", re.IGNORECASE

@@ -39,11 +39,9 @@ from testenv_harness.provision.clusters import Cluster
 from testenv_harness.provision.clusters.kind import KindProvider
 from tests.integration import chart_support as chart
 from tests.integration import environments as te
-from tests.suites import CACHE, EXAMPLES
+from tests.suites import CACHE, EXAMPLES, TESTENV
 
 RBAC_GROUP = "rbac.authorization.k8s.io"
-_SCRIPT = Path(sys.executable).with_name("testenv")
-TESTENV = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "testenv_harness"]
 #: What the plugin prints for each worker: the slowest one is the run's time to its first test.
 WORKER_READY = re.compile(r"worker \d+ ready in ([\d.]+)s")
 SUMMARY = re.compile(r"\b10 passed in ([\d.]+)s")

@@ -7,11 +7,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
+from testenv_harness.ground.waiting import wait_for
 from testenv_harness.services import rabbitmq
 from testenv_harness.services.base import PodSpec, RunnerError
 
@@ -263,7 +263,6 @@ def test_the_wrapper_waits_for_its_epmd_execs_the_server_and_epmd_dies_with_it(t
     assert wrapper.returncode == 0, err
     word, server_pid, _, epmd_pid = out.split()
     assert (word, int(server_pid)) == ("server", wrapper.pid)  # exec'd: the same process
-    deadline = time.monotonic() + 5
-    while not _gone(int(epmd_pid)):
-        assert time.monotonic() < deadline, "the node's epmd outlived its parent"
-        time.sleep(0.02)
+    wait_for(
+        lambda: _gone(int(epmd_pid)), timeout=5, what="the node's epmd to end with its parent", interval=0.02
+    )

@@ -6,7 +6,6 @@ import hashlib
 import socket
 import struct
 import threading
-import zlib
 from collections.abc import Iterator
 
 import pytest
@@ -14,6 +13,7 @@ from websocket import ABNF
 
 from testenv_harness.tunnel import spdy
 from testenv_harness.tunnel.wspipe import WebsocketPipe
+from tests.unit.spdy_peer import FakeWebsocket, Peer
 
 
 def test_the_dictionary_is_the_spdy3_one() -> None:
@@ -26,40 +26,6 @@ def test_the_dictionary_is_the_spdy3_one() -> None:
 def test_header_blocks_round_trip_and_lowercase_names() -> None:
     block = spdy.encode_headers({"StreamType": "data", "port": "6379", "requestID": "7"})
     assert spdy.decode_headers(block) == {"streamtype": "data", "port": "6379", "requestid": "7"}
-
-
-class Peer:
-    """The server's side: reads our frames (decompressing headers) and writes its own."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.inflate = zlib.decompressobj(zdict=spdy.DICTIONARY)
-        self.buffer = b""
-
-    def frame(self) -> tuple[bool, int, int, bytes]:
-        """(control, type or stream id, flags, payload)."""
-        while len(self.buffer) < 8 or len(self.buffer) < 8 + (self._length() & 0xFFFFFF):
-            chunk = self.sock.recv(65536)
-            assert chunk, "the session closed its transport"
-            self.buffer += chunk
-        first, flags_length = struct.unpack_from(">II", self.buffer)
-        end = 8 + (flags_length & 0xFFFFFF)
-        payload, self.buffer = self.buffer[8:end], self.buffer[end:]
-        control = bool(first & 0x80000000)
-        return control, (first & 0xFFFF) if control else first, flags_length >> 24, payload
-
-    def _length(self) -> int:
-        (flags_length,) = struct.unpack_from(">I", self.buffer, 4)
-        return int(flags_length)
-
-    def syn_stream(self) -> tuple[int, dict[str, str]]:
-        control, kind, _, payload = self.frame()
-        assert (control, kind) == (True, spdy.SYN_STREAM)
-        (stream_id,) = struct.unpack_from(">I", payload)
-        return stream_id, spdy.decode_headers(self.inflate.decompress(payload[10:]))
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
 
 
 @pytest.fixture
@@ -133,14 +99,9 @@ def test_a_lost_transport_closes_the_session(pair: tuple[spdy.Session, Peer]) ->
     assert session.reason.startswith("closed by the server")
 
 
-class _FakeWebsocket:
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-
-
 def test_the_pipe_joins_fragments_answers_pings_and_masks_what_it_sends() -> None:
     ours, theirs = socket.socketpair()
-    pipe = WebsocketPipe(_FakeWebsocket(ours), idle=0.1)  # type: ignore[arg-type]
+    pipe = WebsocketPipe(FakeWebsocket(ours), idle=0.1)  # type: ignore[arg-type]
     ping = bytes([0x89, 2]) + b"hi"
     first = bytes([0x02, 3]) + b"abc"  # binary, not final
     last = bytes([0x80, 126]) + struct.pack(">H", 200) + b"d" * 200  # continuation, final, 16-bit length

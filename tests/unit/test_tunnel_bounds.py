@@ -23,9 +23,11 @@ from collections.abc import Callable, Iterator
 import pytest
 import websocket
 
+from testenv_harness.ground.waiting import wait_for
 from testenv_harness.tunnel import portforward, spdy
 from testenv_harness.tunnel.portforward import ChannelTunnel, Forwarder, SpdyTunnel
 from testenv_harness.tunnel.wspipe import WebsocketPipe
+from tests.unit.spdy_peer import FakeWebsocket, Peer
 
 MiB = 1024 * 1024
 #: What a teardown may take at most here (it takes milliseconds; CI machines are shared).
@@ -67,58 +69,9 @@ def background(call: Callable[[], object]) -> tuple[threading.Thread, list[BaseE
     return thread, errors
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        time.sleep(0.01)
-
-
-class _FakeWebsocket:
-    """What WebsocketPipe takes from websocket-client: the upgraded socket."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-
-
 def _full(sock: socket.socket) -> bool:
     """True once `sock` cannot take another byte (its peer reads nothing)."""
     return not select.select([], [sock], [], 0)[1]
-
-
-class Peer:
-    """The server's side of a session on a plain socket: frames in, frames out."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.buffer = b""
-
-    def frame(self) -> tuple[bool, int, int, bytes]:
-        """(control, type or stream id, flags, payload) of the next frame we sent."""
-        while len(self.buffer) < 8 or len(self.buffer) < 8 + (self._length() & 0xFFFFFF):
-            chunk = self.sock.recv(1 << 20)
-            assert chunk, "the session closed its transport"
-            self.buffer += chunk
-        first, flags_length = struct.unpack_from(">II", self.buffer)
-        end = 8 + (flags_length & 0xFFFFFF)
-        payload, self.buffer = self.buffer[8:end], self.buffer[end:]
-        control = bool(first & 0x80000000)
-        return control, (first & 0xFFFF) if control else first, flags_length >> 24, payload
-
-    def _length(self) -> int:
-        (flags_length,) = struct.unpack_from(">I", self.buffer, 4)
-        return int(flags_length)
-
-    def until(self, control: bool, kind: int, timeout: float) -> tuple[bool, int, int, bytes]:
-        """Skip frames until one of `kind`; fails after `timeout`."""
-        self.sock.settimeout(timeout)
-        try:
-            while True:
-                frame = self.frame()
-                if frame[:2] == (control, kind):
-                    return frame
-        except TimeoutError:
-            pytest.fail(f"no {'control' if control else 'data'} frame {kind} within {timeout}s")
 
 
 @pytest.fixture
@@ -151,7 +104,7 @@ def stalled() -> Iterator[tuple[spdy.Session, WebsocketPipe, socket.socket]]:
     """A session over a websocket pipe whose peer reads nothing at all (it is never read)."""
     ours, theirs = socket.socketpair()
     ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
-    pipe = WebsocketPipe(_FakeWebsocket(ours), idle=0.2)  # type: ignore[arg-type]
+    pipe = WebsocketPipe(FakeWebsocket(ours), idle=0.2)  # type: ignore[arg-type]
     session = spdy.Session(pipe.send, pipe.receive, "test/stalled")
     session.on_close = pipe.close
     threading.Thread(target=session.run, daemon=True).start()
@@ -177,7 +130,7 @@ def test_forget_ping_and_close_finish_while_an_upload_waits_on_a_peer_that_reads
     session, pipe, _ = stalled
     _, data = _open(session)
     upload, errors = background(lambda: data.send(b"u" * 64 * MiB))
-    wait_until(lambda: _full(pipe.sock), 5, "the upload filled the socket")
+    wait_for(lambda: _full(pipe.sock), timeout=5, what="the upload filled the socket", interval=0.01)
     time.sleep(0.2)  # the uploader is now waiting for the peer, holding the session's writer
 
     timed(lambda: session.forget(data.id))
@@ -219,9 +172,9 @@ def test_a_failed_write_closes_the_session_instead_of_deadlocking_it() -> None:
 
 def test_a_pipe_closes_at_once_while_a_send_waits_on_a_peer_that_reads_nothing() -> None:
     ours, theirs = socket.socketpair()
-    pipe = WebsocketPipe(_FakeWebsocket(ours))  # type: ignore[arg-type]
+    pipe = WebsocketPipe(FakeWebsocket(ours))  # type: ignore[arg-type]
     sender, errors = background(lambda: pipe.send(b"u" * 16 * MiB))
-    wait_until(lambda: _full(ours), 5, "the send filled the socket")
+    wait_for(lambda: _full(ours), timeout=5, what="the send filled the socket", interval=0.01)
     took = timed(pipe.close)
     assert took < 0.5, f"close waited {took:.2f}s for a send the peer never reads"
     sender.join(BOUND)
@@ -235,7 +188,7 @@ def test_tearing_down_a_forward_whose_upload_is_stalled_takes_no_time() -> None:
     """What a worker's teardown does (Forwarder.drop_pods) with a client mid-upload."""
     ours, theirs = socket.socketpair()  # the API server's end: it never reads
     ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
-    pipe = WebsocketPipe(_FakeWebsocket(ours), idle=0.2)  # type: ignore[arg-type]
+    pipe = WebsocketPipe(FakeWebsocket(ours), idle=0.2)  # type: ignore[arg-type]
     session = spdy.Session(pipe.send, pipe.receive, "test/pod-a")
     session.on_close = pipe.close
     threading.Thread(target=session.run, daemon=True).start()
@@ -243,7 +196,7 @@ def test_tearing_down_a_forward_whose_upload_is_stalled_takes_no_time() -> None:
     tunnel = SpdyTunnel(local, session, 6379, 0, "pod-a")
     runner, _ = background(tunnel.run)
     background(lambda: client.sendall(b"u" * 64 * MiB))
-    wait_until(lambda: _full(ours), 5, "the upload filled the API server's socket")
+    wait_for(lambda: _full(ours), timeout=5, what="the upload filled the API server's socket", interval=0.01)
     time.sleep(0.2)
 
     # A forwarder with just what drop_pods uses: its sessions and tunnels.
@@ -305,7 +258,12 @@ def test_a_client_that_reads_nothing_holds_a_bounded_buffer_and_is_reset_alone(
         start = time.monotonic()
         flood, _ = background(lambda: _flood(peer, 3, 64 * MiB))
         # (Code without the flag goes on to the bounds below, and fails there.)
-        wait_until(lambda: getattr(session, "held", True), 10, "the reader waited for the client")
+        wait_for(
+            lambda: getattr(session, "held", True),
+            timeout=10,
+            what="the reader waited for the client",
+            interval=0.01,
+        )
         reset = peer.until(True, spdy.RST_STREAM, timeout=10)
         reset_after = time.monotonic() - start
         flood.join(20)
@@ -406,7 +364,9 @@ def test_a_header_block_that_inflates_past_the_bound_ends_the_session(
     reply = deflate.compress(spdy.encode_headers({"streamtype": "data"})) + deflate.flush(zlib.Z_SYNC_FLUSH)
     peer.sock.sendall(spdy.control_frame(spdy.SYN_REPLY, struct.pack(">I", 3) + reply))
     peer.sock.sendall(spdy.data_frame(3, b"ok"))
-    wait_until(lambda: received == [b"ok"], 5, "the data after a normal reply arrived")
+    wait_for(
+        lambda: received == [b"ok"], timeout=5, what="the data after a normal reply arrived", interval=0.01
+    )
 
     bomb = deflate.compress(spdy.encode_headers({"x": "a" * (64 * MiB)})) + deflate.flush(zlib.Z_SYNC_FLUSH)
     assert len(bomb) < 256 * 1024  # some compressed kilobytes ...
@@ -448,7 +408,7 @@ def test_many_frames_in_one_message_are_parsed_in_linear_time() -> None:
 
 def test_a_websocket_frame_announcing_more_than_the_bound_is_refused_before_buffering() -> None:
     ours, theirs = socket.socketpair()
-    pipe = WebsocketPipe(_FakeWebsocket(ours), idle=0.1)  # type: ignore[arg-type]
+    pipe = WebsocketPipe(FakeWebsocket(ours), idle=0.1)  # type: ignore[arg-type]
     theirs.sendall(bytes([0x82, 127]) + struct.pack(">Q", 1 << 40) + b"x" * 1024)
     results: list[bytes] = []
     with pytest.raises(ConnectionError, match="a websocket frame of 1099511627776 bytes"):
@@ -512,7 +472,9 @@ def test_closing_a_channel_tunnel_does_not_wait_for_its_stalled_upload(
     background(lambda: client.sendall(b"u" * 64 * MiB))
     ws_sock = tunnel.ws.sock
     assert ws_sock is not None
-    wait_until(lambda: _full(ws_sock), 10, "the upload filled the websocket's socket")
+    wait_for(
+        lambda: _full(ws_sock), timeout=10, what="the upload filled the websocket's socket", interval=0.01
+    )
     time.sleep(0.2)  # the connection's thread now waits in a send, holding the websocket's lock
 
     took = timed(tunnel.close)
