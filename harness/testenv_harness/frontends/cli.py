@@ -21,7 +21,6 @@ import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import urllib3
 from kubernetes.client.exceptions import ApiException
@@ -120,15 +119,11 @@ def _cmd_images(args: argparse.Namespace) -> int:
     return 0
 
 
-def _example(text: str) -> dict[str, Any]:
-    return {"epilog": f"example:\n  {text}", "formatter_class": argparse.RawDescriptionHelpFormatter}
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="testenv",
         description=__doc__.split("\n")[0],
-        **_example("testenv run --service redis kafka --workers 4 -- ginkgo -p --procs 4"),
+        **cli_runs.example("testenv run --service redis kafka --workers 4 -- ginkgo -p --procs 4"),
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -138,7 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     tools = sub.add_parser(
         "tools",
         help="build the pinned control-plane binaries (or the test runners) into the cache",
-        **_example("export PATH=$(testenv tools --group runners --print-bin-dir):$PATH"),
+        **cli_runs.example("export PATH=$(testenv tools --group runners --print-bin-dir):$PATH"),
     )
     tools.add_argument(
         "--group",
@@ -152,7 +147,7 @@ def _parser() -> argparse.ArgumentParser:
     cluster = sub.add_parser(
         "cluster",
         help="manage the local (kwokctl) or kind cluster",
-        **_example('eval "$(testenv cluster up --name testenv)" && kubectl get nodes'),
+        **cli_runs.example('eval "$(testenv cluster up --name testenv)" && kubectl get nodes'),
     )
     cluster.add_argument("action", choices=("up", "down", "env"))
     cluster.add_argument(
@@ -178,7 +173,7 @@ def _parser() -> argparse.ArgumentParser:
         help="build the kind node, service and operator images offline (Docker engine needed)",
         description="Build (or list) the images a kind cluster needs here, keyed by content: a rerun "
         "is a no-op.",
-        **_example("testenv images build redis kafka"),
+        **cli_runs.example("testenv images build redis kafka"),
     )
     images.add_argument("action", choices=("build", "list", "prune"))
     images.add_argument("names", nargs="*", help="images to build (default: all of them)")

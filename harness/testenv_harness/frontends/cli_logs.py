@@ -15,6 +15,7 @@ import sys
 import time
 from typing import Any
 
+from testenv_harness.frontends import cli_runs
 from testenv_harness.frontends.failure_logs import lines_text, state_text
 from testenv_harness.run import runstate
 from testenv_harness.worker.connection import WorkerConnection
@@ -86,8 +87,7 @@ def add_parser(sub: Any) -> None:
         description="The state of worker I's pods of SERVICE (ready, restarts, last termination) and the "
         "last lines each wrote: through the API (pods/log), or on the local cluster its host process's "
         "output.",
-        epilog="example:\n  testenv logs kafka --worker 1 --since 5m",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        **cli_runs.example("testenv logs kafka --worker 1 --since 5m"),
     )
     logs.add_argument("service", help="the service's name in the manifest")
     logs.add_argument("--worker", type=int, metavar="I", help="from 0 (default: $TESTENV_WORKER)")
@@ -99,5 +99,5 @@ def add_parser(sub: Any) -> None:
         metavar="N",
         help="the last N lines of each pod (default: %(default)s; -1: every line)",
     )
-    logs.add_argument("--run", metavar="NAME", help="which run (default: $TESTENV_RUN, or the only one up)")
+    cli_runs.add_run_choice(logs)
     logs.set_defaults(func=cmd_logs)

@@ -478,7 +478,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 # -- the parser ---------------------------------------------------------------------------------
 
 
-def _example(text: str) -> dict[str, Any]:
+def example(text: str) -> dict[str, Any]:
+    """A subcommand's help ends with an example (`**example(...)` into add_parser)."""
     return {"epilog": f"example:\n  {text}", "formatter_class": argparse.RawDescriptionHelpFormatter}
 
 
@@ -551,7 +552,8 @@ def _add_variables_output(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_run_choice(parser: argparse.ArgumentParser) -> None:
+def add_run_choice(parser: argparse.ArgumentParser) -> None:
+    """--run, for a command that acts on one run the testenv command holds."""
     parser.add_argument("--run", metavar="NAME", help="which run (default: $TESTENV_RUN, or the only one up)")
 
 
@@ -562,7 +564,7 @@ def add_parsers(sub: Any) -> None:
         description="The whole run: cluster, CRD, operator, environment and every worker's forwards; "
         "then CMD with REDIS_URL_0..N-1 and the like (see `testenv env`); teardown when CMD exits, on "
         "Ctrl-C and on SIGTERM. Exits with CMD's status.",
-        **_example("testenv run -f env.yaml --workers 4 -- ginkgo -p --procs 4"),
+        **example("testenv run -f env.yaml --workers 4 -- ginkgo -p --procs 4"),
     )
     _add_run_options(run)
     run.set_defaults(func=cmd_run)
@@ -573,7 +575,7 @@ def add_parsers(sub: Any) -> None:
         description="Set a run up and keep it in a background process until `testenv down`. Prints the "
         "run's name on stdout. Workers are forwarded by `testenv forward --worker I` (or by this "
         "process with --forward).",
-        **_example("testenv up -f env.yaml --workers 4 && testenv forward --worker 0 &"),
+        **example("testenv up -f env.yaml --workers 4 && testenv forward --worker 0 &"),
     )
     _add_run_options(up)
     up.add_argument("--forward", action="store_true", help="also forward every worker from the run's process")
@@ -592,9 +594,9 @@ def add_parsers(sub: Any) -> None:
         help="print a worker's variables (or, without --worker, every worker's, numbered)",
         description="Without --worker: what `testenv run` gives its command (REDIS_URL_0, REDIS_URL_1, "
         "...). With --worker I: worker I's variables under plain names (REDIS_URL, ...).",
-        **_example('eval "$(testenv env --worker 1)" && redis-cli -u "$REDIS_URL" ping'),
+        **example('eval "$(testenv env --worker 1)" && redis-cli -u "$REDIS_URL" ping'),
     )
-    _add_run_choice(env)
+    add_run_choice(env)
     env.add_argument("--worker", type=int, metavar="I", help="worker number, from 0")
     _add_variables_output(env)
     env.set_defaults(func=cmd_env)
@@ -604,9 +606,9 @@ def add_parsers(sub: Any) -> None:
         help="forward one worker's services to its local ports until stopped",
         description="Listen on worker I's planned local ports until SIGTERM, Ctrl-C or the run's end. "
         "Prints the worker's variables once the forwards answer.",
-        **_example("testenv forward --worker 3 -o json &"),
+        **example("testenv forward --worker 3 -o json &"),
     )
-    _add_run_choice(forward)
+    add_run_choice(forward)
     forward.add_argument("--worker", type=int, metavar="I", help="from 0 (default: $TESTENV_WORKER)")
     _add_variables_output(forward)
     forward.set_defaults(func=cmd_forward)
@@ -614,18 +616,18 @@ def add_parsers(sub: Any) -> None:
     status = sub.add_parser(
         "status",
         help="list the runs on this machine and their environments",
-        **_example("testenv status -o json"),
+        **example("testenv status -o json"),
     )
-    _add_run_choice(status)
+    add_run_choice(status)
     status.add_argument("-o", "--output", choices=("text", "json"), default="text")
     status.set_defaults(func=cmd_status)
 
     down = sub.add_parser(
         "down",
         help="tear a run down (its environment, operator, data plane and forwards)",
-        **_example("testenv down --run checkout-e2e"),
+        **example("testenv down --run checkout-e2e"),
     )
-    _add_run_choice(down)
+    add_run_choice(down)
     down.set_defaults(func=cmd_down)
 
     sweep = sub.add_parser(
@@ -633,16 +635,16 @@ def add_parsers(sub: Any) -> None:
         help="delete what runs killed with -9 left behind",
         description="For every run on this machine whose process is gone, delete its environment now "
         "instead of waiting for its heartbeat to expire.",
-        **_example("testenv sweep"),
+        **example("testenv sweep"),
     )
     sweep.set_defaults(func=cmd_sweep)
 
     restart = sub.add_parser(
         "restart",
         help="restart one service of one worker; no other worker notices",
-        **_example("testenv restart redis --worker 1"),
+        **example("testenv restart redis --worker 1"),
     )
-    _add_run_choice(restart)
+    add_run_choice(restart)
     restart.add_argument("service", help="the service's name in the manifest")
     restart.add_argument("--worker", type=int, metavar="I", help="from 0 (default: $TESTENV_WORKER)")
     restart.add_argument("--timeout", type=float, default=120.0, help="seconds (default: %(default)s)")
@@ -653,7 +655,7 @@ def add_parsers(sub: Any) -> None:
         help="run CMD as the first free worker, with its variables under plain names",
         description="For runners that number nothing (go test -p runs one process per package): each "
         "`testenv exec` takes the lowest worker no other one holds, until CMD exits.",
-        **_example("testenv run --workers 4 -- go test -p 4 -exec 'testenv exec --' ./..."),
+        **example("testenv run --workers 4 -- go test -p 4 -exec 'testenv exec --' ./..."),
     )
-    _add_run_choice(exec_)
+    add_run_choice(exec_)
     exec_.set_defaults(func=cmd_exec)
