@@ -65,9 +65,12 @@ def _nothing_left(cluster: Cluster, namespace: str, timeout: float = 90) -> None
     )
 
 
-def _ginkgo(where: list[str], path: str, workers: int, *ginkgo: str) -> subprocess.CompletedProcess[str]:
+def _ginkgo(
+    where: list[str], path: str, workers: int, *ginkgo: str, options: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    run = [*TESTENV, "run", "-f", "testenvironment.yaml", f"--workers={workers}", *where, *options]
     return subprocess.run(
-        [*TESTENV, "run", "-f", "testenvironment.yaml", f"--workers={workers}", *where, "--", *ginkgo],
+        [*run, "--", *ginkgo],
         cwd=GINKGO_SUITE,
         env=dict(os.environ, PATH=path),
         capture_output=True,
@@ -83,15 +86,40 @@ def _ginkgo(where: list[str], path: str, workers: int, *ginkgo: str) -> subproce
     ids=["procs-4", "procs-1"],
 )
 def test_the_ginkgo_suite_passes_with_a_redis_and_kafka_per_process(
-    where: list[str], ginkgo_path: str, local_cluster: Cluster, workers: int, ginkgo: tuple[str, ...]
+    where: list[str],
+    ginkgo_path: str,
+    local_cluster: Cluster,
+    workers: int,
+    ginkgo: tuple[str, ...],
+    tmp_path: Path,
 ) -> None:
-    result = _ginkgo(where, ginkgo_path, workers, *ginkgo)
+    page, specs = tmp_path / "timeline.html", tmp_path / "ginkgo.json"
+    options = (f"--timeline={page}", f"--timeline-specs={specs}")
+    result = _ginkgo(where, ginkgo_path, workers, *ginkgo, f"--json-report={specs}", options=options)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "11 Passed | 0 Failed" in result.stdout, result.stdout[-3000:]
     if workers > 1:
         assert f"Running in parallel across {workers} processes" in result.stdout
     assert "the namespaces are deleted in the background by operator pid" in result.stderr
     _nothing_left(local_cluster, _namespace_of(where))
+
+    # The run's timeline: its steps, each worker's forwards, the command, and Ginkgo's specs on
+    # the row of the worker whose variables their process used.
+    assert f"timeline: {page}" in result.stderr
+    events = json.loads(page.with_suffix(".json").read_text())["events"]
+    steps = {e["name"] for e in events if e["row"] is None}
+    assert {"cluster", "operator", "environment", "teardown: environment"} <= steps
+    (command,) = [e for e in events if e["kind"] == "command"]
+    assert command["name"].startswith("ginkgo ")
+    tests = [e for e in events if e["kind"] == "test"]
+    assert len(tests) == 11
+    assert {e["outcome"] for e in tests} == {"passed"}
+    rows = {e["row"] for e in tests}
+    assert rows <= set(range(workers)), "each process's specs on its own worker"
+    assert len(rows) > 1 or workers == 1, "the specs ran on more than one worker"
+    assert all(command["start"] <= e["start"] <= e["end"] <= command["end"] for e in tests)
+    for row in range(workers):
+        assert any(e["row"] == row and e["name"] == "forwards ready" for e in events), f"worker {row}"
 
 
 def test_the_ginkgo_suite_fails_when_two_processes_share_a_redis(where: list[str], ginkgo_path: str) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from testenv_harness.frontends import timeline, timeline_page
+from testenv_harness.frontends import command_timeline, timeline, timeline_page
 from testenv_harness.worker.logs import PodState
 
 T = 1_800_000_000.0
@@ -128,3 +128,68 @@ def test_a_run_with_no_events_still_renders() -> None:
     page = timeline_page.render({"version": 1, "run": {"started": T, "finished": T + 1}, "events": []})
     assert page.startswith("<!DOCTYPE html>")
     assert "<title>kube-testenv timeline</title>" in page
+
+
+def _spec(
+    process: int, leaf: str, state: str, start: str, end: str, node: str = "It", **more: object
+) -> dict:
+    return {
+        "ContainerHierarchyTexts": ["Orders"],
+        "LeafNodeType": node,
+        "LeafNodeText": leaf,
+        "State": state,
+        "StartTime": start,
+        "EndTime": end,
+        "ParallelProcess": process,
+        **more,
+    }
+
+
+def test_a_ginkgo_report_puts_each_spec_on_its_processs_worker(tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    specs = [
+        _spec(
+            1,
+            "",
+            "passed",
+            "2026-12-06T10:00:00.5Z",
+            "2026-12-06T10:00:01.25Z",
+            node="SynchronizedBeforeSuite",
+        ),
+        _spec(1, "stores an order", "passed", "2026-12-06T10:00:01.123456789Z", "2026-12-06T10:00:02Z"),
+        _spec(
+            3,
+            "reads it back",
+            "failed",
+            "2026-12-06T11:00:03+01:00",
+            "2026-12-06T11:00:06+01:00",
+            Failure={"Message": "Expected\n    <int>: 1\nto equal 2"},
+        ),
+        _spec(2, "waits its turn", "skipped", "0001-01-01T00:00:00Z", "0001-01-01T00:00:00Z"),
+    ]
+    report.write_text(json.dumps([{"SuiteDescription": "Orders", "SpecReports": specs}]))
+
+    events = command_timeline.ginkgo_specs(report)
+
+    setup, stored, failed = sorted(events, key=lambda e: e["start"])
+    assert (setup["row"], setup["lane"], setup["name"]) == (0, "worker", "SynchronizedBeforeSuite")
+    assert (stored["row"], stored["lane"], stored["kind"], stored["outcome"]) == (
+        0,
+        "tests",
+        "test",
+        "passed",
+    )
+    assert stored["name"] == "Orders::stores an order"
+    assert stored["start"] == pytest.approx(1796551201.123456)
+    assert stored["end"] == 1796551202.0
+    assert (failed["row"], failed["outcome"]) == (2, "failed"), "process 3 ran on worker 2"
+    assert failed["end"] - failed["start"] == 3.0
+    assert failed["detail"].endswith("\nExpected"), "the failure's first line, for the hover"
+
+
+@pytest.mark.parametrize("text", ["{not json", '{"SpecReports": []}', "[1, 2]"])
+def test_what_is_not_a_ginkgo_report_is_refused_with_its_name(tmp_path: Path, text: str) -> None:
+    report = tmp_path / "junit.xml"
+    report.write_text(text)
+    with pytest.raises(ValueError, match=r"--timeline-specs .*junit\.xml"):
+        command_timeline.ginkgo_specs(report)

@@ -27,6 +27,7 @@ from kubernetes.client.exceptions import ApiException
 
 from testenv_api import GROUP, MAX_WORKERS, PLURAL, VERSION
 from testenv_harness.frontends import exports, reuse, supervise
+from testenv_harness.frontends.command_timeline import CommandTimeline
 from testenv_harness.frontends.holder import Holder
 from testenv_harness.ground import files, kube
 from testenv_harness.ground.errors import TestEnvError
@@ -146,16 +147,30 @@ def _testenv_on_path(run_dir: Path | None, env: dict[str, str]) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     if not args.cmd:
         raise ValueError("say what to run after --, e.g. testenv run --workers 4 -- ginkgo -p --procs 4")
+    if args.timeline_specs and not args.timeline:
+        raise ValueError("--timeline-specs draws a report's specs on the timeline: give --timeline FILE too")
     name, options = _run_options(args)
     holder = Holder(name, options, command="run", forward=True, report=say)
+    command = shlex.join(args.cmd)
+    page = None
+    if args.timeline:
+        page = CommandTimeline(
+            Path(args.timeline), Path(args.timeline_specs) if args.timeline_specs else None, command
+        )
     status = 1
     try:
-        with _signals_interrupt():
-            holder.start()
+        try:
+            with _signals_interrupt():
+                holder.start()
+        finally:
+            if page is not None:
+                page.set_up(holder.session)
         env = {**os.environ, **holder.variables()}
         _testenv_on_path(holder.run_dir, env)
-        say(f"running {shlex.join(args.cmd)} with {options.workers} worker(s)")
+        say(f"running {command} with {options.workers} worker(s)")
         started = time.monotonic()
+        if page is not None:
+            page.command_started()
         try:
             status, signum = supervise.run_command(args.cmd, env, say)
         except FileNotFoundError:
@@ -164,6 +179,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         except PermissionError:
             say(f"{args.cmd[0]}: permission denied")
             return 126
+        finally:
+            if page is not None:
+                page.command_ended(status, holder.envs)
         stopped = f" ({signal.Signals(signum).name})" if signum else ""
         say(f"the command exited with status {status}{stopped} after {time.monotonic() - started:.1f}s")
     except KeyboardInterrupt:
@@ -171,7 +189,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         status = 130
     finally:
         with _shielded():
-            holder.stop()
+            try:
+                holder.stop()
+            finally:
+                if page is not None:
+                    page.write(name, options.workers, f"{options.provider} {options.cluster_name}", say)
     return status
 
 
@@ -567,6 +589,19 @@ def add_parsers(sub: Any) -> None:
         **example("testenv run -f env.yaml --workers 4 -- ginkgo -p --procs 4"),
     )
     _add_run_options(run)
+    seen = run.add_argument_group("the run's timeline")
+    seen.add_argument(
+        "--timeline",
+        metavar="FILE",
+        help="write the run's timeline (a row per worker: set-up steps, pods, forwards, the command, "
+        "teardown) to FILE, one HTML page that needs no network, and its events to FILE with .json",
+    )
+    seen.add_argument(
+        "--timeline-specs",
+        metavar="REPORT",
+        help="draw the tests of this Ginkgo JSON report (ginkgo --json-report REPORT) on the timeline, "
+        "Ginkgo process P on worker P-1",
+    )
     run.set_defaults(func=cmd_run)
 
     up = sub.add_parser(

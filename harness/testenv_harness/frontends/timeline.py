@@ -7,7 +7,7 @@ Every event is a dict (JSON as written):
              which the page draws on every worker's row
     lane     where on the row: "run" (cluster, operator, ...), "worker" (its namespace, waiting,
              forwards, reset), a service's name (its pods and host processes) or "tests"
-    kind     set-up | teardown | worker | pod | host | test
+    kind     set-up | teardown | worker | pod | host | test | command (`testenv run`'s CMD)
     name     what it was (a step, a pod's phase, a test's node id)
     start, end   wall-clock seconds since the epoch
     outcome  tests: passed, failed, error, skipped, xfailed, xpassed; steps: failed, if they did

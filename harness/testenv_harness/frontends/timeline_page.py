@@ -44,6 +44,7 @@ svg { display: block; font-size: 11px; }
 .kind-teardown { fill: #8a63c9; }
 .kind-worker { fill: #1f9aa5; }
 .kind-host { fill: #c99a1e; }
+.kind-command { fill: #546e7a; }
 .kind-pod.phase-scheduling { fill: #b7c8e6; }
 .kind-pod.phase-starting { fill: #84a6dc; }
 .kind-pod.phase-becoming-ready { fill: #4f7fc9; }
@@ -73,7 +74,8 @@ _SCRIPT = r"""
     ["host", "host process (local cluster)", "kind-host"], ["teardown", "teardown", "kind-teardown"],
     ["passed", "test passed", "test passed"], ["failed", "test failed", "test failed"],
     ["error", "test error", "test error"], ["skipped", "skipped / xfailed", "test skipped"],
-    ["phase", "a test's setup and teardown", "test passed light"]];
+    ["phase", "a test's setup and teardown", "test passed light"],
+    ["command", "the command (testenv run)", "kind-command"]];
 
   function el(name, attrs, parent) {
     var node = document.createElementNS(NS, name);
@@ -222,6 +224,7 @@ _SCRIPT = r"""
     document.getElementById("summary").innerHTML = head.filter(Boolean).concat(parts).join(" \u00b7 ");
     var legend = document.getElementById("legend");
     KINDS.forEach(function (k) {
+      if (k[0] === "command" && !events.some(function (e) { return e.kind === "command"; })) { return; }
       var item = document.createElement("span");
       item.className = "legend";
       item.innerHTML = '<svg width="14" height="10"><rect class="' + k[2] +
