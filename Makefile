@@ -41,7 +41,31 @@ lock: $(INSTALLED) ## Re-pin requirements-dev.lock from pyproject.toml (after ch
 	$(UV) pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 \
 	  --python-platform x86_64-unknown-linux-gnu --quiet --no-header -o $(LOCK)
 	@sed -i '1i # The dev environment, pinned with hashes: `make lock` writes it from pyproject.toml (uv pip compile).' $(LOCK)
-	@sed -i '1i # The dev environment, pinned with hashes: `make lock` writes it from pyproject.toml (uv pip compile).' $(LOCK)
+
+# The images that install from PyPI do it from hashed lists, each for the image's own Python:
+# Debian trixie's 3.13 (localstack, moto), bookworm's 3.11.2 (our python base: runner, operator).
+IMAGE_RECIPES := harness/testenv_harness/provision/images
+IMAGE_LOCK := $(UV) pip compile --generate-hashes --python-platform x86_64-unknown-linux-gnu \
+  --no-python-downloads --quiet --no-header
+
+# $(1): the file to write; $(2): the image's Python; $(3): what it is compiled from.
+define image_lock
+	$(IMAGE_LOCK) --python-version $(2) $(3) -o $(1)
+	@sed -i '1i # Pinned with hashes for the image: `make image-locks` writes it (uv pip compile).' $(1)
+
+endef
+
+.PHONY: image-locks
+image-locks: $(INSTALLED) ## Re-pin the images' hashed requirements.txt from their constraints (after changing a pin).
+	$(call image_lock,$(IMAGE_RECIPES)/localstack/requirements.txt,3.13,\
+	  $(IMAGE_RECIPES)/localstack/requirements.in -c $(IMAGE_RECIPES)/localstack/constraints.txt)
+	$(call image_lock,$(IMAGE_RECIPES)/localstack/requirements-build.txt,3.13,\
+	  $(IMAGE_RECIPES)/localstack/requirements-build.in -c $(IMAGE_RECIPES)/localstack/requirements.txt --no-deps)
+	$(call image_lock,$(IMAGE_RECIPES)/moto/requirements.txt,3.13,\
+	  $(IMAGE_RECIPES)/moto/requirements.in -c $(IMAGE_RECIPES)/moto/constraints.txt)
+	$(call image_lock,$(IMAGE_RECIPES)/runner/requirements.txt,3.11.2,\
+	  pyproject.toml $(IMAGE_RECIPES)/runner/requirements.in -c $(IMAGE_RECIPES)/runner/constraints.txt)
+	$(call image_lock,operator/requirements.txt,3.11.2,pyproject.toml operator/requirements.in -c $(LOCK))
 
 .PHONY: tools
 tools: venv ## Build the pinned Kubernetes/etcd/kwok/helm/kind binaries (cached; a rerun is a no-op).
@@ -170,6 +194,10 @@ bench-pool: tools ## Benchmark a 4-worker claim from a warm pool against a fresh
 
 bench-kafka: local-deps venv ## Benchmark a Kafka broker's cold start, alone and 4 at once, before/after issue 12 (~3 min; images via BENCH_ARGS).
 	$(PY) bench/kafka_start.py $(BENCH_ARGS)
+
+.PHONY: bench-io
+bench-io: local-deps tools ## Benchmark an I/O-bound suite (60 tests of 1 s) at -n 1, 2, 4, start-up included (cluster testenv-bench; ~10 min).
+	$(PY) bench/io_parallel.py $(BENCH_ARGS)
 
 .PHONY: bench-suite-kind
 bench-suite-kind: system-deps tools kind-images ## The same suite benchmark on a kind cluster: real pods (cluster testenv-bench; ~10 min).

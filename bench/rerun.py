@@ -1,16 +1,22 @@
 """Benchmark: how long a run waits before its first test and after its last, fresh vs reused.
 
 For `-n` 1, 2 and 4 the shipped example suite (`examples/suite`: Redis, Kafka and LocalStack per
-worker) runs `--runs` times in three ways, on the local cluster `testenv-bench`:
+worker) runs `--runs` times in these ways, on the local cluster `testenv-bench`:
 
+- pytest alone: the plugin off (`-p no:testenv`), so every test errors for want of its fixture:
+  what pytest, xdist and collection take before a test can start (the rerun's goal is this + 0.3 s);
 - fresh: no reuse, a new environment (its namespaces deleted in the background at the end);
 - reuse, first run: `--testenv-reuse` with no keeper yet (it starts one);
-- reuse, rerun: `--testenv-reuse` again, claiming the keeper's environment (every service reset).
+- reuse, rerun at once: `--testenv-reuse` again right away, claiming the keeper's environment,
+  whose services the keeper is still resetting (the run waits for that);
+- reuse, rerun later: once more, `--pause` seconds after the last run (someone editing a test),
+  when the keeper has reset the services already.
 
-After each rerun the keeper is ended (`testenv down`), so every sample of a mode starts alike.
-Times come from `stamps.py`, loaded into every pytest process: *to first test* is from the
+After each sample's reruns the keeper is ended (`testenv down`), so every sample of a mode starts
+alike. Times come from `stamps.py`, loaded into every pytest process: *to first test* is from the
 pytest process's start until the first test's body begins (any worker; its fixtures, the
-services included, are ready by then); *last test to exit*
+services included, are ready by then; for *pytest alone*, until the first test's setup begins);
+*last test to exit*
 is from the last test's teardown until the process has exited. The cluster is up before the
 first run (nobody pays for it). Benchmarks print numbers; they never assert on them.
 
@@ -40,7 +46,8 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 SUITE = ROOT / "examples" / "suite"
 RESULTS = BENCH / "results"
-MODES = ("fresh", "reuse, first run", "reuse, rerun")
+ALONE, RERUN_LATER = "pytest alone", "reuse, rerun later"
+MODES = (ALONE, "fresh", "reuse, first run", "reuse, rerun at once", RERUN_LATER)
 KEEPER = re.compile(r"keeper '(reuse-[0-9a-f]+)'")
 PASSED = re.compile(r"(\d+) passed")
 
@@ -77,10 +84,16 @@ def run_pytest(workers: int, mode: str, run: int, out: Path) -> Sample:
         "stamps",
         "-n",
         str(workers),
-        "--testenv-cluster=local",
-        f"--testenv-cluster-name={CLUSTER_NAME}",
-        f"--testenv-namespace={NAMESPACE}",
-        *(["--testenv-reuse"] if mode != "fresh" else []),
+        *(
+            ["-p", "no:testenv"]  # and so none of its options
+            if mode == ALONE
+            else [
+                "--testenv-cluster=local",
+                f"--testenv-cluster-name={CLUSTER_NAME}",
+                f"--testenv-namespace={NAMESPACE}",
+                *(["--testenv-reuse"] if mode.startswith("reuse") else []),
+            ]
+        ),
     ]
     started = time.time()
     result = subprocess.run(
@@ -93,7 +106,10 @@ def run_pytest(workers: int, mode: str, run: int, out: Path) -> Sample:
     starts, ends = [], []
     for line in stamps.read_text().splitlines():
         what, at = line.split()
-        (starts if what == "start" else ends).append(float(at))
+        if what == ("setup" if mode == ALONE else "start"):
+            starts.append(float(at))
+        elif what == "end":
+            ends.append(float(at))
     stamps.unlink()
     passed = PASSED.search(output)
     keeper = KEEPER.search(output)
@@ -153,6 +169,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3, help="samples of every mode (default 3)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the .md and .log files")
     parser.add_argument("--keep-cluster", action="store_true", help=f"leave {CLUSTER_NAME!r} running")
+    parser.add_argument(
+        "--pause", type=float, default=5.0, help="seconds before the later rerun (default %(default)s)"
+    )
     args = parser.parse_args(argv)
     from testenv_harness.provision.clusters import LocalProvider
 
@@ -170,6 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             for run in range(1, args.runs + 1):
                 keeper = ""
                 for mode in MODES:
+                    if mode == RERUN_LATER:
+                        time.sleep(args.pause)
                     sample = run_pytest(n, mode, run, args.out)
                     keeper = sample.keeper or keeper
                     samples.append(sample)
@@ -188,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"- started {began_wall}, total {(time.monotonic() - began) / 60:.1f} min; machine: {machine()} "
         f"(load average at start {load_before}, at end {load()})",
         f"- `pytest -n N --testenv-cluster=local --testenv-cluster-name={CLUSTER_NAME} "
-        f"--testenv-namespace={NAMESPACE} [--testenv-reuse]` in examples/suite (10 tests; every worker "
+        f"--testenv-namespace={NAMESPACE} [--testenv-reuse]` in examples/suite (11 tests; every worker "
         "gets Redis, a Kafka broker and LocalStack, served by host processes); the cluster is up first",
     ]
     report = render(samples, header)

@@ -1,8 +1,8 @@
-"""A pytest plugin for bench/rerun.py: appends when each test's body starts, and when each test's
-teardown ends, to $BENCH_STAMPS.
+"""A pytest plugin for bench/rerun.py: appends when each test's setup starts, when its body starts,
+and when its teardown ends, to $BENCH_STAMPS.
 
 Loaded with `-p stamps` (bench/ on PYTHONPATH) in the controller and, through xdist, in every
-worker; each line is `start|end <unix time>`, written with one O_APPEND write.
+worker; each line is `setup|start|end <unix time>`, written with one O_APPEND write.
 """
 
 from __future__ import annotations
@@ -21,6 +21,11 @@ def _stamp(what: str) -> None:
             os.write(fd, f"{what} {time.time():.6f}\n".encode())
         finally:
             os.close(fd)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    _stamp("setup")  # pytest is ready to run a test: its own start-up (and collection) is over
 
 
 @pytest.hookimpl(tryfirst=True)

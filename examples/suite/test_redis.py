@@ -1,10 +1,12 @@
-"""Each worker has its own Redis: the same key never collides, and a restart hurts nobody else."""
+"""Each worker has its own Redis: the same key never collides, and a restart or a slow network
+hurts nobody else."""
 
 from __future__ import annotations
 
 import os
 import time
 
+import pytest
 import redis
 
 from testenv_harness import TestEnv
@@ -41,3 +43,16 @@ def test_reset_flushes(testenv: TestEnv) -> None:
     client.set("k", "v")
     testenv.reset("redis")
     assert client.dbsize() == 0
+
+
+def test_a_slow_network_to_my_redis_slows_me_only(testenv: TestEnv) -> None:
+    if testenv.direct:
+        pytest.skip("faults act on the worker's forward; this run connects directly")
+    client = redis.Redis.from_url(testenv.url("redis"))
+    with testenv.fault("redis", "latency", latency=200):  # Toxiproxy's toxics, on this worker alone
+        started = time.monotonic()
+        client.ping()
+        assert time.monotonic() - started >= 0.2
+    started = time.monotonic()
+    client.ping()
+    assert time.monotonic() - started < 0.2, "the fault ended with its block"

@@ -46,6 +46,9 @@ ANNOTATION_PORT_BASE = f"{GROUP}/port-base"
 ANNOTATION_HEARTBEAT = f"{GROUP}/heartbeat"
 #: On each service pod: its spec.services type, which the local data plane runs the pod as.
 ANNOTATION_SERVICE_TYPE = f"{GROUP}/service-type"
+#: On the pod of a service with `faultProxy: true`: the Toxiproxy sidecar's proxies, as the JSON
+#: list its `-config` file holds (the file is this annotation, through a downward API volume).
+ANNOTATION_FAULT_PROXIES = f"{GROUP}/fault-proxies"
 FINALIZER = f"{GROUP}/cleanup"
 
 

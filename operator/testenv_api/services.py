@@ -7,7 +7,9 @@ benchmarks reach the services by them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+import itertools
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 #: Kafka's listeners: EXTERNAL (forwarded to the test machine), INTERNAL (in-cluster DNS), CONTROLLER.
@@ -26,6 +28,12 @@ SERVICE_PORTS: Mapping[str, tuple[tuple[str, int], ...]] = {
     "postgres": (("postgres", 5432),),
     "rabbitmq": (("amqp", 5672),),
     "mosquitto": (("mqtt", 1883),),
+}
+
+#: Ports a type's Service has besides SERVICE_PORTS, for clients inside the cluster only (no
+#: planned local port): Kafka's INTERNAL listener, which advertises the Service's DNS name.
+CLUSTER_ONLY_PORTS: Mapping[str, tuple[tuple[str, int], ...]] = {
+    "kafka": (("internal", KAFKA_INTERNAL_PORT),)
 }
 
 #: Every type a spec.services entry may have: the built-in ones, and `custom` (an image of the user's).
@@ -74,6 +82,54 @@ def service_ports(service: Mapping[str, Any]) -> list[tuple[str, int]]:
     if service["type"] == "custom":
         return [(p["name"], int(p["port"])) for p in service["custom"]["ports"]]
     return list(SERVICE_PORTS[service["type"]])
+
+
+def service_cluster_ports(service: Mapping[str, Any]) -> list[tuple[str, int]]:
+    """Every (name, port) of one spec.services entry's Service: the forwarded ones, then those only
+    clients inside the cluster use."""
+    return service_ports(service) + list(CLUSTER_ONLY_PORTS.get(service["type"], ()))
+
+
+# -- the fault proxy (spec.services[].faultProxy) ---------------------------------------------
+
+#: Toxiproxy's HTTP API in the pod of a service with `faultProxy: true`: the sidecar's container
+#: port of this number, named FAULT_PROXY_PORT_NAME. The harness forwards it to drive faults.
+FAULT_PROXY_ADMIN_PORT = 8474
+FAULT_PROXY_PORT_NAME = "toxiproxy"
+#: The sidecar's proxies listen from here up inside the pod, skipping the service's own ports
+#: and the admin port; the Service's ports send their traffic there.
+FAULT_PROXY_LISTEN_BASE = 18474
+#: The key of the sidecar's image among the operator's default images (TESTENV_IMAGE_TOXIPROXY,
+#: the chart's serviceImages.toxiproxy) and the name of our offline build of it.
+FAULT_PROXY_IMAGE_KEY = "toxiproxy"
+
+
+@dataclasses.dataclass(frozen=True)
+class FaultProxy:
+    """One Toxiproxy proxy in front of one port of a service, inside its pod."""
+
+    #: Toxiproxy's name of the proxy: the port's name (`redis`, Kafka's `internal`, ...).
+    name: str
+    #: The Service's port, and the service container's: the proxy's upstream is 127.0.0.1:port.
+    port: int
+    #: Where the proxy listens in the pod: the Service's targetPort for `port`.
+    listen: int
+
+
+def plan_fault_proxies(ports: Sequence[tuple[str, int]]) -> tuple[FaultProxy, ...]:
+    """A proxy for each (name, port) of a Service, on listen ports none of them (nor the admin
+    port) uses."""
+    taken = {port for _, port in ports} | {FAULT_PROXY_ADMIN_PORT}
+    free = (port for port in itertools.count(FAULT_PROXY_LISTEN_BASE) if port not in taken)
+    return tuple(FaultProxy(name, port, next(free)) for name, port in ports)
+
+
+def fault_proxies(service: Mapping[str, Any]) -> tuple[FaultProxy, ...]:
+    """The proxies in front of one spec.services entry: one per Service port if it sets
+    `faultProxy: true`, else none."""
+    if not service.get("faultProxy"):
+        return ()
+    return plan_fault_proxies(service_cluster_ports(service))
 
 
 def kafka_environment(namespace: str, service: str, external_port: int) -> dict[str, str]:

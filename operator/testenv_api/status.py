@@ -37,6 +37,9 @@ class ServiceStatus:
     ports: tuple[PortStatus, ...]
     #: URL a test uses through the harness's local forward, e.g. redis://localhost:20000.
     url: str = ""
+    #: The pod port of its Toxiproxy's HTTP API when the spec sets `faultProxy: true`, else 0.
+    #: Its proxies are named after the Service's ports (services.fault_proxies).
+    fault_proxy_port: int = 0
 
     @property
     def primary(self) -> PortStatus:
@@ -61,6 +64,7 @@ class ServiceStatus:
             "host": self.host,
             "ports": [p.to_dict() for p in self.ports],
             "url": self.url,
+            **({"faultProxyPort": self.fault_proxy_port} if self.fault_proxy_port else {}),
         }
 
     @classmethod
@@ -72,6 +76,7 @@ class ServiceStatus:
             host=data.get("host", ""),
             ports=tuple(PortStatus.from_dict(p) for p in data.get("ports") or []),
             url=data.get("url", ""),
+            fault_proxy_port=int(data.get("faultProxyPort") or 0),
         )
 
 

@@ -11,10 +11,14 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from testenv_api import (
+    CLUSTER_ONLY_PORTS,
+    FAULT_PROXY_IMAGE_KEY,
     KAFKA_INTERNAL_PORT,
     POSTGRES_CREDENTIALS,
     SERVICE_PORTS,
+    FaultProxy,
     kafka_environment,
+    plan_fault_proxies,
     primary_port,
     service_url,
 )
@@ -28,6 +32,13 @@ DEFAULT_IMAGES: dict[str, str] = {
     "rabbitmq": "rabbitmq:4.1.4",
     "mosquitto": "eclipse-mosquitto:2.0.22",
 }
+#: The fault proxy a service's `faultProxy: true` puts in its pod, unless the operator's images
+#: name another under FAULT_PROXY_IMAGE_KEY (TESTENV_IMAGE_TOXIPROXY).
+FAULT_PROXY_IMAGE = "ghcr.io/shopify/toxiproxy:2.5.0"
+#: The fault proxy sidecar's requests and limits (Toxiproxy idles at a few MiB; a test's traffic
+#: through it is small).
+FAULT_PROXY_REQUESTS: Mapping[str, str] = {"cpu": "10m", "memory": "16Mi"}
+FAULT_PROXY_LIMITS: Mapping[str, str] = {"cpu": "200m", "memory": "64Mi"}
 
 # Every container drops ALL capabilities and gets back only what its image's start-up needs.
 #: An entrypoint that starts as root, hands the data directory to the service user and switches
@@ -45,6 +56,9 @@ class Probe:
     port: int = 0
     path: str = ""
     command: tuple[str, ...] = ()
+    #: Seconds between probes: 1 (the kubelet's shortest), so a pod is Ready at most a second
+    #: after its service answers; 2 for a probe that starts a program of its own each time.
+    period: int = 1
 
     def to_k8s(self) -> dict[str, Any]:
         if self.kind == "exec":
@@ -53,7 +67,7 @@ class Probe:
             handler = {"httpGet": {"path": self.path, "port": self.port}}
         else:
             handler = {"tcpSocket": {"port": self.port}}
-        return {**handler, "periodSeconds": 2, "failureThreshold": 3, "timeoutSeconds": 2}
+        return {**handler, "periodSeconds": self.period, "failureThreshold": 3, "timeoutSeconds": 2}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +100,14 @@ class ServicePlan:
     secret_env: tuple[tuple[str, str, str], ...] = ()  # (variable, secret, key) copied into the worker
     #: Linux capabilities added back after dropping ALL (STEP_DOWN, GENERIC, or none).
     capabilities: tuple[str, ...] = ()
+    #: With `faultProxy: true`: a Toxiproxy proxy per Service port, in a sidecar of this image.
+    fault_proxies: tuple[FaultProxy, ...] = ()
+    fault_proxy_image: str = ""
+
+    @property
+    def containers(self) -> int:
+        """How many containers its pod runs (each gets the LimitRange's ephemeral storage)."""
+        return 2 if self.fault_proxies else 1
 
     def url(self, local_port: int) -> str:
         """What the harness's local forward of the primary port serves (testenv_api's service_url)."""
@@ -116,7 +138,7 @@ def _kafka(spec: Mapping[str, Any], ctx: ServiceContext) -> ServicePlan:
         "kafka",
         ctx.images["kafka"],
         SERVICE_PORTS["kafka"],
-        cluster_ports=(("internal", KAFKA_INTERNAL_PORT),),
+        cluster_ports=CLUSTER_ONLY_PORTS["kafka"],
         env=_env(kafka_environment(ctx.namespace, spec["name"], external)),
         readiness=Probe("tcpSocket", port=KAFKA_INTERNAL_PORT),
         requests={"cpu": "100m", "memory": "512Mi"},
@@ -183,7 +205,7 @@ def _rabbitmq(spec: Mapping[str, Any], ctx: ServiceContext) -> ServicePlan:
         "rabbitmq",
         ctx.images["rabbitmq"],
         SERVICE_PORTS["rabbitmq"],
-        readiness=Probe("exec", command=("rabbitmq-diagnostics", "-q", "check_port_connectivity")),
+        readiness=Probe("exec", command=("rabbitmq-diagnostics", "-q", "check_port_connectivity"), period=2),
         requests={"cpu": "100m", "memory": "256Mi"},
         limits={"cpu": "1", "memory": "512Mi"},
         capabilities=STEP_DOWN,
@@ -207,7 +229,8 @@ def _custom(spec: Mapping[str, Any], ctx: ServiceContext) -> ServicePlan:
     ports = tuple((p["name"], int(p["port"])) for p in custom["ports"])
     readiness = custom.get("readiness") or {"tcpSocket": {"port": ports[0][1]}}
     if "exec" in readiness:
-        probe = Probe("exec", command=tuple(readiness["exec"]["command"]))
+        # A team's own command: we cannot know what it costs, so not every second.
+        probe = Probe("exec", command=tuple(readiness["exec"]["command"]), period=2)
     elif "httpGet" in readiness:
         probe = Probe("httpGet", port=int(readiness["httpGet"]["port"]), path=readiness["httpGet"]["path"])
     else:
@@ -250,4 +273,7 @@ def render_service(spec: Mapping[str, Any], ctx: ServiceContext) -> ServicePlan:
     if spec.get("env"):
         mine = {e["name"] for e in spec["env"]}
         overrides["env"] = tuple(e for e in plan.env if e["name"] not in mine) + tuple(spec["env"])
+    if spec.get("faultProxy"):
+        overrides["fault_proxies"] = plan_fault_proxies(plan.ports + plan.cluster_ports)
+        overrides["fault_proxy_image"] = ctx.images.get(FAULT_PROXY_IMAGE_KEY, FAULT_PROXY_IMAGE)
     return dataclasses.replace(plan, **overrides) if overrides else plan

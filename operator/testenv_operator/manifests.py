@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from testenv_api import (
+    ANNOTATION_FAULT_PROXIES,
     ANNOTATION_SERVICE_TYPE,
+    FAULT_PROXY_ADMIN_PORT,
+    FAULT_PROXY_PORT_NAME,
     LABEL_MANAGED_BY,
     LABEL_OWNER_NAME,
     LABEL_OWNER_NAMESPACE,
@@ -17,7 +21,13 @@ from testenv_api import (
     LABEL_WORKER,
     MANAGED_BY,
 )
-from testenv_operator.catalog import ServicePlan, type_secret_refs
+from testenv_operator.catalog import (
+    FAULT_PROXY_LIMITS,
+    FAULT_PROXY_REQUESTS,
+    Probe,
+    ServicePlan,
+    type_secret_refs,
+)
 from testenv_operator.settings import Fences
 
 Obj = dict[str, Any]
@@ -171,10 +181,105 @@ def _container(plan: ServicePlan) -> Obj:
     return container
 
 
+#: The fault proxy sidecar's container name, and where its `-config` file is mounted.
+FAULT_PROXY_CONTAINER = "toxiproxy"
+_FAULT_PROXY_CONFIG_DIR = "/etc/testenv-toxiproxy"
+_FAULT_PROXY_CONFIG_FILE = "proxies.json"
+#: The user the sidecar runs as (Toxiproxy needs no privilege: its ports are above 1024).
+_FAULT_PROXY_USER = 65532
+
+
+def fault_proxy_config(plan: ServicePlan) -> str:
+    """Toxiproxy's `-config` file: a proxy per Service port, from its listen port in the pod to the
+    service container's port on the pod's loopback address."""
+    return json.dumps(
+        [
+            {
+                "name": p.name,
+                "listen": f"0.0.0.0:{p.listen}",
+                "upstream": f"127.0.0.1:{p.port}",
+                "enabled": True,
+            }
+            for p in plan.fault_proxies
+        ],
+        separators=(",", ":"),
+    )
+
+
+def _fault_proxy_container(plan: ServicePlan) -> Obj:
+    """Toxiproxy next to the service: its API on FAULT_PROXY_ADMIN_PORT of every interface (the
+    harness forwards it; a runner pod may call it), its proxies from the config file. Ready once
+    the first proxy listens (the proxies start before the API does)."""
+    return {
+        "name": FAULT_PROXY_CONTAINER,
+        "image": plan.fault_proxy_image,
+        # The image's entrypoint is the server (upstream's /toxiproxy, and our build's).
+        "args": [
+            "-host=0.0.0.0",
+            f"-port={FAULT_PROXY_ADMIN_PORT}",
+            f"-config={_FAULT_PROXY_CONFIG_DIR}/{_FAULT_PROXY_CONFIG_FILE}",
+        ],
+        "ports": [
+            {"name": FAULT_PROXY_PORT_NAME, "containerPort": FAULT_PROXY_ADMIN_PORT, "protocol": "TCP"},
+            *({"containerPort": p.listen, "protocol": "TCP"} for p in plan.fault_proxies),
+        ],
+        "env": [{"name": "LOG_LEVEL", "value": "warn"}],
+        "resources": {"requests": dict(FAULT_PROXY_REQUESTS), "limits": dict(FAULT_PROXY_LIMITS)},
+        "readinessProbe": Probe("tcpSocket", port=plan.fault_proxies[0].listen).to_k8s(),
+        "volumeMounts": [
+            {"name": "testenv-fault-proxy", "mountPath": _FAULT_PROXY_CONFIG_DIR, "readOnly": True}
+        ],
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "runAsUser": _FAULT_PROXY_USER,
+            "runAsGroup": _FAULT_PROXY_USER,
+        },
+    }
+
+
+def _service_port(plan: ServicePlan, name: str, port: int) -> Obj:
+    """The Service's port `name`: to the container's port, or to its fault proxy's listen port."""
+    proxy = next((p for p in plan.fault_proxies if p.name == name), None)
+    target: str | int = proxy.listen if proxy else name
+    return {"name": name, "port": port, "targetPort": target, "protocol": "TCP"}
+
+
 def workload(owner: Owner, ns: str, index: int, plan: ServicePlan) -> list[Obj]:
-    """A one-replica Deployment and its Service."""
+    """A one-replica Deployment and its Service (with `faultProxy`, the Service's ports lead to a
+    Toxiproxy sidecar in the pod, which forwards to the service; the pod's own ports stay as they
+    are, so the harness's forward reaches the service directly)."""
     labels = {**owner.labels(), LABEL_WORKER: str(index), LABEL_SERVICE: plan.name}
     selector = {LABEL_SERVICE: plan.name, LABEL_OWNER_UID: owner.uid}
+    annotations = {ANNOTATION_SERVICE_TYPE: plan.type}
+    pod: Obj = {
+        # A Service named kafka would inject KAFKA_PORT, which the image reads as a setting.
+        "enableServiceLinks": False,
+        "automountServiceAccountToken": False,
+        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+        "terminationGracePeriodSeconds": 2,
+        "containers": [_container(plan)],
+    }
+    if plan.fault_proxies:
+        # The config travels in the pod's own annotation: a changed one rolls the pod, and there is
+        # no ConfigMap to keep in step.
+        annotations[ANNOTATION_FAULT_PROXIES] = fault_proxy_config(plan)
+        pod["containers"].append(_fault_proxy_container(plan))
+        pod["volumes"] = [
+            {
+                "name": "testenv-fault-proxy",
+                "downwardAPI": {
+                    "items": [
+                        {
+                            "path": _FAULT_PROXY_CONFIG_FILE,
+                            "fieldRef": {"fieldPath": f"metadata.annotations['{ANNOTATION_FAULT_PROXIES}']"},
+                        }
+                    ]
+                },
+            }
+        ]
     deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -184,17 +289,7 @@ def workload(owner: Owner, ns: str, index: int, plan: ServicePlan) -> list[Obj]:
             # Two copies of a stateful test service must never run side by side.
             "strategy": {"type": "Recreate"},
             "selector": {"matchLabels": selector},
-            "template": {
-                "metadata": {"labels": labels, "annotations": {ANNOTATION_SERVICE_TYPE: plan.type}},
-                "spec": {
-                    # A Service named kafka would inject KAFKA_PORT, which the image reads as a setting.
-                    "enableServiceLinks": False,
-                    "automountServiceAccountToken": False,
-                    "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
-                    "terminationGracePeriodSeconds": 2,
-                    "containers": [_container(plan)],
-                },
-            },
+            "template": {"metadata": {"labels": labels, "annotations": annotations}, "spec": pod},
         },
     }
     service = {
@@ -203,10 +298,7 @@ def workload(owner: Owner, ns: str, index: int, plan: ServicePlan) -> list[Obj]:
         "metadata": _meta(plan.name, labels, ns),
         "spec": {
             "selector": selector,
-            "ports": [
-                {"name": n, "port": p, "targetPort": n, "protocol": "TCP"}
-                for n, p in plan.ports + plan.cluster_ports
-            ],
+            "ports": [_service_port(plan, n, p) for n, p in plan.ports + plan.cluster_ports],
         },
     }
     return [deployment, service]

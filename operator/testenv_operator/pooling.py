@@ -215,9 +215,30 @@ class Pools:
         return name
 
     def _apply(self, pool: Pool, name: str, port_base: int, secrets: list[Obj]) -> None:
-        plan = plan_worker(0, name, pool.services, slot_ports(pool.services, port_base), self.settings)
-        for obj in plan.objects(pool.owner, self.settings.fences, secrets):
+        self._apply_as(pool.owner, pool.services, name, port_base, secrets)
+
+    def _apply_as(
+        self,
+        owner: Owner,
+        services: Sequence[Mapping[str, Any]],
+        name: str,
+        port_base: int,
+        secrets: list[Obj],
+    ) -> None:
+        plan = plan_worker(0, name, list(services), slot_ports(services, port_base), self.settings)
+        for obj in plan.objects(owner, self.settings.fences, secrets):
             kubeio.apply(self.api, obj)
+
+    def reapply(
+        self, slot: Slot, namespace: str, services: Sequence[Mapping[str, Any]], secrets: list[Obj]
+    ) -> None:
+        """Apply a claimed worker's objects again, as its pool made them and under the pool's labels
+        (their selectors cannot change), with this operator's fences: what an admin deleted comes
+        back, and a newer operator's fences reach it. The pool itself may be gone by now: its
+        name and uid are on the slot, and `services` are its services (the claimer's, which match)."""
+        self._apply_as(
+            Owner(namespace, slot.pool_name, slot.pool_uid), services, slot.name, slot.port_base, secrets
+        )
 
     # -- the pool's own pass ------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ import datetime
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from testenv_api import ConditionType, Phase
+from testenv_api import FAULT_PROXY_ADMIN_PORT, ConditionType, Phase
 from testenv_api.status import PortStatus, ServiceStatus, WorkerStatus
 from testenv_operator.plan import WorkerPlan
 
@@ -57,6 +57,7 @@ def worker_status(plan: WorkerPlan, observed: Observed, uid: str, was_ready: boo
             host=f"{s.name}.{plan.namespace}.svc",
             ports=tuple(PortStatus(n, p, plan.local_port(s.name, n)) for n, p in s.ports),
             url=s.url(plan.local_port(s.name, s.ports[0][0])),
+            fault_proxy_port=FAULT_PROXY_ADMIN_PORT if s.fault_proxies else 0,
         )
         for s in plan.services
     )

@@ -300,7 +300,7 @@ class Reconciler:
             slots = _pooled(listed)
             serving = [pool for pool in map(Pool.of, given.pools) if pool.serves(spec)]
             if slots or pooled or (not listed and given.depth is Depth.APPLY and serving):
-                return self.claimed_pass(given, slots, serving)
+                return self.claimed_pass(given, slots, serving, secrets)
         return self.owned_pass(given, secrets, listed)
 
     def owned_pass(self, given: PassInput, secrets: list[Obj], listed: list[Obj] | None) -> Outcome:
@@ -364,10 +364,12 @@ class Reconciler:
                 (outcome.created if state is None else outcome.repaired).append(plan.index)
         return refused
 
-    def claimed_pass(self, given: PassInput, slots: list[Slot], serving: list[Pool]) -> Outcome:
+    def claimed_pass(
+        self, given: PassInput, slots: list[Slot], serving: list[Pool], secrets: list[Obj]
+    ) -> Outcome:
         """A pass of an environment whose workers are pooled namespaces (`slots`): claim what is
         missing from the first pool `serving` it (ready ones first, then new ones made for it),
-        drop the surplus, report readiness."""
+        drop the surplus, converge the claimed ones, report readiness."""
         owner, spec = given.owner, given.spec
         outcome = Outcome({}, [])
         workers = int(spec.get("workers", 1))
@@ -412,11 +414,8 @@ class Reconciler:
                     "again",
                 )
             )
-        subjects = tuple((spec.get("access") or {}).get("subjects") or ())
-        if given.acting and subjects:
-            role = self.settings.tenants.access_cluster_role
-            for index, slot in by_index.items():
-                kubeio.apply(self.api, manifests.access_binding(owner, slot.name, index, role, subjects))
+        if given.acting and not changed:
+            self._converge_claimed(given, by_index, secrets, outcome)
         ready = self.pools.ready_services(s.pool_uid for s in by_index.values())
         observed = Observed(
             {s.name: readiness.NamespaceState(owner.uid, s.terminating) for s in by_index.values()},
@@ -439,6 +438,59 @@ class Reconciler:
         outcome.problems = problems
         outcome.status = self._status(given.body, statuses, problems)
         return outcome
+
+    def _converge_claimed(
+        self, given: PassInput, by_index: Mapping[int, Slot], secrets: list[Obj], outcome: Outcome
+    ) -> None:
+        """Claimed workers converge as the environment's own do. On a pass that applies or
+        resyncs, each gets its pool's objects and this operator's fences again (an admin-deleted
+        NetworkPolicy, quota or LimitRange comes back; a newer operator's fences arrive), and the
+        environment's access binding, or loses it once spec.access names nobody; on every other
+        pass, a binding the spec asks for is applied (a claim's first pass)."""
+        owner, spec = given.owner, given.spec
+        subjects = tuple((spec.get("access") or {}).get("subjects") or ())
+        role = self.settings.tenants.access_cluster_role
+        full = given.depth in (Depth.APPLY, Depth.RESYNC)
+        if full:
+            missing = self._claimed_incomplete(owner.namespace, by_index, spec["services"])
+            for index, slot in sorted(by_index.items()):
+                if given.depth is Depth.APPLY or index in missing:
+                    self.pools.reapply(slot, owner.namespace, spec["services"], secrets)
+                if index in missing:
+                    outcome.repaired.append(index)
+        for index, slot in sorted(by_index.items()):
+            binding = manifests.access_binding(owner, slot.name, index, role, subjects)
+            if subjects:
+                kubeio.apply(self.api, binding)
+            elif full:
+                kubeio.delete(self.api, "RoleBinding", binding["metadata"]["name"], slot.name)
+
+    def _claimed_incomplete(
+        self, namespace: str, by_index: Mapping[int, Slot], services: list[Mapping[str, Any]]
+    ) -> set[int]:
+        """The claimed workers missing an object their pool made (its objects carry the pool's
+        labels: one list per kind and pool)."""
+        present: set[tuple[str, str, str]] = set()
+        for pool_uid in {slot.pool_uid for slot in by_index.values()}:
+            selector = f"{LABEL_OWNER_UID}={pool_uid}"
+            lists = self.threads.map(
+                lambda kind, selector=selector: (kind, kubeio.list_labelled(self.api, kind, selector)),
+                _NAMESPACED_KINDS,
+            )
+            for kind, objects in lists:
+                present |= {(kind, o["metadata"]["namespace"], o["metadata"]["name"]) for o in objects}
+        missing = set()
+        for index, slot in by_index.items():
+            pool_owner = Owner(namespace, slot.pool_name, slot.pool_uid)
+            objects = self.pools.plan(0, slot, services).objects(pool_owner, self.settings.fences, [])
+            wanted = {
+                (o["kind"], slot.name, o["metadata"]["name"])
+                for o in objects
+                if o["kind"] in _NAMESPACED_KINDS
+            }
+            if not wanted <= present:
+                missing.add(index)
+        return missing
 
     def _status(
         self,

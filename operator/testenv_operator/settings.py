@@ -16,7 +16,7 @@ import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from testenv_api import DEFAULT_MAX_WORKERS, MAX_WORKERS, SERVICE_TYPES
+from testenv_api import DEFAULT_MAX_WORKERS, FAULT_PROXY_IMAGE_KEY, MAX_WORKERS, SERVICE_TYPES
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -283,9 +283,10 @@ class Registries:
     images: Mapping[str, str] = setting(
         {},
         f"TESTENV_IMAGE_{_EACH}",
-        "default image of a built-in type, e.g. `TESTENV_IMAGE_REDIS`",
+        "default image of a built-in type, e.g. `TESTENV_IMAGE_REDIS`; `TESTENV_IMAGE_TOXIPROXY`: the "
+        "fault proxy's",
         shown="the catalog's",
-        each=SERVICE_TYPES,
+        each=(*SERVICE_TYPES, FAULT_PROXY_IMAGE_KEY),
     )
 
 

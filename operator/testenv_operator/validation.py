@@ -16,8 +16,14 @@ from typing import Any
 from kubernetes.utils import parse_quantity
 
 from testenv_api.ports import PortPlanError, plan_ports
-from testenv_api.services import service_ports
-from testenv_operator.catalog import DEFAULT_IMAGES, ServiceContext, render_service
+from testenv_api.services import FAULT_PROXY_ADMIN_PORT, service_ports
+from testenv_operator.catalog import (
+    DEFAULT_IMAGES,
+    FAULT_PROXY_LIMITS,
+    ServiceContext,
+    ServicePlan,
+    render_service,
+)
 from testenv_operator.manifests import CONTAINER_EPHEMERAL_STORAGE
 from testenv_operator.settings import Fences, Limits, Registries, Settings, variable_name
 
@@ -103,6 +109,30 @@ def _custom_ports(spec: Mapping[str, Any]) -> list[Problem]:
     return problems
 
 
+def _fault_proxy_ports(spec: Mapping[str, Any]) -> list[Problem]:
+    """A fault proxy's API takes pod port 8474: a custom service with `faultProxy` cannot have it."""
+    problems = []
+    for i, service in enumerate(spec["services"]):
+        numbers = [int(p["port"]) for p in (service.get("custom") or {}).get("ports") or []]
+        if service.get("faultProxy") and FAULT_PROXY_ADMIN_PORT in numbers:
+            problems.append(
+                Problem(
+                    f"spec.services[{i}].custom.ports",
+                    f"port {FAULT_PROXY_ADMIN_PORT} is the fault proxy's API in the pod (faultProxy: true): "
+                    "move the container to another port, or drop faultProxy",
+                )
+            )
+    return problems
+
+
+def _limit(plan: ServicePlan, resource: str) -> Decimal:
+    """What one service's pod may use of `resource`, its fault proxy included."""
+    total = Decimal(parse_quantity(plan.limits.get(resource, "0")))
+    if plan.fault_proxies:
+        total += Decimal(parse_quantity(FAULT_PROXY_LIMITS[resource]))
+    return total
+
+
 def _quantities(spec: Mapping[str, Any]) -> list[Problem]:
     """Quantities the CRD's pattern lets through but Kubernetes cannot parse."""
     problems = []
@@ -130,7 +160,7 @@ def _quota(spec: Mapping[str, Any], settings: Settings) -> list[Problem]:
         ("cpu", fences.worker_cpu, variable_name(Fences, "worker_cpu")),
         ("memory", fences.worker_memory, variable_name(Fences, "worker_memory")),
     ):
-        wanted = sum((Decimal(parse_quantity(p.limits.get(resource, "0"))) for p in plans), Decimal(0))
+        wanted = sum((_limit(p, resource) for p in plans), Decimal(0))
         if wanted > Decimal(parse_quantity(allowed)):
             problems.append(
                 Problem(
@@ -140,13 +170,15 @@ def _quota(spec: Mapping[str, Any], settings: Settings) -> list[Problem]:
                     "or drop a service",
                 )
             )
-    storage = len(plans) * Decimal(parse_quantity(CONTAINER_EPHEMERAL_STORAGE))
+    containers = sum(p.containers for p in plans)
+    storage = containers * Decimal(parse_quantity(CONTAINER_EPHEMERAL_STORAGE))
     if storage > Decimal(parse_quantity(fences.worker_ephemeral_storage)):
         storage_variable = variable_name(Fences, "worker_ephemeral_storage")
+        what = f"{len(plans)} services" + (f" ({containers} containers)" if containers > len(plans) else "")
         problems.append(
             Problem(
                 "spec.services",
-                f"{len(plans)} services get {CONTAINER_EPHEMERAL_STORAGE} of ephemeral storage each, more "
+                f"{what} get {CONTAINER_EPHEMERAL_STORAGE} of ephemeral storage per container, more "
                 f"than the worker quota of {fences.worker_ephemeral_storage} "
                 f"({storage_variable}): drop a service or ask the cluster admin",
             )
@@ -179,6 +211,7 @@ def validate(spec: Mapping[str, Any], settings: Settings) -> list[Problem]:
         )
     problems += _images(spec, settings)
     problems += _custom_ports(spec)
+    problems += _fault_proxy_ports(spec)
     problems += _quantities(spec)
     try:
         plan_ports(spec)

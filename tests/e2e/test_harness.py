@@ -61,7 +61,7 @@ def test_the_example_suite_passes_and_leaves_nothing_behind(
     namespaces_before = _managed_namespaces(e2e_cluster)
     waits = teardown == "wait"
     result = run_suite("-n", workers, *(["--testenv-wait-teardown"] if waits else []))
-    result.assert_outcomes(passed=10)
+    result.assert_outcomes(passed=11)
     expected_workers = max(1, int(workers))
     ending = (
         "torn down in *all namespaces deleted*"

@@ -12,7 +12,7 @@ def test_each_junit_entry_names_its_worker_namespace_and_endpoints(
     run_suite: Run, example_suite: Path
 ) -> None:
     report = example_suite / "junit.xml"
-    run_suite("-n", "2", f"--junitxml={report}").assert_outcomes(passed=10)
+    run_suite("-n", "2", f"--junitxml={report}").assert_outcomes(passed=11)
     cases = ET.parse(report).getroot().iter("testcase")
     namespaces = set()
     for case in cases:

@@ -77,7 +77,7 @@ def test_the_example_suite_runs_on_claimed_pool_workers(
     result = run_suite(
         "-n", "2", f"--testenv-namespace={namespace}", "--testenv-operator=cluster", "--testenv-wait-teardown"
     )
-    result.assert_outcomes(passed=11)
+    result.assert_outcomes(passed=12)
     events = client.CoreV1Api(api).list_namespaced_event(namespace).items
     assert "claimed ready pooled workers [0, 1]" in {e.message for e in events if e.reason == "Claimed"}
     # The claimed workers went with the run; the pool made two new ones meanwhile.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import textwrap
@@ -30,6 +31,7 @@ from .conftest import Run
 #: Run 1 leaves data in every service; run 2, on the same kept environment, must find none.
 SUITE = """
 import os
+import time
 
 import boto3
 import redis
@@ -69,6 +71,14 @@ def test_services_hold_nothing_of_an_earlier_run(testenv, item):
         assert not {t for t in topics if not t.startswith("__")}, topics
         groups = admin.list_consumer_groups().result(timeout=10).valid
         assert [g.group_id for g in groups] == []
+        if item == 0:  # the forwards are the keeper's: it applies the fault for the block
+            with testenv.fault("redis", "latency", latency=200):
+                began = time.monotonic()
+                r.ping()
+                assert time.monotonic() - began >= 0.2
+            began = time.monotonic()
+            r.ping()
+            assert time.monotonic() - began < 0.2
 """
 
 
@@ -124,11 +134,20 @@ def test_a_kept_environment_is_reused_and_shows_nothing_of_the_earlier_run(
     state = runstate.load(name)
     assert state is not None
     assert state.alive, "the keeper must outlive the run"
+    # Released, the environment is reset by its keeper before the next run asks for it.
+    log = Path(state.log)
+    wait_for(lambda: "reset every service for the next run" in log.read_text(), timeout=60, what="the reset")
 
     monkeypatch.setenv("REUSE_PHASE", "check")
-    second = run_suite("-n", "2", *where)
+    page = reuse_suite / "timeline.html"
+    second = run_suite("-n", "2", *where, f"--testenv-timeline={page}")
     second.assert_outcomes(passed=4)
     second.stdout.fnmatch_lines([f"*reusing environment * of keeper '{name}'*2 of its 2 worker(s)*"])
+    # Its workers only took their endpoints: the keeper holds the forwards, and reset them already.
+    steps = {(e["row"], e["name"]) for e in json.loads(page.with_suffix(".json").read_text())["events"]}
+    for row in (0, 1):
+        assert (row, "forwarded by the reuse keeper") in steps, sorted(steps)
+        assert (row, "resetting every service (used before)") not in steps
 
     fewer = run_suite("-n", "0", *where)  # one worker: the kept one serves it too
     fewer.assert_outcomes(passed=4)

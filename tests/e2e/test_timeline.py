@@ -77,7 +77,7 @@ def test_a_failed_test_shows_its_services_and_the_run_draws_as_a_timeline(
         "-o",
         "junit_logging=log",
     )
-    result.assert_outcomes(passed=10, failed=1)
+    result.assert_outcomes(passed=11, failed=1)
     out = result.stdout.str()
 
     # -- the failed test's report: its worker's services, and what its Redis wrote meanwhile --
@@ -114,7 +114,7 @@ def test_a_failed_test_shows_its_services_and_the_run_draws_as_a_timeline(
     run_steps = {e["name"] for e in events if e["row"] is None}
     assert {"cluster", "operator", "environment", "data plane", "teardown: environment"} <= run_steps
     tests = [e for e in events if e["kind"] == "test"]
-    assert len(tests) == 11
+    assert len(tests) == 12
     assert {e["row"] for e in tests} == {0, 1}, "both workers ran tests"
     (failed,) = [e for e in tests if e["outcome"] == "failed"]
     assert failed["name"].endswith("test_fails_after_its_redis_wrote_a_line")
@@ -134,7 +134,7 @@ def test_a_failed_test_shows_its_services_and_the_run_draws_as_a_timeline(
     failed_bars = re.findall(r'<rect class="bar kind-test test failed"[^>]*>\s*<title>([^<]*)', dom.stdout)
     assert len(failed_bars) == 1, "the failed test's bar, in the failure colour"
     assert "test_fails_after_its_redis_wrote_a_line" in failed_bars[0]
-    assert dom.stdout.count('class="bar kind-test test passed"') == 10
+    assert dom.stdout.count('class="bar kind-test test passed"') == 11
     assert "fails on purpose" in dom.stdout, "the failures table"
 
     shot = page.parent / SCREENSHOT

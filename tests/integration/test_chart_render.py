@@ -27,7 +27,7 @@ import testenv_operator.settings as settings_module
 from testenv_api import GROUP, KIND, PLURAL, POOL_KIND, POOL_PLURAL, VERSION
 from testenv_harness.provision import toolchain
 from testenv_operator import kubeio, reconciler
-from testenv_operator.catalog import DEFAULT_IMAGES
+from testenv_operator.catalog import DEFAULT_IMAGES, FAULT_PROXY_IMAGE
 from testenv_operator.settings import Settings, SettingsError
 from testenv_operator.validation import validate
 
@@ -897,3 +897,12 @@ def test_the_guide_lists_the_operators_default_images() -> None:
     guide = (ROOT / "docs" / "shared-ci-cluster.md").read_text()
     for kind, image in DEFAULT_IMAGES.items():
         assert f"| {kind} | `{image}` |" in guide, f"docs/shared-ci-cluster.md: default image of {kind}"
+    assert f"`{FAULT_PROXY_IMAGE}` |" in guide, "docs/shared-ci-cluster.md: the fault proxy's image"
+
+
+def test_the_fault_proxy_image_reaches_the_operator() -> None:
+    """serviceImages.toxiproxy: the image of the sidecar `faultProxy: true` adds (a mirror, say)."""
+    mirror = "mirror.example.com/toxiproxy:2.5.0"
+    env = env_of(render({"serviceImages": {"toxiproxy": mirror}}))
+    assert env["TESTENV_IMAGE_TOXIPROXY"] == mirror
+    assert Settings.from_env(env).images == {"toxiproxy": mirror}

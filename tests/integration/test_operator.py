@@ -13,7 +13,10 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from testenv_api import (
+    ANNOTATION_FAULT_PROXIES,
     ANNOTATION_HEARTBEAT,
+    FAULT_PROXY_ADMIN_PORT,
+    FAULT_PROXY_LISTEN_BASE,
     LABEL_OWNER_UID,
     LABEL_SHAREABLE,
     LABEL_WORKER,
@@ -76,6 +79,32 @@ def test_create_reaches_ready_with_full_status(api: client.ApiClient, tenant: st
         assert f"EXTERNAL://localhost:{kafka.primary.local_port}" in env["KAFKA_ADVERTISED_LISTENERS"]
     reasons = {e.reason for e in core.list_namespaced_event(tenant).items if e.involved_object.name == "full"}
     assert {"Provisioning", "Ready"} <= reasons
+
+
+def test_a_fault_proxy_sidecar_is_accepted_by_the_api_server_and_reported(
+    api: client.ApiClient, tenant: str
+) -> None:
+    """What the operator renders for `faultProxy: true` passes the API server's validation and the
+    worker's Pod Security level, and the status says where the proxy's API is; a service without the
+    field gets the CRD's default (false) and no sidecar."""
+    services = [{"name": "cache", "type": "redis", "faultProxy": True}, {"name": "plain", "type": "redis"}]
+    te.create(api, tenant, te.manifest("proxied", workers=1, services=services, portBase=22400))
+    body = te.wait_phase(api, tenant, "proxied", Phase.READY, readyWorkers=1)
+    assert [s.get("faultProxy") for s in body["spec"]["services"]] == [True, False]
+    (worker,) = workers_from_status(body["status"])
+    cache, plain = worker.service("cache"), worker.service("plain")
+    assert (cache.fault_proxy_port, plain.fault_proxy_port) == (FAULT_PROXY_ADMIN_PORT, 0)
+    assert cache.primary.port == 6379, "the harness forwards the container's own port"
+    deployments = _deployments(api, worker.namespace)
+    template = deployments["cache"].spec.template
+    assert [c.name for c in template.spec.containers] == ["cache", "toxiproxy"]
+    assert ANNOTATION_FAULT_PROXIES in template.metadata.annotations
+    assert [c.name for c in deployments["plain"].spec.template.spec.containers] == ["plain"]
+    core = client.CoreV1Api(api)
+    (port,) = core.read_namespaced_service("cache", worker.namespace).spec.ports
+    assert (port.port, port.target_port) == (6379, FAULT_PROXY_LISTEN_BASE)
+    (plain_port,) = core.read_namespaced_service("plain", worker.namespace).spec.ports
+    assert plain_port.target_port == "redis"
 
 
 def test_scale_up_and_down(api: client.ApiClient, tenant: str) -> None:

@@ -234,3 +234,51 @@ def test_a_smaller_size_deletes_the_surplus_and_never_a_claimed_worker(
     te.wait_pool(api, tenant, "shrinking", ready=1, free=1, claimed=1, phase="Ready")
     wait_for(lambda: len(te.pooled_namespaces(api, uid)) == 2, timeout=60, what="the surplus to go")
     assert worker.namespace in te.pooled_namespaces(api, uid)
+
+
+def test_a_claimed_worker_converges_like_its_environments_own(
+    api: client.ApiClient, tenant: str, pools: list[str]
+) -> None:
+    """Issue 24: an admin-deleted NetworkPolicy or quota of a claimed worker comes back, and
+    removing spec.access removes its RoleBinding, as for workers the environment made itself."""
+    _make_pool(api, tenant, pools, "guarded", 1)
+    access = {"subjects": [{"kind": "ServiceAccount", "name": "ci"}]}
+    te.create(api, tenant, te.manifest("guarded", workers=1, services=REDIS_KAFKA, access=access))
+    (worker,) = workers_from_status(
+        te.wait_phase(api, tenant, "guarded", Phase.READY, readyWorkers=1)["status"]
+    )
+    assert worker.pool == "guarded"
+    ns = worker.namespace
+    networking, core, rbac = (
+        client.NetworkingV1Api(api),
+        client.CoreV1Api(api),
+        client.RbacAuthorizationV1Api(api),
+    )
+    policies = {p.metadata.name for p in networking.list_namespaced_network_policy(ns).items}
+    quotas = {q.metadata.name for q in core.list_namespaced_resource_quota(ns).items}
+    assert policies
+    assert quotas
+    assert "testenv-access" in {b.metadata.name for b in rbac.list_namespaced_role_binding(ns).items}
+
+    for name in policies:
+        networking.delete_namespaced_network_policy(name, ns)
+    for name in quotas:
+        core.delete_namespaced_resource_quota(name, ns)
+    wait_for(
+        lambda: (
+            {p.metadata.name for p in networking.list_namespaced_network_policy(ns).items} == policies
+            and {q.metadata.name for q in core.list_namespaced_resource_quota(ns).items} == quotas
+        ),
+        timeout=60,
+        what="the claimed worker's NetworkPolicies and quota to come back",
+    )
+
+    te.patch_spec(api, tenant, "guarded", {"access": None})
+    wait_for(
+        lambda: (
+            "testenv-access" not in {b.metadata.name for b in rbac.list_namespaced_role_binding(ns).items}
+        ),
+        timeout=60,
+        what="the claimed worker's access binding to go with spec.access",
+    )
+    assert te.get(api, tenant, "guarded")["status"]["phase"] == Phase.READY

@@ -79,9 +79,19 @@ def test_kafka_from_outside_the_cluster_through_the_planned_port(testenv):
 
 
 IN_CLUSTER = r"""
-import socket, struct, sys
+import socket, struct, sys, time
 host, port = sys.argv[1], int(sys.argv[2])
-sock = socket.create_connection((host, port), timeout=10)
+# The node's NetworkPolicy engine admits a new pod once it has programmed the pod's IP (well
+# under a second); a connection in that moment is refused, so the first one is retried.
+deadline = time.monotonic() + 15
+while True:
+    try:
+        sock = socket.create_connection((host, port), timeout=10)
+        break
+    except ConnectionRefusedError:
+        if time.monotonic() > deadline:
+            raise
+        time.sleep(0.5)
 # Metadata v0 for all topics: the broker list carries the INTERNAL listener it advertises.
 sock.sendall(struct.pack(">ihhihi", 14, 3, 0, 42, -1, 0))
 size = struct.unpack(">i", sock.recv(4))[0]

@@ -7,13 +7,22 @@ from pathlib import Path
 
 import pytest
 
-from testenv_api import SERVICE_TYPES
+from testenv_api import FAULT_PROXY_IMAGE_KEY, SERVICE_TYPES
 from testenv_harness.ground.errors import ToolchainError
 from testenv_harness.provision import imagebuild
 
 
 def test_every_builtin_service_type_has_a_stand_in() -> None:
-    assert set(imagebuild.service_images()) == set(SERVICE_TYPES) - {"custom"}
+    """And the fault proxy's sidecar, under the key the operator's TESTENV_IMAGE_TOXIPROXY reads."""
+    assert set(imagebuild.service_images()) == set(SERVICE_TYPES) - {"custom"} | {FAULT_PROXY_IMAGE_KEY}
+
+
+def test_the_fault_proxy_image_is_the_pinned_go_build_and_kind_images_builds_it() -> None:
+    image = imagebuild.IMAGES["toxiproxy"]
+    assert image.binaries == ("toxiproxy-server",)
+    assert not image.base, "a static binary on an empty image"
+    assert "toxiproxy" in imagebuild.DEFAULT_SET
+    assert "toxiproxy" in imagebuild.IMAGES["node"].embeds, "in the node, as the services' images are"
 
 
 def test_nothing_is_ever_named_like_an_upstream_image() -> None:
@@ -132,6 +141,8 @@ def test_the_runner_context_holds_the_recipe_and_the_copied_checkout(
     assert files == {
         "Dockerfile",
         "constraints.txt",
+        "requirements.in",
+        "requirements.txt",
         "pyproject.toml",
         "README.md",
         "operator/testenv_operator/handlers.py",
@@ -154,3 +165,73 @@ def test_the_runner_lays_the_suite_out_as_its_pytest_ini_expects() -> None:
     ]
     assert pins, "the runner installs from PyPI with every version pinned"
     assert all(re.fullmatch(r"[A-Za-z0-9_.-]+==[A-Za-z0-9_.+-]+", line) for line in pins), pins
+
+
+# -- what the images install from PyPI ----------------------------------------------------------
+
+#: The Dockerfiles that install from PyPI, by the hashed lists they install.
+_LOCKED_DOCKERFILES = {
+    imagebuild.RECIPES / "localstack" / "Dockerfile": ("requirements.txt", "requirements-build.txt"),
+    imagebuild.RECIPES / "moto" / "Dockerfile": ("requirements.txt",),
+    imagebuild.RECIPES / "runner" / "Dockerfile": ("requirements.txt",),
+    imagebuild.CHECKOUT / "operator" / "Dockerfile": ("requirements.txt",),
+}
+_HASHED = re.compile(r"[A-Za-z0-9._-]+==[A-Za-z0-9._+!-]+( --hash=sha256:[0-9a-f]{64})+")
+
+
+def _logical_lines(text: str) -> list[str]:
+    """A requirements file's or Dockerfile's lines with the backslash continuations joined."""
+    joined = re.sub(r"\\\n", " ", text)
+    return [" ".join(line.split()) for line in joined.splitlines()]
+
+
+def _pins(path: Path) -> dict[str, str]:
+    pins = {}
+    for line in _logical_lines(path.read_text()):
+        if line and not line.startswith("#"):
+            name, version = line.split(" ")[0].split("==")
+            pins[re.sub(r"[-_.]+", "-", name).lower()] = version
+    return pins
+
+
+def test_every_dockerfile_installs_from_pypi_by_hash_only() -> None:
+    """Every `pip install` runs in hash-checking mode, or installs the checkout with --no-deps."""
+    recipes = [*imagebuild.RECIPES.glob("*/Dockerfile"), imagebuild.CHECKOUT / "operator" / "Dockerfile"]
+    installing = {path for path in recipes if "pip install" in path.read_text()}
+    assert installing == set(_LOCKED_DOCKERFILES)
+    for dockerfile in installing:
+        lines = [line for line in dockerfile.read_text().splitlines() if not line.lstrip().startswith("#")]
+        commands = [c.strip() for line in _logical_lines("\n".join(lines)) for c in line.split("&&")]
+        for command in (c for c in commands if "pip install" in c):
+            assert "--no-deps" in command, (dockerfile, command)
+            if "--require-hashes" not in command:
+                assert command.endswith(" ."), f"{dockerfile}: {command!r} installs without hashes"
+
+
+@pytest.mark.parametrize(
+    "lock",
+    [dockerfile.parent / name for dockerfile, names in _LOCKED_DOCKERFILES.items() for name in names],
+    ids=lambda path: str(path.relative_to(imagebuild.CHECKOUT)),
+)
+def test_every_package_an_image_installs_has_its_hashes(lock: Path) -> None:
+    lines = [line for line in _logical_lines(lock.read_text()) if line and not line.startswith("#")]
+    assert lines, f"{lock} pins nothing"
+    unhashed = [line for line in lines if not _HASHED.fullmatch(line)]
+    assert not unhashed, f"{lock}: no exact version with hashes in {unhashed}; run `make image-locks`"
+
+
+@pytest.mark.parametrize("image", ["localstack", "moto", "runner"])
+def test_the_hashed_list_holds_every_verified_pin(image: str) -> None:
+    """A pin changed in constraints.txt without `make image-locks` would not reach the image."""
+    recipe = imagebuild.RECIPES / image
+    locked = _pins(recipe / "requirements.txt")
+    constraints = _pins(recipe / "constraints.txt")
+    assert {name: locked.get(name) for name in constraints} == constraints
+
+
+def test_the_operator_image_runs_the_versions_the_tests_run() -> None:
+    """Its list is pyproject.toml's dependencies at the dev lock's versions, plus the build tools."""
+    locked = _pins(imagebuild.CHECKOUT / "operator" / "requirements.txt")
+    tested = _pins(imagebuild.CHECKOUT / "requirements-dev.lock")
+    runtime = {name: version for name, version in locked.items() if name not in ("setuptools", "wheel")}
+    assert {name: tested.get(name) for name in runtime} == runtime, "run `make image-locks` after `make lock`"

@@ -63,8 +63,9 @@ class _Provider:
     def service_images(self, types: set[str]) -> dict[str, str]:
         return {kind: ref for kind, ref in self.images.items() if kind in types}
 
-    def load_images(self, images: list[str]) -> None:
+    def load_images(self, images: list[str]) -> list[str]:
         self.loaded += images
+        return images
 
 
 def test_services_without_their_own_image_get_the_providers_and_only_those_are_loaded() -> None:

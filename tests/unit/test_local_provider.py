@@ -82,6 +82,33 @@ def test_what_the_local_data_plane_cannot_run_is_refused_before_anything_starts(
     session.remove_run_dir()
 
 
+def test_a_fault_proxy_on_the_local_cluster_is_refused_before_anything_starts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from testenv_harness.dataplane import runners
+    from testenv_harness.ground.errors import ManifestError
+    from testenv_harness.run.session import RunOptions, RunSession
+
+    assert runners.cannot_proxy([{"name": "r", "type": "redis", "faultProxy": False}]) == ""
+    services = [{"name": "r", "type": "redis"}, {"name": "cache", "type": "redis", "faultProxy": True}]
+    reason = runners.cannot_proxy(services)
+    assert "fault proxy in front of cache (faultProxy: true)" in reason
+    assert "--testenv-cluster kind" in reason
+    assert "existing" in reason
+    manifest = {"kind": "TestEnvironment", "spec": {"services": services}}
+    session = RunSession(
+        RunOptions(workers=1, manifest=manifest, provider="local", cluster_name="never-made"), print
+    )
+
+    def never(*_: object) -> None:
+        raise AssertionError("nothing may start")
+
+    monkeypatch.setattr(LocalProvider, "up", never)
+    with pytest.raises(ManifestError, match="cannot put a fault proxy in front of cache"):
+        session.start()
+    session.remove_run_dir()
+
+
 def test_the_aws_types_name_the_extra_that_installs_moto(monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib.util
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from testenv_api import KAFKA_EXTERNAL_PORT, ConditionType, Phase, primary_port
+from testenv_api import FAULT_PROXY_ADMIN_PORT, KAFKA_EXTERNAL_PORT, ConditionType, Phase, primary_port
 from testenv_api.status import WorkerStatus, workers_from_status
 from testenv_operator.manifests import Owner
 from testenv_operator.plan import plan_environment
@@ -44,6 +44,18 @@ def test_status_round_trips_through_the_contract() -> None:
     (parsed,) = workers_from_status({"workers": [status.to_dict()]})
     assert parsed == status
     assert parsed.service("kafka").ready is False
+
+
+def test_a_service_behind_a_fault_proxy_says_where_its_api_is() -> None:
+    spec = {**SPEC, "services": [{"name": "redis", "type": "redis", "faultProxy": True}, SPEC["services"][1]]}
+    plan = plan_environment(OWNER, spec, Settings())[0]
+    status = worker_status(plan, _observed({(plan.namespace, "redis")}), OWNER.uid, False)
+    redis, kafka = status.services
+    assert (redis.fault_proxy_port, kafka.fault_proxy_port) == (FAULT_PROXY_ADMIN_PORT, 0)
+    assert redis.to_dict()["faultProxyPort"] == FAULT_PROXY_ADMIN_PORT
+    assert "faultProxyPort" not in kafka.to_dict(), "absent, as the CRD describes it"
+    (parsed,) = workers_from_status({"workers": [status.to_dict()]})
+    assert parsed == status
 
 
 def test_waiting_worker_says_for_what() -> None:

@@ -175,3 +175,25 @@ def test_every_container_s_ephemeral_storage_must_fit_the_worker_quota() -> None
     (problem,) = validate(_spec(services=[*two, {"name": "r2", "type": "redis"}]), settings)
     assert problem.field == "spec.services"
     assert "TESTENV_WORKER_EPHEMERAL_STORAGE" in problem.message
+
+
+def test_a_fault_proxy_is_a_container_of_its_own_for_the_quota() -> None:
+    settings = Settings(worker_ephemeral_storage="2Gi", worker_cpu="4", worker_memory="4Gi")
+    proxied = [{"name": "r0", "type": "redis", "faultProxy": True}]
+    assert validate(_spec(services=proxied), settings) == []
+    (storage,) = validate(_spec(services=[*proxied, {"name": "r1", "type": "redis"}]), settings)
+    assert storage.field == "spec.services"
+    assert "2 services (3 containers)" in storage.message
+    # The sidecar's limits count: 500m + 200m of cpu, 256Mi + 64Mi of memory per proxied redis.
+    two = [{"name": f"r{i}", "type": "redis", "faultProxy": True} for i in range(2)]
+    (cpu,) = validate(_spec(services=two), Settings(worker_cpu="1.2", worker_memory="4Gi"))
+    assert "cpu limits of 1.4, more than the worker quota of 1.2" in cpu.message
+
+
+def test_a_custom_service_behind_a_fault_proxy_cannot_use_its_api_port() -> None:
+    custom = {"image": "acme/api:1", "ports": [{"name": "http", "port": 8474}]}
+    service = {"name": "api", "type": "custom", "custom": custom}
+    assert validate(_spec(services=[service]), SETTINGS) == []
+    (problem,) = validate(_spec(services=[{**service, "faultProxy": True}]), SETTINGS)
+    assert problem.field == "spec.services[0].custom.ports"
+    assert "port 8474 is the fault proxy's API" in problem.message

@@ -45,6 +45,30 @@ def _listening(port: int) -> bool:
     return False
 
 
+#: How much lower the services' CPU priority is than the run's own processes' (nice).
+SERVICE_NICENESS = 5
+
+
+def _below_the_tests() -> Callable[[], None]:
+    """A child's set-up: it dies with this thread, and yields the CPU to the run's processes.
+
+    Each service is a session of its own (for `killpg`), and with the kernel's autogroups
+    (sched_autogroup_enabled, on by default) a session weighs as much as the whole test run: at
+    -n 4, eight starting services got eight shares of the 2 cores and the run's workers, probes
+    and forwards together one, so a worker's Redis answered through its forward only once its
+    Kafka had started. Both the session's and the process's niceness are raised.
+    """
+    die = dies_with_parent()
+
+    def preexec() -> None:
+        die()
+        os.nice(SERVICE_NICENESS)
+        with contextlib.suppress(OSError), open("/proc/self/autogroup", "w") as autogroup:
+            autogroup.write(str(SERVICE_NICENESS))
+
+    return preexec
+
+
 class _Served:
     """One pod's process and where it listens."""
 
@@ -160,7 +184,7 @@ class DataPlane:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=dies_with_parent(),
+            preexec_fn=_below_the_tests(),
         )
         handle.close()
         self._pool.submit(self._await_ready, uid, served, launch.wait_ports)

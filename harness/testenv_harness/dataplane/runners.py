@@ -13,7 +13,7 @@ from testenv_api import ANNOTATION_SERVICE_TYPE
 from testenv_harness.services import catalog
 from testenv_harness.services.base import Launch, PodSpec, Runner, RunnerError
 
-__all__ = ["Launch", "PodSpec", "RunnerError", "cannot_serve", "launch_for", "pod_spec"]
+__all__ = ["Launch", "PodSpec", "RunnerError", "cannot_proxy", "cannot_serve", "launch_for", "pod_spec"]
 
 
 def _runners() -> dict[str, Runner]:
@@ -41,6 +41,22 @@ def cannot_serve(service_types: Iterable[str]) -> str:
                 f"installed: {kind.local_install}"
             )
     return ""
+
+
+def cannot_proxy(services: Iterable[Mapping[str, Any]]) -> str:
+    """Why the local cluster cannot put a fault proxy in front of these services ("" if none asks
+    for one). Its pods are simulated: no client runs inside the cluster to dial a Service's name
+    there, so a proxy in front of the Service would see no traffic, and the harness's forwards
+    reach the host processes directly. Faults of the test process's own connections go through
+    the harness's tunnel on every cluster."""
+    asking = [str(s.get("name", "?")) for s in services if s.get("faultProxy")]
+    if not asking:
+        return ""
+    return (
+        f"the local cluster cannot put a fault proxy in front of {', '.join(asking)} (faultProxy: true): "
+        "its pods are simulated, so no client inside the cluster dials a Service there. "
+        "Use --testenv-cluster kind (a Docker engine) or existing, or drop faultProxy"
+    )
 
 
 def launch_for(pod: PodSpec, workdir: Path) -> Launch:

@@ -4,6 +4,7 @@ testenv run -f env.yaml --workers 4 -- CMD   set up, forward every worker, run C
 testenv up | down | status | sweep           the run's steps one at a time (see cli_runs.py)
 testenv env | forward | restart | exec       one worker's variables, forwards, restarts
 testenv logs SERVICE --worker I               one worker's service: its pods' state and log lines
+testenv fault SERVICE TOXIC --worker I        a network fault on one worker's forward (Toxiproxy's toxics)
 testenv tools                 build the pinned local-cluster binaries (no-op when cached)
 testenv cluster up|down       start or delete the local cluster (--cluster kind: the kind one)
 testenv cluster env           print the shell lines that point kubectl at it
@@ -25,7 +26,7 @@ from pathlib import Path
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
-from testenv_harness.frontends import cli_logs, cli_runs
+from testenv_harness.frontends import cli_faults, cli_logs, cli_runs
 from testenv_harness.ground import kube
 from testenv_harness.ground.errors import TestEnvError
 from testenv_harness.provision import imagebuild, toolchain
@@ -129,6 +130,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     cli_runs.add_parsers(sub)
     cli_logs.add_parser(sub)
+    cli_faults.add_parser(sub)
 
     tools = sub.add_parser(
         "tools",

@@ -28,7 +28,9 @@ from kubernetes.client.exceptions import ApiException
 from testenv_api import GROUP, MAX_WORKERS, PLURAL, VERSION
 from testenv_harness.frontends import exports, reuse, supervise
 from testenv_harness.frontends.command_timeline import CommandTimeline
+from testenv_harness.frontends.fault_sockets import FaultSockets
 from testenv_harness.frontends.holder import Holder
+from testenv_harness.frontends.keeper import KeeperService
 from testenv_harness.ground import files, kube
 from testenv_harness.ground.errors import TestEnvError
 from testenv_harness.ground.files import hold_lock
@@ -235,6 +237,7 @@ def _hold(name: str, options: RunOptions, forward: bool, idle_exit: float | None
         name, options, command="up", forward=forward, report=say, log=runstate.folder() / f"{name}.log"
     )
     own: reuse.Claim | None = None
+    service: KeeperService | None = None
     try:
         with _signals_interrupt():
             holder.start()
@@ -242,12 +245,16 @@ def _hold(name: str, options: RunOptions, forward: bool, idle_exit: float | None
             if idle_exit is None:
                 while True:
                     time.sleep(3600)
+            if forward:
+                service = KeeperService(name, holder.envs, say)
             watch = reuse.EnvironmentWatch(holder.state.handoff_object(), holder.state.uid)
-            own = reuse.keep_while_claimed(name, idle_exit, say, watch)
+            own = reuse.keep_while_claimed(name, idle_exit, say, watch, service)
     except KeyboardInterrupt:
         say("stopping")
     finally:
         with _shielded():
+            if service is not None:
+                service.close()
             try:
                 holder.stop()
             finally:
@@ -332,9 +339,11 @@ def cmd_forward(args: argparse.Namespace) -> int:
     number = _worker_number(args)
     variables = _worker_variables(state, number)
     env = TestEnv(state.handoff_object(), number)
+    sockets: FaultSockets | None = None
     try:
         with _signals_interrupt():
             env.wait_ready().forward()
+            sockets = FaultSockets(state, [env])  # `testenv fault --worker I` reaches them here
             _out(exports.render(variables, args.format))
             say(f"forwarding worker {number} of run {state.name!r} until stopped (SIGTERM or Ctrl-C)")
             while True:
@@ -346,6 +355,8 @@ def cmd_forward(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
+        if sockets is not None:
+            sockets.close()
         env.close()
 
 

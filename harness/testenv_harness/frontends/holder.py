@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from testenv_harness.frontends import exports
+from testenv_harness.frontends.fault_sockets import FaultSockets
 from testenv_harness.run import runstate
 from testenv_harness.run.runstate import RunState
 from testenv_harness.run.session import RunOptions, RunSession
@@ -39,6 +40,7 @@ class Holder:
         self.report = report
         self.session: RunSession | None = None
         self.envs: list[TestEnv] = []
+        self.fault_sockets: FaultSockets | None = None
         self.state = RunState(
             name=name,
             pid=os.getpid(),
@@ -66,6 +68,8 @@ class Holder:
             self.envs = [TestEnv(handoff, slot) for slot in range(self.options.workers)]
             with ThreadPoolExecutor(max_workers=len(self.envs)) as pool:
                 list(pool.map(self._connect, self.envs))
+            if self.forward:  # `testenv fault` reaches the forwards through these
+                self.fault_sockets = FaultSockets(self.state, self.envs)
         except Exception as exc:
             self.state.phase, self.state.message = runstate.FAILED, str(exc).splitlines()[0]
             runstate.save(self.state)
@@ -88,6 +92,9 @@ class Holder:
 
     def stop(self) -> None:
         """Close the forwards, delete the environment, forget the run (a second call does nothing)."""
+        if self.fault_sockets is not None:
+            self.fault_sockets.close()
+            self.fault_sockets = None
         for env in self.envs:
             with contextlib.suppress(Exception):
                 env.close()

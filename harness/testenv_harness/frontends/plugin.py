@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 from collections.abc import Generator, Iterator
 from pathlib import Path
@@ -305,8 +306,9 @@ class Controller:
 
     Nothing is created when the plugin is configured. The environment is set up once it is
     known that tests will run: after collection without xdist, after the first worker collected
-    a test with it. Workers wait for it in their `testenv` fixture; a set-up that failed for a
-    reason other than the user's input makes their tests error with that cause.
+    a test with it. What makes nothing new (an existing cluster, the operator) is started ahead,
+    at the session's start. Workers wait for it in their `testenv` fixture; a set-up that failed
+    for a reason other than the user's input makes their tests error with that cause.
     """
 
     def __init__(self, config: pytest.Config, options: RunOptions, reuse_idle: float | None) -> None:
@@ -319,8 +321,18 @@ class Controller:
         self.planned: list[dict[str, str]] = []
         path = _timeline_path(config)
         self.timeline = timeline.Timeline(path) if path is not None else None
+        #: Set-up taken ahead while xdist starts its workers (see `_start_ahead`), what it failed
+        #: with, and the lines it reported: shown once tests are known to run, from this thread.
+        self._ahead: threading.Thread | None = None
+        self._ahead_done = threading.Event()
+        self._ended = threading.Event()
+        self._ahead_failed: BaseException | None = None
+        self._held: list[str] = []
 
     def report(self, line: str) -> None:
+        if self._ahead is not None and threading.current_thread() is self._ahead:
+            self._held.append(line)  # shown if tests run, not in the middle of xdist's start
+            return
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
             reporter.write_line(f"testenv: {line}")
@@ -337,6 +349,27 @@ class Controller:
         self.planned = self._plan()
         if self.planned and not self.config.pluginmanager.hasplugin("dsession"):
             os.environ.update(self.planned[0])  # this process collects and runs the tests itself
+        if isinstance(self.session, RunSession):
+            self._ahead = threading.Thread(target=self._start_ahead, name="testenv-ahead", daemon=True)
+            self._ahead.start()
+
+    def _start_ahead(self) -> None:
+        """The set-up steps that make nothing new (RunSession.start_ahead), while xdist starts its
+        workers and they collect: at -n 4 on 2 cores that took 4-6 s before `start` could begin."""
+        assert isinstance(self.session, RunSession)
+        try:
+            self.session.start_ahead()
+        except BaseException as exc:  # `start` raises it, as if it had failed there
+            self._ahead_failed = exc
+        finally:
+            self._ahead_done.set()
+        # The operator dies when the thread that started it ends (PR_SET_PDEATHSIG follows the
+        # forking thread, not the process): this one stays until the run is torn down.
+        self._ended.wait()
+
+    def _join_ahead(self) -> None:
+        if self._ahead is not None:
+            self._ahead_done.wait()
 
     def _plan(self) -> list[dict[str, str]]:
         """Each worker's variables from the run's local-port plan, reserved now (see RunSession.plan);
@@ -408,8 +441,13 @@ class Controller:
         if self.started or self.session is None:
             return
         self.started = True
+        self._join_ahead()
+        for line in self._held:
+            self.report(line)
         began = time.time()
         try:
+            if self._ahead_failed is not None:
+                raise self._ahead_failed
             self.session.start()
             self._note_set_up(began, "")
         except ValueError as exc:  # the user's manifest or options: theirs to fix
@@ -435,6 +473,7 @@ class Controller:
             )
 
     def finish(self) -> None:
+        self._join_ahead()
         if self.session is None:
             return
         current, self.session = self.session, None
@@ -442,6 +481,7 @@ class Controller:
         try:
             summary = current.stop()
         finally:
+            self._ended.set()
             self._write_timeline(current, began)
         if summary and self.started:
             self.report(summary)
@@ -537,10 +577,7 @@ def testenv(request: pytest.FixtureRequest) -> Iterator[TestEnv]:
     handoff = receive(run_dir, timeout)
     if events is not None:
         events.span(slot, "waiting for the run's set-up", began)
-    began = time.time()
-    env = TestEnv(handoff, slot)
-    if events is not None:
-        events.span(slot, "making the API client", began)
+    env = TestEnv(handoff, slot)  # its API client is made on first use, if ever
     env.connect()
     # A crashed worker held this slot, or an earlier run the environment: start from clean
     # services, not their leftovers.

@@ -46,6 +46,7 @@ from kubernetes.client.exceptions import ApiException
 
 from testenv_api import GROUP, PLURAL, VERSION, Phase
 from testenv_api.status import workers_from_status
+from testenv_harness.frontends import keeper
 from testenv_harness.ground import files, kube
 from testenv_harness.ground.errors import ClusterError
 from testenv_harness.ground.files import hold_lock
@@ -57,8 +58,8 @@ from testenv_harness.worker.handoff import Handoff, publish
 
 #: Seconds a kept environment waits for the next run (testenv_reuse_idle).
 DEFAULT_IDLE_SECONDS = 900.0
-#: Seconds between a keeper's checks of its claim.
-CHECK_SECONDS = 1.0
+#: Seconds between a keeper's checks of its claim (a released environment is reset this soon).
+CHECK_SECONDS = 0.5
 #: Seconds between a keeper's reads of its TestEnvironment.
 WATCH_SECONDS = 2.0
 #: A keeper exits once its environment has been gone (404, another object, being deleted) this long,
@@ -215,10 +216,15 @@ class EnvironmentWatch:
 
 
 def keep_while_claimed(
-    name: str, idle: float, report: Callable[[str], None], watch: EnvironmentWatch | None = None
+    name: str,
+    idle: float,
+    report: Callable[[str], None],
+    watch: EnvironmentWatch | None = None,
+    service: keeper.KeeperService | None = None,
 ) -> Claim | None:
     """Return once keeper `name` has gone `idle` seconds without a claim, or once `watch` finds its
-    environment gone (the keeper's loop).
+    environment gone (the keeper's loop). Meanwhile `service` resets, while no run holds the
+    environment, what the last run used.
 
     Returns the keeper's own claim, to hold while it tears down: a run arriving meanwhile finds
     the keeper claimed and makes an environment of its own, instead of claiming a dying one.
@@ -232,7 +238,10 @@ def keep_while_claimed(
             return Claim.take(name)
         if claimed(name):
             last = time.monotonic()
-        elif time.monotonic() - last >= idle and (own := Claim.take(name)) is not None:
+            continue
+        if service is not None:
+            service.tidy()
+        if time.monotonic() - last >= idle and (own := Claim.take(name)) is not None:
             report(f"no run claimed {name!r} for {idle:.0f}s: tearing it down")
             return own
 
@@ -261,6 +270,8 @@ class ReuseSession:
         self.reused = False
         self._keeper: RunState | None = None
         self._released = False
+        #: The environment's status as claimed: the workers' endpoints.
+        self._status: dict[str, Any] = {}
 
     def start(self) -> Handoff:
         name = self.claim.name
@@ -289,16 +300,41 @@ class ReuseSession:
         elif state is not None and state.alive:  # starting or failed, yet still there: start afresh
             _stop(state)
             state = None
+        if state is not None and self.reused and state.forwarded:
+            try:
+                took = keeper.ask_clean(name)
+            except ClusterError as exc:
+                self.report(f"{exc}; ending it and setting up a fresh environment")
+                _stop(state)
+                state, self.reused = None, False
+            else:
+                if took >= 0.1:
+                    self.report(f"keeper {name!r} took {took:.1f}s to reset the last run's services")
         if not self.reused:
             state = self._start_keeper()
+            self._status = self._ready_status(state)
+            keeper.ask_clean(name)  # a new environment: clean, and now in use
         assert state is not None
         self._keeper = state
-        # The run folder is this run's: barrier files and the like must not outlive it.
+        # The run folder is this run's: barrier files and the like must not outlive it. A keeper
+        # that forwards its workers (every keeper of this version) handed out clean services.
         self.handoff = dataclasses.replace(
-            state.handoff_object(), run_dir=str(self.run_dir), reused=self.reused
+            state.handoff_object(),
+            run_dir=str(self.run_dir),
+            reused=self.reused and not state.forwarded,
+            forwarded=state.forwarded,
+            status=self._status if state.forwarded else None,
+            fault_sockets=str(runstate.fault_socket(state, 0).parent) if state.forwarded else "",
         )
         publish(self.run_dir, self.handoff)
         return self.handoff
+
+    def _ready_status(self, state: RunState) -> dict[str, Any]:
+        """A new keeper's environment status, as its workers take their endpoints from."""
+        body = read_environment(state.handoff_object(), state.uid)
+        if (problem := _not_ready(body, self.options.workers)) is not None:
+            raise ClusterError(f"keeper {state.name!r}'s environment {problem[0]}")
+        return dict(body.get("status") or {})
 
     def _unusable(self, state: RunState) -> str | None:
         """Why the keeper's environment cannot serve this run, as the API server shows it now (gone,
@@ -312,6 +348,7 @@ class ReuseSession:
                 return str(exc)
             problem = _not_ready(body, self.options.workers)
             if problem is None:
+                self._status = dict(body.get("status") or {})
                 return None
             why, final = problem
             if final or time.monotonic() >= deadline:
@@ -328,6 +365,7 @@ class ReuseSession:
             "testenv_harness",
             "up",
             "--foreground",
+            "--forward",  # the keeper holds every worker's forwards between runs
             "--run",
             name,
             "-f",

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
-from testenv_api import KAFKA_EXTERNAL_PORT, kafka_environment
+from testenv_api import FAULT_PROXY_IMAGE_KEY, KAFKA_EXTERNAL_PORT, kafka_environment
 from testenv_harness.ground import files
 from testenv_harness.ground.errors import ToolchainError
 from testenv_harness.provision import toolchain
@@ -42,6 +42,8 @@ CHECKOUT = Path(__file__).resolve().parents[3]
 #: Images of the control plane inside the node, under our repository with the tags kubeadm uses.
 KUBE_COMPONENTS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy")
 PAUSE_TAG = "3.10.2"
+#: What the NetworkPolicy probe's pods run (redis-server, redis-cli, sh, timeout; in the node).
+PROBE_IMAGE = "redis"
 
 Report = Callable[[str], None]
 
@@ -107,10 +109,24 @@ IMAGES: dict[str, Image] = {
             "node",
             base="debian-bookworm",
             binaries=("kubelet", "kubeadm", "kubectl", "crictl"),
-            embeds=(*KUBE_COMPONENTS, "etcd", "coredns", "pause"),
+            # The service images too: a new cluster runs its first pods without a `kind load`.
+            embeds=(
+                *KUBE_COMPONENTS,
+                "etcd",
+                "coredns",
+                "pause",
+                "kube-router",
+                *(image.name for image in SERVICE_IMAGES),
+                "toxiproxy",
+            ),
             args=(("KUBERNETES_VERSION", toolchain.KUBERNETES_VERSION),),
         ),
         *SERVICE_IMAGES,
+        # The fault proxy's sidecar (faultProxy: true): Toxiproxy's server, in the node like the
+        # services' images.
+        Image("toxiproxy", binaries=("toxiproxy-server",), service=FAULT_PROXY_IMAGE_KEY),
+        # The NetworkPolicy firewall the kind provider installs on our node (embedded in it).
+        Image("kube-router", base="debian-bookworm", binaries=("kube-router",)),
         # The operator's base, and the Helm path's operator from operator/Dockerfile on it.
         Image("python", base="debian-bookworm"),
         Image("operator", base="python", dockerfile="operator/Dockerfile", args=(("PYTHON_IMAGE", "@base"),)),
@@ -159,8 +175,9 @@ _CONTEXT_SOURCES: dict[str, tuple[Callable[[Report], Path], Callable[[], str]]] 
     "kafka-training": (_kafka_training, lambda: hashlib.sha256(kafka_training_env().encode()).hexdigest()),
 }
 
-#: What `make kind-images` builds: node, services, operator, runner (and what they are built from).
-DEFAULT_SET = ("node", *(image.name for image in SERVICE_IMAGES), "operator", "runner")
+#: What `make kind-images` builds: node, services, the fault proxy, operator, runner (and what they
+#: are built from).
+DEFAULT_SET = ("node", *(image.name for image in SERVICE_IMAGES), "toxiproxy", "operator", "runner")
 
 
 # -- keys and names ---------------------------------------------------------------------------
@@ -430,12 +447,18 @@ def _context(image: Image, staging: Path, report: Report) -> None:
         )
     if image.embeds:
         (staging / "images").mkdir(exist_ok=True)
-        for name in image.embeds:
-            embedded = IMAGES[name]
-            with (staging / "images" / f"{name}.tar").open("wb") as out:
-                subprocess.run(["docker", "save", f"{REPOSITORY}/{embedded.alias}"], stdout=out, check=True)
+        # One archive: the layers the images share (their Debian base) are in it once.
+        refs = [_embedded_ref(name) for name in image.embeds]
+        with (staging / "images" / "embedded.tar").open("wb") as out:
+            subprocess.run(["docker", "save", *refs], stdout=out, check=True)
     if image.name == "node":
         shutil.copytree(kind_base_files(), staging / "kind-base", dirs_exist_ok=True)
+
+
+def _embedded_ref(name: str) -> str:
+    """How an embedded image is named inside the node: kubeadm's tag, or our content-keyed one."""
+    alias = IMAGES[name].alias
+    return f"{REPOSITORY}/{alias}" if alias else reference(name)
 
 
 def _build_one(name: str, report: Report) -> float:

@@ -31,6 +31,10 @@ HELM_VERSION = "v3.22.0"
 KIND_VERSION = "v0.33.0"
 COREDNS_VERSION = "v1.14.2"
 CRICTL_VERSION = "v1.36.0"
+#: The fault proxy's server (spec.services[].faultProxy), in our offline `toxiproxy` image.
+TOXIPROXY_VERSION = "v2.5.0"
+#: The NetworkPolicy firewall of the offline kind node (its firewall controller alone).
+KUBE_ROUTER_VERSION = "v2.1.0"
 #: Also the version examples/ginkgo uses as a library (a unit test holds the two together).
 GINKGO_VERSION = "v2.28.1"
 
@@ -125,6 +129,20 @@ TOOLS: tuple[GoTool, ...] = (
     ),
     GoTool("coredns", COREDNS_VERSION, {"coredns": "github.com/coredns/coredns"}, group="kind"),
     GoTool("crictl", CRICTL_VERSION, {"crictl": "sigs.k8s.io/cri-tools/cmd/crictl"}, group="kind"),
+    GoTool(
+        "toxiproxy",
+        TOXIPROXY_VERSION,
+        {"toxiproxy-server": "github.com/Shopify/toxiproxy/v2/cmd/server"},
+        (f"-X github.com/Shopify/toxiproxy/v2.Version={TOXIPROXY_VERSION.lstrip('v')}",),
+        group="kind",
+    ),
+    GoTool(
+        "kube-router",
+        KUBE_ROUTER_VERSION,
+        {"kube-router": "github.com/cloudnativelabs/kube-router/v2/cmd/kube-router"},
+        (f"-X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version={KUBE_ROUTER_VERSION}",),
+        group="kind",
+    ),
     GoTool("ginkgo", GINKGO_VERSION, {"ginkgo": "github.com/onsi/ginkgo/v2/ginkgo"}, group="runners"),
 )
 GROUPS = ("local", "kind", "runners")

@@ -121,6 +121,12 @@ def path_of(name: str) -> Path:
     return folder() / f"{name}.json"
 
 
+def fault_socket(state: RunState, worker: int) -> Path:
+    """Where the process that forwards worker `worker` of the run takes fault commands
+    (worker/fault_control.py), in a folder of the run's own (this user's alone)."""
+    return files.private_dir(folder() / f"{state.name}.{state.pid}.faults") / f"{worker}.sock"
+
+
 def _locked() -> AbstractContextManager[None]:
     return locked(folder() / ".lock")
 

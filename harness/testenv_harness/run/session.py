@@ -10,6 +10,7 @@ import contextlib
 import copy
 import dataclasses
 import datetime
+import os
 import shutil
 import tempfile
 import threading
@@ -26,6 +27,7 @@ from kubernetes.client.exceptions import ApiException
 import testenv_api
 from testenv_api import (
     ANNOTATION_HEARTBEAT,
+    FAULT_PROXY_IMAGE_KEY,
     GROUP,
     LABEL_OWNER_UID,
     LABEL_RUN_ID,
@@ -237,26 +239,50 @@ class RunSession:
         return Step("environment", self._create_environment_as_chosen, undo=self._take_environment_down)
 
     def start(self) -> Handoff:
-        """Take every set-up step; whatever step fails, `stop` takes back exactly those done."""
+        """Take every set-up step not taken yet (`start_ahead` may have taken the first ones);
+        whatever step fails, `stop` takes back exactly those done."""
+        taken = {step.name for step in self.done}
         for step in self.steps():
-            began = time.time()
-            try:
-                step.do()
-            except BaseException:
-                self._record(step.name, began, outcome="failed")
-                raise
-            self._record(step.name, began)
-            self.done.append(step)
+            if step.name not in taken:
+                self._take(step)
         assert self.handoff is not None
         return self.handoff
 
-    def _bring_cluster_up(self) -> None:
+    def start_ahead(self) -> None:
+        """Take the steps that make nothing new ahead of `start`, while the test runner starts its
+        workers and collects: reusing the cluster (only one that exists already) and starting the
+        operator. If no test needs the environment after all, `stop` ends the operator; the
+        environment itself waits for `start`. Does nothing where the cluster does not exist yet."""
         self.provider = self._provider()
+        if not self.provider.exists():
+            return
+        for step in self.steps():
+            if step.name not in ("cluster", "operator"):
+                return
+            self._take(step)
+
+    def _take(self, step: Step) -> None:
+        began = time.time()
+        try:
+            step.do()
+        except BaseException:
+            self._record(step.name, began, outcome="failed")
+            raise
+        self._record(step.name, began)
+        self.done.append(step)
+
+    def _bring_cluster_up(self) -> None:
+        self.provider = self.provider or self._provider()
         if self.provider.simulated_pods:
             services = (self.options.manifest.get("spec") or {}).get("services") or []
-            if reason := runners.cannot_serve(s.get("type", "") for s in services):
+            reason = runners.cannot_serve(s.get("type", "") for s in services)
+            if reason := reason or runners.cannot_proxy(services):
                 raise ManifestError(reason)
         self.cluster = self.provider.up()
+        if isinstance(self.provider, clusters.KindProvider):
+            services = (self.options.manifest.get("spec") or {}).get("services") or []
+            ours = self.provider.service_images({s.get("type", "") for s in services if not s.get("image")})
+            self.provider.unpack_ahead(sorted(set(ours.values())))
         self.api = kube.api_client(self.cluster.kubeconfig, self.cluster.context)
         if not self.options.namespace:
             default = (
@@ -435,8 +461,19 @@ class RunSession:
             TESTENV_NAMESPACES=self.options.namespace,
             TESTENV_MAX_WORKERS=str(MAX_WORKERS),
             TESTENV_RESYNC_SECONDS="5",
+            # The operator's TESTENV_IMAGE_<FAULT_PROXY_IMAGE_KEY>; empty: its default (or the user's).
+            TESTENV_IMAGE_TOXIPROXY=self._fault_proxy_image()
+            or os.environ.get("TESTENV_IMAGE_TOXIPROXY", ""),
         )
         self.operator.start()
+
+    def _fault_proxy_image(self) -> str:
+        """The provider's own image of the fault proxy sidecar (kind on our node: our offline build),
+        when a service asks for one (`faultProxy: true`); "" for the operator's default."""
+        services = (self.options.manifest.get("spec") or {}).get("services") or []
+        if self.provider is None or not any(s.get("faultProxy") for s in services):
+            return ""
+        return self.provider.service_images({FAULT_PROXY_IMAGE_KEY}).get(FAULT_PROXY_IMAGE_KEY, "")
 
     def _create_environment(self, grant_self: bool = False) -> None:
         assert self.api is not None
@@ -493,9 +530,9 @@ class RunSession:
             if not service.get("image") and service["type"] in images:
                 service["image"] = images[service["type"]]
                 used.add(service["image"])
-        if used:
-            self.report(f"loading {len(used)} local image(s) into the cluster")
-            self.provider.load_images(sorted(used))
+        if fault_proxy := self._fault_proxy_image():
+            used.add(fault_proxy)
+        self.provider.load_images(sorted(used))
         if isinstance(self.provider, clusters.KindProvider):
             named = {s.get("image") or (s.get("custom") or {}).get("image") for s in spec["services"]} - used
             if loaded := self.provider.load_local(sorted(i for i in named if i)):

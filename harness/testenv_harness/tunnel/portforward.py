@@ -14,6 +14,10 @@ Nothing here waits or buffers without a bound. Closing never waits for a write (
 close shuts its socket down, failing any send the API server is not reading); a client that
 reads slower than its pod writes holds at most CLIENT_BUFFER bytes here before the session's
 reader pushes back, and one that reads nothing for CLIENT_STALL_SECONDS is reset (SpdyTunnel).
+
+Faults (toxics.py) hook in at one place per direction: a connection with a `link` hands its
+chunks to the link's pipelines, which pass them on after the toxics; one without (every
+connection while its listener has no toxic) takes the path above, unchanged.
 """
 
 from __future__ import annotations
@@ -34,8 +38,10 @@ from kubernetes import client
 from kubernetes.stream.ws_client import create_websocket
 from websocket import ABNF, WebSocket, WebSocketBadStatusException, WebSocketException
 
+from testenv_harness.ground.errors import PortBusyError
 from testenv_harness.tunnel.podwatch import PodWatch
 from testenv_harness.tunnel.spdy import Session, SessionClosedError
+from testenv_harness.tunnel.toxics import Link, Toxics, reset_socket
 from testenv_harness.tunnel.wspipe import WebsocketPipe
 
 log = logging.getLogger(__name__)
@@ -134,6 +140,7 @@ class SpdyTunnel:
         #: Bytes received for the client that it has not taken yet (pending or being written).
         self.buffered = 0
         self._writer: threading.Thread | None = None
+        self.link: Link | None = None  # set when a toxic applies to this connection
         base = {"port": str(port), "requestid": str(request_id)}
         self.error_stream, self.data = session.open(
             [base | {"streamtype": "error"}, base | {"streamtype": "data"}],
@@ -143,6 +150,12 @@ class SpdyTunnel:
 
     # remote -> local, on the session's reader thread: never block it for long on a slow client
     def _deliver(self, payload: bytes) -> None:
+        if self.link is not None:
+            self.link.downstream.push(payload)
+        else:
+            self.to_client(payload)
+
+    def to_client(self, payload: bytes) -> None:
         with self._room:
             if self._closed.is_set():
                 return
@@ -233,6 +246,14 @@ class SpdyTunnel:
             self._data_end("error")
 
     def _data_end(self, reason: str) -> None:
+        if self.link is not None:
+            self.link.downstream.end()
+        else:
+            self.server_ended()
+
+    def server_ended(self) -> None:
+        if self._closed.is_set():
+            return  # closing already (a toxic's reset among them): `close` deals with the socket
         self._remote_done.set()
         with self._room:
             flushing = self._writer is not None
@@ -249,6 +270,11 @@ class SpdyTunnel:
         try:
             while not self._remote_done.is_set():
                 chunk = self.local.recv(_CHUNK)
+                if self.link is not None:
+                    if chunk:
+                        self.link.upstream.push(chunk)
+                        continue
+                    self.link.upstream.end().wait()
                 if not chunk:
                     if not self._remote_done.is_set():
                         # The client is done sending: give the server a moment to answer a
@@ -262,17 +288,26 @@ class SpdyTunnel:
         finally:
             self.close()
 
-    def close(self) -> None:
+    def to_server(self, chunk: bytes) -> None:
+        self.data.send(chunk)
+
+    def close(self, reset: bool = False) -> None:
+        """End the connection; `reset`: with a TCP reset (a toxic's), not a FIN."""
         if self._closed.is_set():
             return
         self._closed.set()
         self._remote_done.set()
+        if self.link is not None:
+            self.link.close()
         with self._room:
             self._pending.clear()
             self.buffered = 0
             self._room.notify_all()
         # The client sees the end first: the resets below may wait for the session's writer.
-        self._shut_local()
+        if reset:
+            reset_socket(self.local)
+        else:
+            self._shut_local()
         self.data.reset()
         self.error_stream.reset()
         with contextlib.suppress(OSError):
@@ -308,13 +343,28 @@ class ChannelTunnel:
         self.ws.settimeout(CHANNEL_TIMEOUT)
         self._closed = threading.Event()
         self._runner: threading.Thread | None = None
+        self.link: Link | None = None  # set when a toxic applies to this connection
 
-    def close(self) -> None:
+    def to_server(self, data: bytes) -> None:
+        self.ws.send_binary(bytes([_DATA]) + data)
+
+    def to_client(self, data: bytes) -> None:
+        self.local.sendall(data)
+
+    def server_ended(self) -> None:
+        """Nothing to do: the connection's thread waits for the end to go through, then closes."""
+
+    def close(self, reset: bool = False) -> None:
         if self._closed.is_set():
             return
         self._closed.set()
-        with contextlib.suppress(OSError):
-            self.local.shutdown(socket.SHUT_RDWR)
+        if self.link is not None:
+            self.link.close()
+        if reset:
+            reset_socket(self.local)
+        else:
+            with contextlib.suppress(OSError):
+                self.local.shutdown(socket.SHUT_RDWR)
         if self._runner in (None, threading.current_thread()):
             # Nothing else uses the websocket: a brief goodbye (the close frame, the server's).
             with contextlib.suppress(OSError, WebSocketException):
@@ -343,11 +393,16 @@ class ChannelTunnel:
         while True:
             opcode, frame = self.ws.recv_data_frame(True)
             if opcode == ABNF.OPCODE_CLOSE:
+                if self.link is not None:
+                    self.link.downstream.end().wait()
                 return False
             if opcode == ABNF.OPCODE_BINARY and frame.data:
                 channel, payload = frame.data[0], frame.data[1:]
                 if channel == _DATA and payload:
-                    self.local.sendall(payload)
+                    if self.link is not None:
+                        self.link.downstream.push(payload)
+                    else:
+                        self.local.sendall(payload)
                 elif channel == _ERROR and payload:
                     log.info("port-forward to %s failed: %s", self.pod, payload.decode(errors="replace"))
                     return False
@@ -365,6 +420,11 @@ class ChannelTunnel:
                     break
                 if self.local in readable:
                     data = self.local.recv(_CHUNK)
+                    if self.link is not None:
+                        if data:
+                            self.link.upstream.push(data)
+                            continue
+                        self.link.upstream.end().wait()
                     if not data:
                         break
                     self.ws.send_binary(bytes([_DATA]) + data)
@@ -399,6 +459,10 @@ class Forwarder:
         listener = ServiceForward(self, service, port, local_port)
         self._listeners.append(listener)
         return listener
+
+    def listeners(self, service: str) -> list[ServiceForward]:
+        """The listeners of `service` (one per forwarded port)."""
+        return [listener for listener in self._listeners if listener.service == service]
 
     # -- sessions ---------------------------------------------------------------------------
 
@@ -486,8 +550,11 @@ class Forwarder:
 
     # -- connections ------------------------------------------------------------------------
 
-    def serve(self, local: socket.socket, service: str, port: int) -> None:
-        """Carry one accepted local connection to `port` of the service's newest ready pod."""
+    def serve(
+        self, local: socket.socket, service: str, port: int, listener: ServiceForward | None = None
+    ) -> None:
+        """Carry one accepted local connection to `port` of the service's newest ready pod (with
+        the toxics of the `listener` that accepted it)."""
         local.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         pods = self.pods.ready(service)
         if not pods:
@@ -502,11 +569,15 @@ class Forwarder:
             return
         with self._lock:
             self.tunnels.add(tunnel)
+        if listener is not None:
+            listener.toxics.attach(tunnel)
         try:
             tunnel.run()
         finally:
             with self._lock:
                 self.tunnels.discard(tunnel)
+            if listener is not None:
+                listener.toxics.detach(tunnel)
 
     def _tunnel(self, local: socket.socket, pod: str, port: int) -> Tunnel:
         if not self.channels_only:
@@ -536,10 +607,16 @@ class ServiceForward:
         self.service = service
         self.port = port
         self.local_port = local_port
+        #: The faults in force on this listener's connections (toxics.py).
+        self.toxics = Toxics()
+        self.down = False
+        self._start()
+
+    def _start(self) -> None:
         self._stop = threading.Event()
-        self.server = socket.create_server(("127.0.0.1", local_port), reuse_port=False, backlog=128)
+        self.server = socket.create_server(("127.0.0.1", self.local_port), reuse_port=False, backlog=128)
         self.server.settimeout(0.5)
-        self._thread = threading.Thread(target=self._accept, name=f"forward-{service}", daemon=True)
+        self._thread = threading.Thread(target=self._accept, name=f"forward-{self.service}", daemon=True)
         self._thread.start()
 
     def _accept(self) -> None:
@@ -551,8 +628,30 @@ class ServiceForward:
             except OSError:
                 return
             threading.Thread(
-                target=self.forwarder.serve, args=(local, self.service, self.port), daemon=True
+                target=self.forwarder.serve, args=(local, self.service, self.port, self), daemon=True
             ).start()
+
+    def take_down(self) -> int:
+        """The `down` fault: stop listening (a new connection is refused, as by a stopped server)
+        and cut the open connections; how many were cut."""
+        self.down = True
+        self.close()
+        return self.toxics.cut()
+
+    def bring_up(self) -> None:
+        """Listen on the same port again after `take_down` (PortBusyError if it was taken meanwhile)."""
+        if not self.down:
+            return
+        try:
+            self._start()
+        except OSError as exc:
+            raise PortBusyError(
+                f"{self.service} went down as a fault and cannot come back: its local port "
+                f"{self.local_port} was taken meanwhile ({exc.strerror}); the program that listens there "
+                f"now (`ss -ltnp 'sport = :{self.local_port}'` names it) must let it go"
+            ) from exc
+        self.toxics.resume()
+        self.down = False
 
     def close(self) -> None:
         self._stop.set()

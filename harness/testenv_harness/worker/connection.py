@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import re
 import time
@@ -55,8 +56,6 @@ class WorkerConnection:
         self.handoff = handoff
         self.worker = worker
         self.run_id = handoff.run_id
-        self.api = kube.api_client(handoff.kubeconfig_path, handoff.context or None)
-        self.core = client.CoreV1Api(self.api)
         #: Straight to the Services' DNS names, from a pod in the cluster: no forwards.
         self.direct = handoff.connect == DIRECT
         self.status: WorkerStatus | None = None
@@ -64,6 +63,15 @@ class WorkerConnection:
         self.timings: dict[str, float] = {}
         #: (what, start, end) in wall-clock seconds of this worker's own steps, for the run's timeline.
         self.spans: list[tuple[str, float, float]] = []
+
+    @functools.cached_property
+    def api(self) -> client.ApiClient:
+        """Made on first use: a worker of a kept environment may never need one."""
+        return kube.api_client(self.handoff.kubeconfig_path, self.handoff.context or None)
+
+    @functools.cached_property
+    def core(self) -> client.CoreV1Api:
+        return client.CoreV1Api(self.api)
 
     # -- start-up ---------------------------------------------------------------------------
 
@@ -76,15 +84,28 @@ class WorkerConnection:
     def wait_ready(self) -> Self:
         """Wait until the operator reports this worker Ready; its endpoints are known from then on."""
         began = time.time()
+        if self.handoff.forwarded and self.handoff.status is not None:
+            self.status = self._claimed_status(self.handoff.status)
+            self.spans.append(("its endpoints, from the kept environment's status", began, time.time()))
+            return self
         self.status = self._wait_for_worker(self.handoff.timeout)
         self.spans.append(("waiting for the operator to report the worker Ready", began, time.time()))
         return self
+
+    def _claimed_status(self, status: dict[str, Any]) -> WorkerStatus:
+        mine = [w for w in workers_from_status(status) if w.index == self.worker]
+        if not mine or mine[0].phase != Phase.READY:
+            raise self._not_ready("the kept environment's status, as the run claimed it, has it not Ready")
+        return mine[0]
 
     def forward(self) -> Self:
         """Listen on every planned local port of this worker and wait until each service answers
         (connecting directly: only wait until each answers at its Service's DNS name)."""
         started, began = time.monotonic(), time.time()
         status = self._status()
+        if self.handoff.forwarded:  # the keeper's forwards answered when it handed them out
+            self.spans.append(("forwarded by the reuse keeper", began, time.time()))
+            return self
         try:
             if not self.direct:
                 self.require_rights(FORWARD_RIGHTS)
@@ -215,7 +236,7 @@ class WorkerConnection:
             host_root = None
         elif host_root is None:
             host_root = self.handoff.run_path / "dataplane"
-        return ServiceLogs(self.core, namespace, host_root, kube.worker_grant(self.handoff.name))
+        return ServiceLogs(lambda: self.core, namespace, host_root, kube.worker_grant(self.handoff.name))
 
     def find_namespace(self) -> str:
         """This worker's namespace as the environment's status names it, Ready or not yet
@@ -228,10 +249,12 @@ class WorkerConnection:
         return found
 
     def _namespace_guess(self) -> str:
-        with contextlib.suppress(ApiException, KeyError):
+        with contextlib.suppress(ApiException, KeyError, NotReadyError):
             workers = workers_from_status(self._environment_object().get("status"))
-            return next(w.namespace for w in workers if w.index == self.worker)
-        return "(unknown namespace)"
+            found = next((w.namespace for w in workers if w.index == self.worker and w.namespace), None)
+            if found is not None:  # a status that names no namespace for it yet: say so, not StopIteration
+                return found
+        return "(no namespace yet)"
 
     def close(self) -> None:
         if self.forwarder is not None:

@@ -40,6 +40,13 @@ class Handoff:
     #: The kubeconfig's context ("" for its current one).
     context: str = ""
     connect: str = FORWARD
+    #: A reuse keeper forwards every worker and handed out clean services (frontends/keeper.py):
+    #: a worker neither forwards nor resets, and takes its endpoints from `status`.
+    forwarded: bool = False
+    #: The TestEnvironment's status when the run claimed it (with `forwarded`).
+    status: dict[str, Any] | None = None
+    #: With `forwarded`: the keeper's folder of fault sockets (worker/fault_control.py), one per worker.
+    fault_sockets: str = ""
 
     @property
     def kubeconfig_path(self) -> Path | None:

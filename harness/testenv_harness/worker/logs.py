@@ -18,7 +18,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -201,14 +201,25 @@ class ServiceLogs:
     """The state and log lines of the service pods in one worker namespace."""
 
     def __init__(
-        self, core: client.CoreV1Api, namespace: str, host_root: Path | None = None, grant: str = ""
+        self,
+        core: client.CoreV1Api | Callable[[], client.CoreV1Api],
+        namespace: str,
+        host_root: Path | None = None,
+        grant: str = "",
     ) -> None:
-        self.core = core
+        #: The API, or what makes it on first use (a test that never fails needs none).
+        self._core = core
         self.namespace = namespace
         #: The local data plane's folder (its host processes' output), None on a cluster that runs pods.
         self.host_root = host_root
         #: What grants reading pods/log here, for a refusal's message.
         self.grant = grant
+
+    @property
+    def core(self) -> client.CoreV1Api:
+        if callable(self._core):
+            self._core = self._core()
+        return self._core
 
     @property
     def _host_folder(self) -> Path | None:

@@ -1,13 +1,15 @@
-"""`TestEnv`: one worker's services (connection), its isolation helpers and its faults."""
+"""`TestEnv`: one worker's services (connection), its isolation helpers and its faults
+(restarts and resets; network faults on its forwards)."""
 
 from __future__ import annotations
 
 from testenv_harness.worker.faults import Faults
 from testenv_harness.worker.handoff import Handoff
 from testenv_harness.worker.isolation import Isolation
+from testenv_harness.worker.network_faults import NetworkFaults
 
 
-class TestEnv(Faults, Isolation):
+class TestEnv(Faults, NetworkFaults, Isolation):
     """The services of one worker slot, and the helpers that keep its tests apart from others'."""
 
     __test__ = False

@@ -45,6 +45,7 @@ class Provider(Protocol):
         """Images this cluster must use for these service types instead of the catalog's, if any."""
         ...
 
-    def load_images(self, images: Sequence[str]) -> None:
-        """Make locally built images available to the cluster's nodes (a no-op where not needed)."""
+    def load_images(self, images: Sequence[str]) -> list[str]:
+        """Make locally built images available to the cluster's nodes (a no-op where not needed);
+        returns the images it had to copy."""
         ...

@@ -67,5 +67,6 @@ class ExistingProvider:
         """Its operator's defaults (the chart's serviceImages) apply."""
         return {}
 
-    def load_images(self, images: Sequence[str]) -> None:
+    def load_images(self, images: Sequence[str]) -> list[str]:
         """Its nodes pull from registries."""
+        return []

@@ -19,9 +19,10 @@ from typing import Any
 
 import yaml
 
-from testenv_harness.ground import files
+from testenv_harness.ground import files, kube
 from testenv_harness.ground.errors import ClusterError, ToolchainError
 from testenv_harness.provision import imagebuild, toolchain
+from testenv_harness.provision.clusters import isolation_probe, policy_engine
 from testenv_harness.provision.clusters.base import Cluster
 
 #: kind v0.33.0 built no v1.36.3 node; its v1.36 image, pinned by digest as kind's notes ask.
@@ -178,6 +179,8 @@ class KindProvider:
             self._kind(
                 "export", "kubeconfig", "--name", self.cluster_name, "--kubeconfig", str(self.kubeconfig)
             )
+            if self.isolation_file.is_file() and "WARNING" in (said := self.isolation_file.read_text()):
+                self.report(said.strip())
             return self._cluster()
         config = self.config_file
         config.write_text(yaml.safe_dump(cluster_config(node, _cgroup_v1_engine()), sort_keys=False))
@@ -199,7 +202,39 @@ class KindProvider:
             # kind deletes a failed cluster itself unless told to retain it; the network is ours.
             self._remove_network()
             raise
+        if node.local:
+            self._install_policy_engine()
+        self._probe_isolation(node)
         return self._cluster()
+
+    def _install_policy_engine(self) -> None:
+        """kube-router's firewall on our node (its static CNI enforces nothing by itself)."""
+        image = policy_engine.image()
+        if image not in self.node_images():  # a node image built before it was embedded
+            self.load_images([image])
+        policy_engine.install(self.node_container)
+        self.report(f"NetworkPolicies enforced by {policy_engine.NAME} ({image})")
+
+    def _probe_isolation(self, node: NodeImage) -> None:
+        """Check once, on a new cluster, that policies really are enforced; the verdict is kept
+        beside the kubeconfig and repeated when the cluster is reused without enforcement."""
+        image = imagebuild.reference(imagebuild.PROBE_IMAGE) if node.local else isolation_probe.UPSTREAM_IMAGE
+        api = kube.api_client(self.kubeconfig)
+        try:
+            verdict = isolation_probe.probe(api, "default", image)
+        finally:
+            api.close()
+        message = verdict.message(f"kind cluster {self.cluster_name!r}")
+        self.isolation_file.write_text(message + "\n")
+        self.report(message)
+
+    @property
+    def isolation_file(self) -> Path:
+        return self.state_dir / f"{self.cluster_name}.isolation"
+
+    @property
+    def node_container(self) -> str:
+        return f"{self.cluster_name}-control-plane"
 
     def _cluster(self) -> Cluster:
         return Cluster(self.name, self.cluster_name, self.kubeconfig, bin_dir=toolchain.bin_dir())
@@ -229,18 +264,53 @@ class KindProvider:
             )
         return chosen
 
-    def load_images(self, images: Sequence[str]) -> None:
-        """Copy local-only images into the node; kind skips each one the node already has by ID."""
-        if images:
-            self._kind("load", "docker-image", "--name", self.cluster_name, *images)
+    def node_images(self) -> set[str]:
+        """The image references the node's containerd holds (our node image comes with the
+        service images in it); empty if it cannot be asked."""
+        try:
+            listed = imagebuild.docker(
+                "exec", f"{self.cluster_name}-control-plane", "ctr", "-n", "k8s.io", "images", "list", "-q"
+            )
+        except ToolchainError:
+            return set()
+        return set(listed.split())
+
+    def unpack_ahead(self, images: Sequence[str]) -> None:
+        """Start unpacking, in the background, those of `images` the node holds: our node image
+        carries the service images packed (its build cannot mount a snapshotter), and a pod's first
+        start would unpack its image on the way. Run while the operator starts, this saves that."""
+        have = self.node_images()
+        present = [image for image in images if image in have]
+        if not present:
+            return
+        each = " ".join(
+            f'(mkdir -p /tmp/unpack-{i} && ctr -n k8s.io images mount "{ref}" /tmp/unpack-{i} >/dev/null '
+            f"&& ctr -n k8s.io images unmount --rm /tmp/unpack-{i} >/dev/null) &"
+            for i, ref in enumerate(present)
+        )
+        try:
+            imagebuild.docker("exec", "-d", f"{self.cluster_name}-control-plane", "sh", "-c", f"{each} wait")
+        except ToolchainError as exc:  # only a head start: the pods unpack what is left
+            self.report(f"could not unpack the service images ahead: {exc}")
+            return
+        self.report(f"unpacking {len(present)} service image(s) in the node ahead of their pods")
+
+    def load_images(self, images: Sequence[str]) -> list[str]:
+        """Copy into the node the images it lacks; returns those. (kind would also skip an image
+        the node has by ID, but only after saving every image it was given.)"""
+        have = self.node_images()
+        missing = [image for image in images if image not in have]
+        if missing:
+            self.report(f"loading {len(missing)} image(s) into the kind node: {', '.join(missing)}")
+            self._kind("load", "docker-image", "--name", self.cluster_name, *missing)
+        return missing
 
     def load_local(self, images: Sequence[str]) -> list[str]:
         """Of the images a spec names (a team's own `docker build -t gateway:dev .`), load those
         the local engine has into the node, as kind users do by hand; the others are left to the
         node to pull. Returns the loaded ones."""
         local = sorted({image for image in images if imagebuild.present(image)})
-        self.load_images(local)
-        return local
+        return self.load_images(local)
 
     def down(self) -> None:
         if docker_available():
@@ -249,6 +319,7 @@ class KindProvider:
             self._remove_network()
         self.kubeconfig.unlink(missing_ok=True)
         self.config_file.unlink(missing_ok=True)
+        self.isolation_file.unlink(missing_ok=True)
 
     def _remove_network(self) -> None:
         try:

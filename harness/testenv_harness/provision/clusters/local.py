@@ -308,8 +308,9 @@ class LocalProvider:
         """No container runs here: the data plane starts host programs whatever the image says."""
         return {}
 
-    def load_images(self, images: Sequence[str]) -> None:
+    def load_images(self, images: Sequence[str]) -> list[str]:
         """Nothing to load: kwok's pods run no images."""
+        return []
 
     def down(self) -> None:
         if not self.cluster_dir.exists():

@@ -1,0 +1,166 @@
+"""A reuse keeper serves the runs that claim it: its workers forwarded, their services clean.
+
+The keeper (`testenv up --foreground --forward --idle-exit`, see reuse.py) forwards every worker
+from its own process, so the ports a rerun's workers use answer before the rerun starts. Once a
+run releases the environment, the keeper resets every service in the background. A run that
+claims the environment asks the keeper, over its socket (`<name>.sock` in the private run-state
+folder), for clean services; the keeper answers once a reset under way is done, or after one of
+its own if the last run's use was not reset yet. The rerun's workers then only read their
+endpoints: no API client, no forward and no reset of their own before the first test.
+
+One request, one line of JSON each way: {"ask": "clean"} -> {"clean": true, "reset": seconds}
+or {"error": "..."}.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from testenv_harness.ground.errors import ClusterError
+from testenv_harness.run import runstate
+from testenv_harness.worker.fault_wire import address
+from testenv_harness.worker.testenv import TestEnv
+
+#: Seconds a run waits for the keeper's answer: a reset of every worker's services at most.
+ANSWER_SECONDS = 120.0
+#: Seconds a Ready keeper may take to open its socket.
+OPEN_SECONDS = 10.0
+_MAX_LINE = 4096
+
+
+def socket_path(name: str) -> Path:
+    return runstate.folder() / f"{name}.sock"
+
+
+class KeeperService:
+    """The keeper's side: resets after each use, and the socket that hands out clean services."""
+
+    def __init__(self, name: str, envs: list[TestEnv], report: Callable[[str], None]) -> None:
+        self.name = name
+        self.envs = envs
+        self.report = report
+        #: A run was given the services since their last reset.
+        self.dirty = False
+        self._reset_lock = threading.Lock()
+        self._closed = False
+        self.path = socket_path(name)
+        self.path.unlink(missing_ok=True)  # a dead keeper's of the same name
+        self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)  # the socket is created 0600: only this user may ask
+        try:
+            with address(self.path) as where:
+                self._server.bind(where)
+        finally:
+            os.umask(old)
+        self._server.listen(8)
+        self._thread = threading.Thread(target=self._accept, name=f"keeper-{name}", daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                conn, _ = self._server.accept()
+            except OSError:
+                return  # closed
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                conn.settimeout(10)
+                request = json.loads(_read_line(conn))
+                if request.get("ask") != "clean":
+                    raise ValueError(f"unknown request {request!r}")
+                took = self.hand_out()
+                reply: dict[str, object] = {"clean": True, "reset": took}
+            except Exception as exc:  # the asking run says it and sets up afresh
+                reply = {"error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+            with contextlib.suppress(OSError):
+                conn.sendall(json.dumps(reply).encode() + b"\n")
+
+    def hand_out(self) -> float:
+        """Clean services for a run that claimed them: wait for a reset under way, or reset now if
+        the last run's use was not; they count as used from here on. The seconds it waited."""
+        began = time.monotonic()
+        with self._reset_lock:
+            if self.dirty:
+                self._reset()
+            self.dirty = True
+        return time.monotonic() - began
+
+    def tidy(self) -> None:
+        """While no run holds the environment: reset what the last one used, ahead of the next."""
+        if not self.dirty or not self._reset_lock.acquire(blocking=False):
+            return
+        try:
+            if self.dirty:
+                began = time.monotonic()
+                self._reset()
+                self.report(f"reset every service for the next run in {time.monotonic() - began:.1f}s")
+        except Exception as exc:  # the next run's request resets again, and says so if it fails
+            self.report(f"could not reset the services after the last run: {exc}")
+            return
+        finally:
+            self._reset_lock.release()
+
+    def _reset(self) -> None:
+        with ThreadPoolExecutor(max_workers=max(len(self.envs), 1)) as pool:
+            list(pool.map(lambda env: env.reset_all(), self.envs))
+        self.dirty = False
+
+    def close(self) -> None:
+        self._closed = True
+        with contextlib.suppress(OSError):
+            self._server.close()
+        self.path.unlink(missing_ok=True)
+
+
+def _read_line(conn: socket.socket) -> str:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = conn.recv(_MAX_LINE)
+        if not chunk:
+            break
+        data += chunk
+        if len(data) > _MAX_LINE:
+            raise ValueError("request too long")
+    return data.decode()
+
+
+def _connect(conn: socket.socket, path: Path) -> None:
+    """A keeper opens its socket just after it says Ready: allow it a moment."""
+    deadline = time.monotonic() + OPEN_SECONDS
+    while True:
+        try:
+            with address(path) as where:
+                conn.connect(where)
+            return
+        except (FileNotFoundError, ConnectionRefusedError):
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
+
+
+def ask_clean(name: str, timeout: float = ANSWER_SECONDS) -> float:
+    """A claiming run's request: clean services from keeper `name`; the seconds the keeper took.
+    ClusterError if it does not answer, or cannot reset."""
+    path = socket_path(name)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(timeout)
+            _connect(conn, path)
+            conn.sendall(b'{"ask": "clean"}\n')
+            reply = json.loads(_read_line(conn) or "{}")
+    except (OSError, ValueError) as exc:
+        raise ClusterError(f"keeper {name!r} did not answer on {path}: {exc}") from exc
+    if not reply.get("clean"):
+        raise ClusterError(f"keeper {name!r} could not hand out clean services: {reply.get('error')}")
+    return float(reply.get("reset") or 0.0)
