@@ -28,12 +28,12 @@ import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from hostinfo import load, machine  # bench/ is on sys.path when a script runs
+from stamps import read_stamps, stamped_pytest
 
 CLUSTER_NAME = "testenv-bench"
 NAMESPACE = "bench-io"
@@ -75,20 +75,8 @@ def settle(max_load: float, patience: float) -> float:
 
 
 def run_suite(workers: int, run: int, args: argparse.Namespace) -> Sample:
-    stamps = Path(tempfile.mkstemp(prefix="stamps-")[1])
-    env = {
-        **os.environ,
-        "BENCH_STAMPS": str(stamps),
-        "PYTHONPATH": f"{BENCH}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-    }
-    argv = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-p",
-        "stamps",
-        "-n",
-        str(workers),
+    stamps, env, argv = stamped_pytest(workers)
+    argv += [
         f"--testenv-cluster={args.cluster}",
         f"--testenv-cluster-name={CLUSTER_NAME}",
         f"--testenv-namespace={NAMESPACE}",
@@ -103,10 +91,8 @@ def run_suite(workers: int, run: int, args: argparse.Namespace) -> Sample:
     wall = time.time() - started
     output = result.stdout + result.stderr
     (args.out / f"io_parallel.n{workers}.run{run}.log").write_text(f"$ {' '.join(argv[2:])}\n{output}")
-    stamped = [line.split() for line in stamps.read_text().splitlines()]
-    stamps.unlink()
-    bodies = [float(at) for what, at in stamped if what == "start"]
-    ends = [float(at) for what, at in stamped if what == "end"]
+    marks = read_stamps(stamps)
+    bodies, ends = marks["start"], marks["end"]
     ready = READY.search(output)
     slowest = float(ready.group(3)) if ready is not None and ready.group(3) else None
     summary = next((line for line in reversed(output.splitlines()) if line.startswith("=")), "")

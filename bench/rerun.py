@@ -28,17 +28,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import os
 import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from hostinfo import load, machine  # bench/ is on sys.path when a script runs
+from stamps import read_stamps, stamped_pytest
 
 CLUSTER_NAME = "testenv-bench"
 NAMESPACE = "bench-rerun"
@@ -70,20 +69,8 @@ class Sample:
 
 
 def run_pytest(workers: int, mode: str, run: int, out: Path) -> Sample:
-    stamps = Path(tempfile.mkstemp(prefix="stamps-")[1])
-    env = {
-        **os.environ,
-        "BENCH_STAMPS": str(stamps),
-        "PYTHONPATH": f"{BENCH}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-    }
-    argv = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-p",
-        "stamps",
-        "-n",
-        str(workers),
+    stamps, env, argv = stamped_pytest(workers)
+    argv += [
         *(
             ["-p", "no:testenv"]  # and so none of its options
             if mode == ALONE
@@ -103,14 +90,8 @@ def run_pytest(workers: int, mode: str, run: int, out: Path) -> Sample:
     output = result.stdout + result.stderr
     slug = mode.replace(", ", "-").replace(" ", "-")
     (out / f"rerun.n{workers}.{slug}.run{run}.log").write_text(f"$ {' '.join(argv[2:])}\n{output}")
-    starts, ends = [], []
-    for line in stamps.read_text().splitlines():
-        what, at = line.split()
-        if what == ("setup" if mode == ALONE else "start"):
-            starts.append(float(at))
-        elif what == "end":
-            ends.append(float(at))
-    stamps.unlink()
+    marks = read_stamps(stamps)
+    starts, ends = marks["setup" if mode == ALONE else "start"], marks["end"]
     passed = PASSED.search(output)
     keeper = KEEPER.search(output)
     return Sample(

@@ -8,9 +8,36 @@ worker; each line is `setup|start|end <unix time>`, written with one O_APPEND wr
 from __future__ import annotations
 
 import os
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
+
+BENCH = Path(__file__).resolve().parent
+
+
+def stamped_pytest(workers: int) -> tuple[Path, dict[str, str], list[str]]:
+    """For a bench's pytest run with this plugin: the stamps file, the environment that names it
+    (bench/ on PYTHONPATH), and `python -m pytest -p stamps -n WORKERS` to extend."""
+    stamps = Path(tempfile.mkstemp(prefix="stamps-")[1])
+    env = {
+        **os.environ,
+        "BENCH_STAMPS": str(stamps),
+        "PYTHONPATH": f"{BENCH}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    }
+    return stamps, env, [sys.executable, "-m", "pytest", "-p", "stamps", "-n", str(workers)]
+
+
+def read_stamps(stamps: Path) -> dict[str, list[float]]:
+    """The times written, by what they mark (setup, start, end); the file is removed."""
+    marks: dict[str, list[float]] = {"setup": [], "start": [], "end": []}
+    for line in stamps.read_text().splitlines():
+        what, at = line.split()
+        marks.setdefault(what, []).append(float(at))
+    stamps.unlink()
+    return marks
 
 
 def _stamp(what: str) -> None:
