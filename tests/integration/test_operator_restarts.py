@@ -82,27 +82,31 @@ def test_orphaned_namespaces_are_swept_and_foreign_ones_are_not(
     api: client.ApiClient, local_cluster: Cluster, tmp_path: Path, operators: list[OperatorProcess]
 ) -> None:
     core = client.CoreV1Api(api)
-    orphan_labels = {
-        LABEL_MANAGED_BY: MANAGED_BY,
-        LABEL_OWNER_UID: "00000000-dead-beef-0000-000000000000",
-        LABEL_OWNER_NAME: "long-gone",
-        LABEL_OWNER_NAMESPACE: "default",
-    }
-    core.create_namespace(
-        client.V1Namespace(metadata=client.V1ObjectMeta(name="te-orphan-w0", labels=orphan_labels))
-    )
+    # A live owner whose namespace's name label does not say its name (labels are hints; someone
+    # may edit one): the sweep must judge by UID and keep the namespace.
+    live = te.create(api, "default", te.manifest("live-owner", workers=1))
     core.create_namespace(
         client.V1Namespace(metadata=client.V1ObjectMeta(name="not-ours", labels={"team": "x"}))
     )
-    # A live owner whose name label does not match its name (as a truncated one would not): the
-    # sweep must judge by UID and keep it.
-    live = te.create(api, "default", te.manifest("live-owner", workers=1))
-    mislabelled = {**orphan_labels, LABEL_OWNER_UID: live["metadata"]["uid"], LABEL_OWNER_NAME: "live-own"}
-    core.create_namespace(
-        client.V1Namespace(metadata=client.V1ObjectMeta(name="te-mislabelled-w9", labels=mislabelled))
-    )
     try:
         _start(local_cluster, tmp_path, operators, TESTENV_SWEEP_SECONDS="1")
+        te.wait_phase(api, "default", "live-owner", Phase.READY, readyWorkers=1)
+        [owned] = te.owned_namespaces(api, live["metadata"]["uid"])
+        core.patch_namespace(owned.metadata.name, {"metadata": {"labels": {LABEL_OWNER_NAME: "live-own"}}})
+        # Made only now, so the sweep that takes it ran after the live owner's namespace existed.
+        core.create_namespace(
+            client.V1Namespace(
+                metadata=client.V1ObjectMeta(
+                    name="te-orphan-w0",
+                    labels={
+                        LABEL_MANAGED_BY: MANAGED_BY,
+                        LABEL_OWNER_UID: "00000000-dead-beef-0000-000000000000",
+                        LABEL_OWNER_NAME: "long-gone",
+                        LABEL_OWNER_NAMESPACE: "default",
+                    },
+                )
+            )
+        )
 
         def swept() -> bool:
             try:
@@ -112,10 +116,11 @@ def test_orphaned_namespaces_are_swept_and_foreign_ones_are_not(
 
         assert wait_for(swept, timeout=30, what="the orphan to be deleted")
         assert core.read_namespace("not-ours").metadata.deletion_timestamp is None
-        assert core.read_namespace("te-mislabelled-w9").metadata.deletion_timestamp is None
+        kept = core.read_namespace(owned.metadata.name).metadata
+        assert kept.deletion_timestamp is None
+        assert kept.labels[LABEL_OWNER_NAME] == "live-own"
     finally:
         core.delete_namespace("not-ours")
-        core.delete_namespace("te-mislabelled-w9")
         te.delete(api, "default", "live-owner")
 
 
