@@ -557,12 +557,16 @@ def stale() -> list[str]:
     return sorted(ref for ref in ours if ref not in current and ref not in aliases)
 
 
+#: Removing images frees gigabytes (a node image is 3 GB): minutes on a slow disk, not seconds.
+PRUNE_TIMEOUT = 900.0
+
+
 def prune(report: Report = print) -> list[str]:
     """Remove stale images of ours and the untagged layers our builds left (nothing else)."""
     gone = []
     for ref in stale():
         try:
-            docker("rmi", ref)
+            docker("rmi", ref, timeout=PRUNE_TIMEOUT)
         except ToolchainError as exc:
             if "conflict" not in str(exc):
                 raise
@@ -571,5 +575,5 @@ def prune(report: Report = print) -> list[str]:
         gone.append(ref)
         report(f"removed {ref}")
     # Layers our builds left untagged (an image rebuilt under the same alias); ours by label only.
-    docker("image", "prune", "--force", "--filter", "label=dev.kube-testenv.image")
+    docker("image", "prune", "--force", "--filter", "label=dev.kube-testenv.image", timeout=PRUNE_TIMEOUT)
     return gone
