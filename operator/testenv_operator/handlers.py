@@ -257,14 +257,25 @@ class _Environment:
         if reason := expiry_reason(body):
             await runtime.in_thread(_expire, runtime, body, reason)
             return Result(done=True)
-        self.apply_all = self.apply_all or spec_unhandled(body)
-        full = self.resync.due()
-        given = self._input(body, full)
+        unhandled = spec_unhandled(body)
+        self.apply_all = self.apply_all or unhandled
+        # Someone waits on a new spec or a provisioning environment: its pass goes before the
+        # routine ones, and lists (or applies) whenever it needs to. A routine pass that would
+        # list (its resync is due, or a restarted operator's first apply of an environment it
+        # finds Ready) spends the operator's budget of full passes, and reads the watches while
+        # that is spent; an operator serving some namespaces lists every pass anyway (REPAIR).
+        phase = (body.get("status") or {}).get("phase")
+        urgent = unhandled or phase not in (Phase.READY, Phase.DEGRADED)
+        listing = self.apply_all or self.resync.due()
+        if listing and not urgent and not runtime.settings.tenants.namespaces:
+            listing = runtime.resyncs.take()
+        given = self._input(body, listing)
         outcome = await runtime.run_pass(
-            self.lock, _converge, runtime, given, kind="environment", depth=given.depth.value
+            self.lock, _converge, runtime, given, kind="environment", depth=given.depth.value, urgent=urgent
         )
-        self.apply_all = False
-        if full:
+        if given.depth is Depth.APPLY:
+            self.apply_all = False
+        if given.depth in (Depth.APPLY, Depth.RESYNC):
             self.resync.done()
         if not self.was_ready and outcome.status.get("phase") == Phase.READY:
             # Once per converger: the status this pass wrote may reach `body` after the next
@@ -274,13 +285,14 @@ class _Environment:
         for pool_uid in outcome.drained_pools:  # refill what this pass claimed
             runtime.wake(pool_uid)
         resync = runtime.settings.timing.resync_seconds
-        return Result(seconds_to_next_pass(outcome.status, resync, seconds_to_expiry(body)))
+        pushed = not runtime.settings.tenants.namespaces  # its watches see the workers' namespaces
+        return Result(seconds_to_next_pass(outcome.status, resync, seconds_to_expiry(body), pushed))
 
-    def _input(self, body: Mapping[str, Any], full: bool) -> PassInput:
+    def _input(self, body: Mapping[str, Any], listing: bool) -> PassInput:
         meta = body["metadata"]
         namespace = meta["namespace"]
         siblings, pools = _siblings(self.indices, namespace), _pools(self.indices, namespace)
-        if self.apply_all or full:
+        if listing:
             depth = Depth.APPLY if self.apply_all else Depth.RESYNC
             return PassInput(body, depth, siblings, pools)
         # Between full passes, readiness comes from the watches: no LIST per pass. An operator

@@ -12,8 +12,13 @@ from typing import Any
 
 from testenv_api import ConditionType, Phase
 
-#: While workers are being provisioned: readiness is also pushed by Deployment events.
+#: While workers are being provisioned, with nothing but this poll to see them turn ready (an
+#: operator serving some namespaces does not watch its workers' namespaces).
 PROVISIONING_SECONDS = 1.0
+#: While provisioning where Deployment and Namespace events wake the environment at once (an
+#: operator serving the whole cluster): the poll is only a safety net. At 1 s, a fleet of 400
+#: environments made at once kept every pass place busy with polls, and first applies waited.
+PUSHED_PROVISIONING_SECONDS = 5.0
 #: A refused spec waits for a wake-up; this is only the safety net.
 REFUSED_SECONDS = 300.0
 
@@ -27,13 +32,16 @@ def _condition(status: Mapping[str, Any], kind: ConditionType) -> Mapping[str, A
     return found[-1] if found else {}
 
 
-def seconds_to_next_pass(status: Mapping[str, Any], resync_seconds: float, to_expiry: float) -> float:
+def seconds_to_next_pass(
+    status: Mapping[str, Any], resync_seconds: float, to_expiry: float, pushed: bool = False
+) -> float:
     """The sleep after a pass that left `status`; never past the environment's expiry.
 
     - spec refused (invalid, over a limit): REFUSED_SECONDS, since events wake it;
     - Ready, or waiting on something outside (a Secret, a namespace held by someone else, a
       refused apply): the resync interval;
-    - provisioning: PROVISIONING_SECONDS.
+    - provisioning: PROVISIONING_SECONDS, or PUSHED_PROVISIONING_SECONDS when `pushed` (the
+      watches wake it as its workers turn ready).
     """
     phase = status.get("phase")
     if phase == Phase.FAILED and _condition(status, ConditionType.SPEC_VALID).get("status") == "False":
@@ -43,5 +51,5 @@ def seconds_to_next_pass(status: Mapping[str, Any], resync_seconds: float, to_ex
     ):
         wait = float(resync_seconds)
     else:
-        wait = PROVISIONING_SECONDS
+        wait = PUSHED_PROVISIONING_SECONDS if pushed else PROVISIONING_SECONDS
     return max(PROVISIONING_SECONDS, min(wait, to_expiry))

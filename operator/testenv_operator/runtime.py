@@ -2,8 +2,8 @@
 
 One thread pool runs all blocking client code: convergence passes, their per-worker applies,
 tear-downs, the orphan sweep and kopf's own synchronous handlers. A pass waits for its applies
-on that same pool, so at most `PASSES` passes run at once and the pool is larger than that:
-the applies always find a free thread.
+on that same pool, so at most `PASSES` passes run at once (`gate`: urgent ones first) and the
+pool is larger than that: the applies always find a free thread.
 
 The process's `Metrics` are here too: passes are timed in `run_pass`, folded wake-ups counted in
 `wake`.
@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from kubernetes import client
 
 from testenv_operator.events import EventPoster
+from testenv_operator.gate import PassGate, ResyncBudget
 from testenv_operator.kubeio import Mandate
 from testenv_operator.metrics import Metrics
 from testenv_operator.pooling import Pools
@@ -56,11 +57,16 @@ class Runtime:
     claimers: dict[str, str] = dataclasses.field(default_factory=dict)
     #: uid -> namespace, of environments refused for a per-namespace limit.
     waiting_for_room: dict[str, str] = dataclasses.field(default_factory=dict)
-    passes: asyncio.Semaphore = dataclasses.field(default_factory=lambda: asyncio.Semaphore(PASSES))
+    gate: PassGate = dataclasses.field(default_factory=lambda: PassGate(PASSES))
+    #: Full resyncs a second, across every environment (the rest read the watches).
+    resyncs: ResyncBudget = dataclasses.field(init=False)
     sweeper: asyncio.Task[None] | None = None
     #: Set by SIGUSR1 (`finishing`): no more passes, only deletions, then exit.
     finishing: bool = False
     finisher: asyncio.Task[None] | None = None
+
+    def __post_init__(self) -> None:
+        self.resyncs = ResyncBudget(self.settings.timing.resyncs_per_second)
 
     @classmethod
     def make(
@@ -84,13 +90,20 @@ class Runtime:
         return await asyncio.get_running_loop().run_in_executor(self.threads, call)
 
     async def run_pass(
-        self, lock: asyncio.Lock, fn: Callable[..., T], *args: Any, kind: str, depth: str
+        self,
+        lock: asyncio.Lock,
+        fn: Callable[..., T],
+        *args: Any,
+        kind: str,
+        depth: str,
+        urgent: bool = False,
     ) -> T:
         """One pass over an object: under its lock (its tear-down takes it too) and one of the
-        PASSES places, on the pool. NotActingError, without starting, once the mandate is revoked
-        (a pass may have waited for its place since before). `kind` and `depth` label its metrics,
-        which time the work alone: not the wait for the lock or a place."""
-        async with lock, self.passes:
+        PASSES places (`urgent`: before the routine passes waiting), on the pool. NotActingError,
+        without starting, once the mandate is revoked (a pass may have waited for its place since
+        before). `kind` and `depth` label its metrics, which time the work alone: not the wait for
+        the lock or a place."""
+        async with lock, self.gate.place(urgent):
             self.mandate.check()
             with self.metrics.timing_pass(kind, depth):
                 return await self.in_thread(fn, *args)

@@ -300,6 +300,13 @@ class Timing:
         "how often drift, expiry and readiness are re-checked once ready",
         Whole(1, 3600),
     )
+    resyncs_per_second: int = setting(
+        5,
+        "TESTENV_RESYNCS_PER_SECOND",
+        "most full resyncs (a listing of every kind an environment owns) a second, across every "
+        "environment; the others read readiness from the watches until their turn",
+        Whole(1, 1000),
+    )
     sweep_seconds: int = setting(
         60, "TESTENV_SWEEP_SECONDS", "how often orphaned namespaces are looked for", Whole(1, 86400)
     )

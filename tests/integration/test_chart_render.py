@@ -225,6 +225,7 @@ def test_the_operator_reads_the_environment_the_chart_sets() -> None:
         "logLevel": "WARNING",
         "resyncSeconds": 30,
         "orphanSweepSeconds": 600,
+        "resyncsPerSecond": 20,
         "livenessPort": 9090,
         "metrics": {"enabled": True, "port": 9091},
         "leaseSeconds": 20,
@@ -254,6 +255,7 @@ def test_the_operator_reads_the_environment_the_chart_sets() -> None:
         images={"redis": "valkey/valkey:8.1", "postgres": "mirror.example.com/postgres:17.6"},
         access_cluster_role=one(docs, "ClusterRole", "worker-access")["metadata"]["name"],
         resync_seconds=30,
+        resyncs_per_second=20,
         sweep_seconds=600,
         liveness="http://0.0.0.0:9090/healthz",
         metrics="http://0.0.0.0:9091/metrics",
@@ -277,6 +279,7 @@ def test_default_settings_are_the_operators_defaults(default: list[Doc]) -> None
         "worker_egress",
         "allowed_registries",
         "lease_seconds",
+        "resyncs_per_second",
     ):
         assert getattr(from_chart, field) == getattr(built_in, field), field
     assert (from_chart.images, from_chart.resync_seconds, from_chart.sweep_seconds) == ({}, 10, 60)
@@ -360,6 +363,7 @@ def _schema() -> dict[str, Any]:
         (("limits", "maxWorkersPerNamespace"), "TESTENV_MAX_WORKERS_PER_NAMESPACE"),
         (("resyncSeconds",), "TESTENV_RESYNC_SECONDS"),
         (("orphanSweepSeconds",), "TESTENV_SWEEP_SECONDS"),
+        (("resyncsPerSecond",), "TESTENV_RESYNCS_PER_SECOND"),
         (("leaseSeconds",), "TESTENV_LEASE_SECONDS"),
     ],
 )

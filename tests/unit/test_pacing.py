@@ -9,7 +9,12 @@ import kopf
 
 from testenv_api import GROUP, ConditionType, Phase
 from testenv_operator.diffbase import DigestDiffBaseStorage, digest
-from testenv_operator.pacing import PROVISIONING_SECONDS, REFUSED_SECONDS, seconds_to_next_pass
+from testenv_operator.pacing import (
+    PROVISIONING_SECONDS,
+    PUSHED_PROVISIONING_SECONDS,
+    REFUSED_SECONDS,
+    seconds_to_next_pass,
+)
 
 RESYNC = 10.0
 FAR = 3600.0
@@ -37,9 +42,11 @@ def test_ready_and_outside_waits_use_the_resync_interval() -> None:
         assert seconds_to_next_pass(_status(Phase.PENDING, reason=reason), RESYNC, FAR) == RESYNC
 
 
-def test_provisioning_polls_fast() -> None:
+def test_provisioning_polls_fast_unless_the_watches_push_readiness() -> None:
     for phase in (Phase.PENDING, Phase.PROVISIONING, Phase.DEGRADED):
         assert seconds_to_next_pass(_status(phase), RESYNC, FAR) == PROVISIONING_SECONDS
+        assert seconds_to_next_pass(_status(phase), RESYNC, FAR, pushed=True) == PUSHED_PROVISIONING_SECONDS
+    assert seconds_to_next_pass(_status(Phase.READY), RESYNC, FAR, pushed=True) == RESYNC
 
 
 def test_no_wait_runs_past_the_expiry_nor_spins_below_a_second() -> None:
