@@ -195,6 +195,10 @@ bench-pool: tools ## Benchmark a 4-worker claim from a warm pool against a fresh
 bench-kafka: local-deps venv ## Benchmark a Kafka broker's cold start, alone and 4 at once, before/after issue 12 (~3 min; images via BENCH_ARGS).
 	$(PY) bench/kafka_start.py $(BENCH_ARGS)
 
+.PHONY: bench-scale
+bench-scale: tools ## Benchmark one operator holding 0, 100 and 500 environments of 4 workers (own cluster testenv-scale; simulated pods).
+	$(PY) bench/scale_hold.py $(BENCH_ARGS)
+
 .PHONY: bench-io
 bench-io: local-deps tools ## Benchmark an I/O-bound suite (60 tests of 1 s) at -n 1, 2, 4, start-up included (cluster testenv-bench; ~10 min).
 	$(PY) bench/io_parallel.py $(BENCH_ARGS)
