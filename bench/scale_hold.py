@@ -377,11 +377,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             row, operator = measure_size(cluster.kubeconfig, api, operator, size, grow_s, log_path, args)
             rows.append(row)
             print(render(rows[-1:], []), file=sys.stderr, flush=True)
-        if not args.keep_cluster:
-            operator.stop()
-            operator = None
     finally:
-        if operator is not None and not args.keep_cluster:
+        if operator is not None:  # --keep-cluster keeps the cluster, never our process
             operator.stop()
         if not args.keep_cluster:
             provider.down()
