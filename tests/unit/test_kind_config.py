@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import shutil
-import threading
 from pathlib import Path
 
 import pytest
 import yaml
 
-from testenv_harness.ground.errors import ToolchainError
 from testenv_harness.provision import imagebuild, toolchain
 from testenv_harness.provision.clusters.kind import (
     UPSTREAM_NODE_IMAGE,
@@ -91,50 +89,3 @@ def test_services_without_their_own_image_get_the_providers_and_only_those_are_l
     assert spec["services"][1]["image"] == "mirror.example/kafka:4.1.1", "an explicit image is kept"
     assert "image" not in spec["services"][2]
     assert provider.loaded == ["kube-testenv.local/redis:1"]
-
-
-def test_a_new_clusters_node_unpacks_the_runs_images_once_its_containerd_answers(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """While `kind create` runs, the node starts on the run's service images as soon as `ctr`
-    answers in it, and only on those; a later `unpack_ahead` (after `up`) does not start again."""
-    ours = {"redis": "kube-testenv.local/redis:1", "kafka": "kube-testenv.local/kafka:2"}
-    monkeypatch.setattr(imagebuild, "service_images", lambda: ours)
-    calls: list[tuple[str, ...]] = []
-    answers = iter([False, False, True])
-
-    def docker(*args: str) -> str:
-        calls.append(args)
-        if args[-1] == "version" and not next(answers):
-            raise ToolchainError("no such container")
-        return "\n".join(ours.values()) if args[-1] == "-q" else ""
-
-    monkeypatch.setattr(imagebuild, "docker", docker)
-    provider = KindProvider("t", report=lambda _: None)
-    provider.unpack_first = frozenset({"kafka", "postgres"})
-    provider._unpack_once_node_answers(
-        NodeImage("kube-testenv.local/node:abc", local=True), threading.Event()
-    )
-    versions = [c for c in calls if c[-1] == "version"]
-    assert len(versions) == 3
-    (started,) = [c for c in calls if c[:2] == ("exec", "-d")]
-    assert "kube-testenv.local/kafka:2" in started[-1]
-    assert "redis" not in started[-1]
-    calls.clear()
-    provider.unpack_ahead(list(ours.values()))
-    assert calls == []
-
-
-def test_no_early_unpack_on_an_upstream_node_or_once_the_cluster_is_made(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(imagebuild, "service_images", lambda: {"redis": "kube-testenv.local/redis:1"})
-    calls: list[tuple[str, ...]] = []
-    monkeypatch.setattr(imagebuild, "docker", lambda *args: calls.append(args) or "")
-    provider = KindProvider("t", report=lambda _: None)
-    provider.unpack_first = frozenset({"redis"})
-    provider._unpack_once_node_answers(NodeImage(UPSTREAM_NODE_IMAGE, local=False), threading.Event())
-    created = threading.Event()
-    created.set()
-    provider._unpack_once_node_answers(NodeImage("kube-testenv.local/node:abc", local=True), created)
-    assert calls == []

@@ -273,17 +273,15 @@ class RunSession:
 
     def _bring_cluster_up(self) -> None:
         self.provider = self.provider or self._provider()
-        services = (self.options.manifest.get("spec") or {}).get("services") or []
         if self.provider.simulated_pods:
+            services = (self.options.manifest.get("spec") or {}).get("services") or []
             reason = runners.cannot_serve(s.get("type", "") for s in services)
             if reason := reason or runners.cannot_proxy(services):
                 raise ManifestError(reason)
-        types = frozenset(s.get("type", "") for s in services if not s.get("image"))
-        if isinstance(self.provider, clusters.KindProvider):
-            self.provider.unpack_first = types  # a new cluster's node starts on them while it is made
         self.cluster = self.provider.up()
         if isinstance(self.provider, clusters.KindProvider):
-            ours = self.provider.service_images(types)
+            services = (self.options.manifest.get("spec") or {}).get("services") or []
+            ours = self.provider.service_images({s.get("type", "") for s in services if not s.get("image")})
             self.provider.unpack_ahead(sorted(set(ours.values())))
         self.api = kube.api_client(self.cluster.kubeconfig, self.cluster.context)
         if not self.options.namespace:

@@ -13,7 +13,6 @@ import dataclasses
 import os
 import shutil
 import subprocess
-import threading
 from collections.abc import Callable, Mapping, Sequence, Set
 from pathlib import Path
 from typing import Any
@@ -132,10 +131,6 @@ class KindProvider:
     def __init__(self, cluster_name: str = "testenv", report: Callable[[str], None] = print) -> None:
         self.cluster_name = cluster_name
         self.report = report
-        #: Service types whose images a new cluster's node unpacks while `kind create` still runs
-        #: (set by a run before `up`; the unpack otherwise waits for the pods' first start).
-        self.unpack_first: frozenset[str] = frozenset()
-        self._unpacking = False
 
     @property
     def state_dir(self) -> Path:
@@ -190,9 +185,6 @@ class KindProvider:
         config = self.config_file
         config.write_text(yaml.safe_dump(cluster_config(node, _cgroup_v1_engine()), sort_keys=False))
         self.report(f"creating kind cluster {self.cluster_name!r} on {node.reference}")
-        created = threading.Event()
-        early = threading.Thread(target=self._unpack_once_node_answers, args=(node, created), daemon=True)
-        early.start()
         try:
             self._kind(
                 "create",
@@ -210,29 +202,10 @@ class KindProvider:
             # kind deletes a failed cluster itself unless told to retain it; the network is ours.
             self._remove_network()
             raise
-        finally:
-            created.set()
-            early.join(timeout=30)
         if node.local:
             self._install_policy_engine()
         self._probe_isolation(node)
         return self._cluster()
-
-    def _unpack_once_node_answers(self, node: NodeImage, created: threading.Event) -> None:
-        """While `kind create` runs kubeadm (mostly waiting), start unpacking the images of
-        `unpack_first` as soon as the node's containerd answers: a pod's first start would
-        otherwise wait for it (LocalStack's: tens of seconds)."""
-        ours = imagebuild.service_images() if node.local else {}
-        images = sorted({ours[kind] for kind in self.unpack_first if kind in ours})
-        if not images:
-            return
-        while not created.wait(0.5):
-            try:
-                imagebuild.docker("exec", self.node_container, "ctr", "-n", "k8s.io", "version")
-            except ToolchainError:
-                continue  # no node container yet, or its containerd not up
-            self.unpack_ahead(images)
-            return
 
     def _install_policy_engine(self) -> None:
         """kube-router's firewall on our node (its static CNI enforces nothing by itself)."""
@@ -305,10 +278,7 @@ class KindProvider:
     def unpack_ahead(self, images: Sequence[str]) -> None:
         """Start unpacking, in the background, those of `images` the node holds: our node image
         carries the service images packed (its build cannot mount a snapshotter), and a pod's first
-        start would unpack its image on the way. Run while the operator starts, this saves that.
-        Once per provider: a second unpack of the same image would only wait for the first."""
-        if self._unpacking:
-            return
+        start would unpack its image on the way. Run while the operator starts, this saves that."""
         have = self.node_images()
         present = [image for image in images if image in have]
         if not present:
@@ -323,7 +293,6 @@ class KindProvider:
         except ToolchainError as exc:  # only a head start: the pods unpack what is left
             self.report(f"could not unpack the service images ahead: {exc}")
             return
-        self._unpacking = True
         self.report(f"unpacking {len(present)} service image(s) in the node ahead of their pods")
 
     def load_images(self, images: Sequence[str]) -> list[str]:
