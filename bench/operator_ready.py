@@ -362,9 +362,10 @@ def delete_direct(
 # -- driving ---------------------------------------------------------------------------------------
 
 
-def ensure_tenant(api: client.ApiClient) -> None:
+def ensure_tenant(api: client.ApiClient, name: str = TENANT) -> None:
+    """Create the namespace the environments go in, unless it is there."""
     try:
-        client.CoreV1Api(api).create_namespace({"metadata": {"name": TENANT}})
+        client.CoreV1Api(api).create_namespace({"metadata": {"name": name}})
     except ApiException as exc:
         if exc.status != 409:
             raise

@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 from apimetrics import api_requests, total  # bench/ is on sys.path when a script runs
 from hostinfo import load, machine
@@ -43,11 +42,13 @@ from operator_ready import (
     OPERATOR_SETTINGS,
     TENANT,
     Case,
+    ensure_tenant,
     environment_ready,
     fmt,
     log,
     manifest,
     run_operator_case,
+    summarise,
     utc_now,
 )
 from testenv_api import GROUP, PLURAL, VERSION
@@ -97,14 +98,6 @@ def operator_metrics(operator: OperatorProcess) -> dict[str, float]:
 # -- the held fleet -----------------------------------------------------------------------------------
 
 
-def ensure_namespace(api: client.ApiClient, name: str) -> None:
-    try:
-        client.CoreV1Api(api).create_namespace({"metadata": {"name": name}})
-    except ApiException as exc:
-        if exc.status != 409:
-            raise
-
-
 def held_ready(api: client.ApiClient) -> tuple[int, int]:
     """(held environments, of them Ready with every worker)."""
     response = client.CustomObjectsApi(api).list_cluster_custom_object(
@@ -130,24 +123,18 @@ def grow(api: client.ApiClient, have: int, want: int, timeout: float) -> float:
         for done, _ in enumerate(creators.map(create, range(have, want)), start=1):
             if done % 50 == 0:
                 log(f"  created {have + done}/{want}")
-    counts = (0, 0)
-
-    def all_ready() -> bool:
-        nonlocal counts
-        counts = held_ready(api)
-        return counts == (want, want)
-
-    last_said = [0.0]
+    counts, said = (0, 0), 0.0
 
     def progress() -> str:
         return f"{counts[1]}/{want} held environments Ready"
 
     def check() -> bool:
-        ready = all_ready()
-        if time.monotonic() - last_said[0] > 15:
-            last_said[0] = time.monotonic()
-            log(f"  {progress()} after {time.monotonic() - started:.0f} s")
-        return ready
+        nonlocal counts, said
+        counts = held_ready(api)
+        if time.monotonic() - said > 15:  # progress on a wait of minutes
+            said = time.monotonic()
+            log(f"  {progress()} after {said - started:.0f} s")
+        return counts == (want, want)
 
     wait_for(check, timeout=timeout, what="the held fleet to be Ready", interval=2, seen=progress)
     return time.monotonic() - started
@@ -281,13 +268,9 @@ def measure_size(
     return row, operator
 
 
-def _median(values: Sequence[float]) -> float | None:
-    return sorted(values)[len(values) // 2] if values else None
-
-
 def render(rows: Sequence[Row], header: Sequence[str]) -> str:
     """Two tables: a new environment and the operator at rest; then the restart (full resync)."""
-    base = next((_median(r.probe_ready_s) for r in rows if r.held == 0), None)
+    base = next((summarise(r.probe_ready_s)[0] for r in rows if r.held == 0), None)
     rest = [
         "| held envs (workers) | grown in (s) | new env Ready (s): median (each) | x empty "
         "| operator CPU | RSS (MiB) | passes/s | API req/s | busiest requests (per s) |",
@@ -298,7 +281,7 @@ def render(rows: Sequence[Row], header: Sequence[str]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for row in rows:
-        median = _median(row.probe_ready_s)
+        median = summarise(row.probe_ready_s)[0]
         ratio = f"{median / base:.2f}x" if median and base else "-"
         each = ", ".join(fmt(p) for p in row.probe_ready_s)
         rest.append(
@@ -366,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         api = kube.api_client(cluster.kubeconfig)
         kube.install_crd(api)
         for name in [TENANT, *(tenant(i) for i in range(TENANTS))]:
-            ensure_namespace(api, name)
+            ensure_tenant(api, name)
         operator = OperatorProcess(cluster.kubeconfig, log_path, clean=True, **OPERATOR_SETTINGS).start()
         probe(api, operator, "warm-up", args.poll, args.timeout)
         have = 0
