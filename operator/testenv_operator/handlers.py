@@ -4,7 +4,9 @@
   applies every worker, later ones apply every worker when `metadata.generation` moved past
   `status.observedGeneration` (the spec changed) and otherwise repair what is missing; how long it
   sleeps between passes follows what can change (`pacing`);
-- events of the environment itself, and of the Deployments and Namespaces it owns, only wake it;
+- events of the environment itself, and changes of the Deployments and Namespaces it owns, only
+  wake it; those two kinds are the operator's own watches (`watches`), not kopf's, which stalls
+  at a shared cluster's thousands of them;
 - an in-memory index of every namespace's environments, kept by kopf from its one watch, for the
   per-namespace limits: no pass lists TestEnvironments;
 - deletion: a finalizer deletes the owned namespaces and waits until they are gone;
@@ -29,23 +31,26 @@ from typing import Any
 import kopf
 
 from testenv_api import FINALIZER, GROUP, LABEL_OWNER_UID, PLURAL, POOL_PLURAL, VERSION, Phase
-from testenv_operator import finishing, kubeio, readiness
+from testenv_operator import finishing, kubeio
 from testenv_operator.converger import Result, Resync, keep
 from testenv_operator.diffbase import DigestDiffBaseStorage
 from testenv_operator.election import Terms
 from testenv_operator.metrics import Metrics
 from testenv_operator.orphans import sweep_orphans
 from testenv_operator.pacing import seconds_to_next_pass
-from testenv_operator.readiness import Observed
 from testenv_operator.reconciler import Depth, Outcome, PassInput, expiry_reason, seconds_to_expiry
 from testenv_operator.runtime import THREADS, Runtime
 from testenv_operator.settings import Settings
 from testenv_operator.validation import Sibling
+from testenv_operator.watches import DEPLOYMENTS, Changed, Key, OwnedWatches
 
 log = logging.getLogger("testenv_operator")
 
 #: How long kopf gathers one object's events before handling them (its default is 0.1 s).
 BATCH_WINDOW_SECONDS = 0.01
+#: A routine pass with nothing to read (the watches' first lists are not in) looks again after
+#: this long, if the lists coming in have not woken it first.
+UNSYNCED_RETRY_SECONDS = 5.0
 
 
 class _QuietWakeups(logging.Filter):
@@ -93,6 +98,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     runtime = Runtime.make(api, ours, mandate, metrics)
     settings.execution.executor = runtime.threads  # kopf's synchronous handlers (the index) too
     runtime.sweeper = asyncio.create_task(_sweep_orphans_forever(runtime))
+    if not ours.tenants.namespaces:  # an operator serving some namespaces lists its workers'
+        runtime.owned = OwnedWatches(
+            api, asyncio.get_running_loop(), _owned_changed(runtime), lambda: _wake_all(runtime)
+        )
+        runtime.owned.start()
     memo.runtime = runtime
     finishing.listen(runtime)
     log.info("settings: %s", ours)
@@ -104,6 +114,8 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
     for task in (runtime.sweeper, runtime.finisher):
         if task:
             task.cancel()
+    if runtime.owned:
+        runtime.owned.stop()
     if endpoint := memo.get("endpoint"):
         endpoint.close()
 
@@ -128,22 +140,6 @@ def environments(
     return {namespace or "": (str(meta.get("creationTimestamp")), name, int(spec.get("workers", 1)))}
 
 
-@kopf.index("apps", "v1", "deployments", labels={LABEL_OWNER_UID: kopf.PRESENT})
-def owned_deployments(
-    labels: Mapping[str, str], namespace: str | None, name: str, body: kopf.Body, **_: Any
-) -> dict[str, tuple[str, str, bool]]:
-    """Owned Deployments by owner UID, with readiness: what a readiness pass reads, not a LIST."""
-    return {labels[LABEL_OWNER_UID]: (namespace or "", name, readiness.deployment_ready(body))}
-
-
-@kopf.index("", "v1", "namespaces", labels={LABEL_OWNER_UID: kopf.PRESENT})
-def owned_namespaces(
-    labels: Mapping[str, str], name: str, meta: kopf.Meta, **_: Any
-) -> dict[str, tuple[str, bool]]:
-    """Owned namespaces by owner UID, with whether each is terminating."""
-    return {labels[LABEL_OWNER_UID]: (name, bool(meta.get("deletionTimestamp")))}
-
-
 @kopf.index(GROUP, VERSION, POOL_PLURAL, when=lambda meta, **_: not meta.get("deletionTimestamp"))
 def environment_pools(
     namespace: str | None, name: str, meta: kopf.Meta, spec: kopf.Spec, **_: Any
@@ -163,11 +159,22 @@ def _pools(handler_kwargs: Mapping[str, Any], namespace: str) -> list[dict[str, 
     return sorted(index.get(namespace, ()), key=lambda p: p["metadata"]["name"])
 
 
-def _watched(handler_kwargs: Mapping[str, Any], uid: str) -> Observed:
-    """An environment's namespaces and Deployments as kopf's watches last saw them."""
-    deployments: kopf.Index[str, tuple[str, str, bool]] = handler_kwargs["owned_deployments"]
-    namespaces: kopf.Index[str, tuple[str, bool]] = handler_kwargs["owned_namespaces"]
-    return readiness.from_watches(uid, namespaces.get(uid, ()), deployments.get(uid, ()))
+def _owned_changed(runtime: Runtime) -> Changed:
+    """Wake the owner of a namespace or Deployment that changed; for a Deployment of a claimed pool
+    worker (it carries the pool's owner label), its claimer too."""
+
+    def changed(kind: str, uid: str, key: Key) -> None:
+        runtime.wake(uid)
+        if kind == DEPLOYMENTS.name and isinstance(key, tuple):
+            runtime.wake(runtime.claimers.get(key[0]))
+
+    return changed
+
+
+def _wake_all(runtime: Runtime) -> None:
+    """The watches' first lists are in: every converger waiting for them passes now."""
+    for uid in list(runtime.wakers):
+        runtime.wake(uid)
 
 
 def _siblings(handler_kwargs: Mapping[str, Any], namespace: str) -> list[Sibling]:
@@ -269,6 +276,9 @@ class _Environment:
         listing = self.apply_all or self.resync.due()
         if listing and not urgent and not runtime.settings.tenants.namespaces:
             listing = runtime.resyncs.take()
+        if not listing and runtime.owned and not runtime.owned.synced:
+            # Nothing to read yet: the watches' first lists wake every converger when they are in.
+            return Result(UNSYNCED_RETRY_SECONDS)
         given = self._input(body, listing)
         outcome = await runtime.run_pass(
             self.lock, _converge, runtime, given, kind="environment", depth=given.depth.value, urgent=urgent
@@ -297,9 +307,10 @@ class _Environment:
             return PassInput(body, depth, siblings, pools)
         # Between full passes, readiness comes from the watches: no LIST per pass. An operator
         # serving some namespaces does not watch its workers' namespaces: it lists them.
-        if self.runtime.settings.tenants.namespaces:
+        owned = self.runtime.owned
+        if owned is None:
             return PassInput(body, Depth.REPAIR, siblings, pools)
-        return PassInput(body, Depth.REPORT, siblings, pools, _watched(self.indices, meta["uid"]))
+        return PassInput(body, Depth.REPORT, siblings, pools, owned.observed(meta["uid"]))
 
 
 def _measure_first_ready(metrics: Metrics, body: Mapping[str, Any], status: Mapping[str, Any]) -> None:
@@ -334,20 +345,6 @@ async def environment_changed(body: kopf.Body, event: kopf.RawEvent, memo: kopf.
     runtime.wake(meta.get("uid"))
     if (body.get("status") or {}).get("observedGeneration") is not None:
         runtime.make_room(meta["namespace"])  # fewer workers may make room; a new one never does
-
-
-@kopf.on.event("apps", "v1", "deployments", labels={LABEL_OWNER_UID: kopf.PRESENT})
-async def owned_deployment_changed(
-    labels: Mapping[str, str], namespace: str | None, memo: kopf.Memo, **_: Any
-) -> None:
-    runtime: Runtime = memo.runtime
-    runtime.wake(labels.get(LABEL_OWNER_UID))
-    runtime.wake(runtime.claimers.get(namespace or ""))  # a pooled worker's: its claimer too
-
-
-@kopf.on.event("", "v1", "namespaces", labels={LABEL_OWNER_UID: kopf.PRESENT})
-async def owned_namespace_changed(labels: Mapping[str, str], memo: kopf.Memo, **_: Any) -> None:
-    memo.runtime.wake(labels.get(LABEL_OWNER_UID))
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)

@@ -326,6 +326,70 @@ def list_labelled(api: client.ApiClient, kind: str, selector: str) -> list[Obj]:
     return items
 
 
+class Page(NamedTuple):
+    """One page of a list: its items, the list's resourceVersion, and the token of the next page
+    ("" on the last)."""
+
+    items: list[Obj]
+    resource_version: str
+    next: str
+
+
+def list_page(api: client.ApiClient, kind: str, selector: str, limit: int, token: str = "") -> Page:
+    """One page of `limit` objects of `kind` in any namespace that match a label selector, from
+    `token` (a previous page's `next`; "" for the first). GoneError once the token expired."""
+    cls, suffix, namespaced = KINDS[kind]
+    name = f"list_{suffix}_for_all_namespaces" if namespaced else f"list_{suffix}"
+    with _refusals():
+        response = getattr(cls(api), name)(
+            label_selector=selector, limit=limit, _continue=token or None, _preload_content=False
+        )
+    found = _json(response)
+    meta = found.get("metadata") or {}
+    version, token = str(meta.get("resourceVersion", "")), str(meta.get("continue") or "")
+    return Page(found.get("items") or [], version, token)
+
+
+def watch_events(
+    api: client.ApiClient, kind: str, selector: str, resource_version: str, seconds: int
+) -> Iterator[Obj]:
+    """The events ({"type", "object"}) of `kind` in any namespace matching a label selector, from
+    `resource_version`, bookmarks included, until the API server ends the watch after `seconds`.
+    An expired version comes as an ERROR event (a Status of code 410), as the server sends it.
+    A read waits at most 30 s past `seconds` (a connection that died says nothing)."""
+    cls, suffix, namespaced = KINDS[kind]
+    name = f"list_{suffix}_for_all_namespaces" if namespaced else f"list_{suffix}"
+    connect = getattr(api, "timeouts", Timeouts(10.0, 10.0)).connect
+    with _refusals():
+        response = getattr(cls(api), name)(
+            label_selector=selector,
+            watch=True,
+            resource_version=resource_version,
+            allow_watch_bookmarks=True,
+            timeout_seconds=seconds,
+            _preload_content=False,
+            _request_timeout=(connect, seconds + 30),
+        )
+    ended = False
+    try:
+        pending = b""
+        for chunk in response.stream(None, decode_content=False):
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                if line.strip():
+                    yield json.loads(line)
+        if pending.strip():
+            yield json.loads(pending)
+        ended = True
+    finally:
+        # A watch left half-read cannot serve another call: its connection is closed instead.
+        if ended:
+            response.release_conn()
+        else:
+            response.close()
+
+
 def _read(call: Callable[..., Any], *args: str) -> Obj | None:
     """One object as a dict, or None when it does not exist."""
     try:

@@ -28,6 +28,7 @@ from testenv_operator.metrics import Metrics
 from testenv_operator.pooling import Pools
 from testenv_operator.reconciler import Reconciler
 from testenv_operator.settings import Settings
+from testenv_operator.watches import OwnedWatches
 
 #: Convergence passes at once (each may wait on the pool for its workers' applies).
 PASSES = 8
@@ -60,6 +61,9 @@ class Runtime:
     gate: PassGate = dataclasses.field(default_factory=lambda: PassGate(PASSES))
     #: Full resyncs a second, across every environment (the rest read the watches).
     resyncs: ResyncBudget = dataclasses.field(init=False)
+    #: The owned namespaces and Deployments by owner, from the operator's own watches: a
+    #: clusterwide operator's only (one serving some namespaces lists its workers' instead).
+    owned: OwnedWatches | None = None
     sweeper: asyncio.Task[None] | None = None
     #: Set by SIGUSR1 (`finishing`): no more passes, only deletions, then exit.
     finishing: bool = False
