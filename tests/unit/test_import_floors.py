@@ -141,3 +141,17 @@ def test_no_module_of_the_harness_imports_itself_back_round() -> None:
         if name not in state:
             visit(name, [name])
     assert not loops, "\n".join(loops)
+
+
+def test_the_pytest_plugin_loads_without_the_kubernetes_client() -> None:
+    """Every xdist worker imports the plugin, and a rerun's workers never call the API server:
+    the client (about 0.2 s of CPU to import) comes in only when something uses it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, testenv_harness.frontends.plugin, testenv_harness.worker.testenv\n"
+        "print(sorted(m for m in sys.modules if m == 'kubernetes' or m.startswith('kubernetes.')))"
+    )
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert found.stdout.strip() == "[]", f"imported with the plugin: {found.stdout.strip()}"

@@ -26,11 +26,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
-
 from testenv_api import LABEL_OWNER_UID, LABEL_POOL_UID
 from testenv_harness.dataplane.runners import Launch, PodSpec, RunnerError, launch_for, pod_spec
+from testenv_harness.ground import k8s
 from testenv_harness.ground.children import dies_with_parent
 from testenv_harness.ground.localports import free_port
 from testenv_harness.ground.waiting import WaitTimeoutError, wait_for
@@ -93,11 +91,15 @@ class DataPlane:
     """Serves the pods of one TestEnvironment (by owner UID) with host processes."""
 
     def __init__(
-        self, api: client.ApiClient, owner_uid: str, workdir: Path, report: Callable[[str], None] = log.info
+        self,
+        api: k8s.client.ApiClient,
+        owner_uid: str,
+        workdir: Path,
+        report: Callable[[str], None] = log.info,
     ) -> None:
         self.api = api
-        self.core = client.CoreV1Api(api)
-        self.objects = client.CustomObjectsApi(api)
+        self.core = k8s.client.CoreV1Api(api)
+        self.objects = k8s.client.CustomObjectsApi(api)
         self.owner_uid = owner_uid
         self.root = workdir
         self.report = report
@@ -247,7 +249,7 @@ class DataPlane:
             self.objects.create_namespaced_custom_object(
                 KWOK_GROUP, KWOK_VERSION, pod.namespace, PORT_FORWARDS, body
             )
-        except ApiException as exc:
+        except k8s.ApiException as exc:
             if exc.status != 409:
                 raise
 
@@ -279,7 +281,7 @@ class DataPlane:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
                 process.wait(5)
-        with contextlib.suppress(ApiException):
+        with contextlib.suppress(k8s.ApiException):
             self.objects.delete_namespaced_custom_object(
                 KWOK_GROUP, KWOK_VERSION, served.pod.namespace, PORT_FORWARDS, served.pod.name
             )

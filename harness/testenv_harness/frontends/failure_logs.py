@@ -18,10 +18,9 @@ import time
 from collections.abc import Sequence
 
 import pytest
-from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
-from testenv_harness.ground import kube
+from testenv_harness.ground import k8s, kube
 from testenv_harness.worker.logs import LogLines, Mark, PodState, ServiceLogs, clock
 
 DEFAULT_LINES = 50
@@ -77,7 +76,7 @@ class Watcher:
         )
         try:
             pods = self.logs.pods()
-        except ApiException as exc:
+        except k8s.ApiException as exc:
             return [(f"{SECTION} {self.worker})", f"{head}\ncannot list its pods: {kube.said(exc)}")]
         except HTTPError as exc:
             return [(f"{SECTION} {self.worker})", f"{head}\ncannot list its pods: {exc}")]

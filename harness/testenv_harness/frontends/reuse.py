@@ -41,13 +41,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 from testenv_api import GROUP, PLURAL, VERSION, Phase
 from testenv_api.status import workers_from_status
 from testenv_harness.frontends import keeper
-from testenv_harness.ground import files, kube
+from testenv_harness.ground import files, k8s, kube
 from testenv_harness.ground.errors import ClusterError
 from testenv_harness.ground.files import hold_lock
 from testenv_harness.ground.waiting import WaitTimeoutError, wait_for
@@ -145,13 +143,13 @@ def read_environment(handoff: Handoff, uid: str, timeout: float = READ_TIMEOUT) 
     """The kept TestEnvironment as the API server has it now; EnvironmentGoneError if it is gone
     (404, another object of its name, being deleted) or its cluster does not answer."""
     where = f"{handoff.namespace}/{handoff.name}"
-    api: client.ApiClient | None = None
+    api: k8s.client.ApiClient | None = None
     try:
         api = kube.api_client(handoff.kubeconfig_path, handoff.context or None)
-        body: dict[str, Any] = client.CustomObjectsApi(api).get_namespaced_custom_object(
+        body: dict[str, Any] = k8s.client.CustomObjectsApi(api).get_namespaced_custom_object(
             GROUP, VERSION, handoff.namespace, PLURAL, handoff.name, _request_timeout=timeout
         )
-    except ApiException as exc:
+    except k8s.ApiException as exc:
         if exc.status == 404:
             raise EnvironmentGoneError(
                 f"environment {where} is gone from the cluster (404: deleted, or the cluster was re-created)"

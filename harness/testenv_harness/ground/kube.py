@@ -10,10 +10,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
-
 import testenv_api
+from testenv_harness.ground import k8s
 from testenv_harness.ground.errors import AccessError, ClusterError
 from testenv_harness.ground.waiting import WaitTimeoutError, wait_for
 
@@ -37,25 +35,25 @@ def pod_namespace() -> str | None:
         return None
 
 
-def api_client(kubeconfig: Path | None, context: str | None = None) -> client.ApiClient:
+def api_client(kubeconfig: Path | None, context: str | None = None) -> k8s.client.ApiClient:
     """A client from `kubeconfig` (and `context`), or from the pod's own token when it is None."""
     if kubeconfig is not None:
-        return config.new_client_from_config(config_file=str(kubeconfig), context=context)
+        return k8s.config.new_client_from_config(config_file=str(kubeconfig), context=context)
     if not in_cluster():
         raise ClusterError(
             "no kubeconfig and not inside a pod: set KUBECONFIG (or --testenv-kubeconfig), or run in a "
             "pod whose ServiceAccount token is mounted"
         )
-    configuration = client.Configuration()
-    config.load_incluster_config(client_configuration=configuration)
-    return client.ApiClient(configuration)
+    configuration = k8s.client.Configuration()
+    k8s.config.load_incluster_config(client_configuration=configuration)
+    return k8s.client.ApiClient(configuration)
 
 
 def context_namespace(kubeconfig: Path, context: str | None = None) -> str | None:
     """The namespace a kubeconfig context names (what kubectl would use), or None."""
     try:
-        contexts, current = config.list_kube_config_contexts(config_file=str(kubeconfig))
-    except (config.ConfigException, OSError):
+        contexts, current = k8s.config.list_kube_config_contexts(config_file=str(kubeconfig))
+    except (k8s.config.ConfigException, OSError):
         return None
     chosen = next((c for c in contexts if c.get("name") == context), None) if context else current
     namespace = ((chosen or {}).get("context") or {}).get("namespace")
@@ -95,9 +93,9 @@ class Identity:
         return f"ServiceAccount {account[0]}/{account[1]}" if account else f"user {self.username!r}"
 
 
-def whoami(api: client.ApiClient) -> Identity:
+def whoami(api: k8s.client.ApiClient) -> Identity:
     """Ask the API server who this client is; every authenticated identity may (system:basic-user)."""
-    review = client.AuthenticationV1Api(api).create_self_subject_review(
+    review = k8s.client.AuthenticationV1Api(api).create_self_subject_review(
         {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
     )
     info = review.status.user_info
@@ -110,10 +108,10 @@ def whoami(api: client.ApiClient) -> Identity:
 Right = tuple[str, str, str]
 
 
-def missing_rights(api: client.ApiClient, namespace: str, rights: list[Right]) -> list[Right]:
+def missing_rights(api: k8s.client.ApiClient, namespace: str, rights: list[Right]) -> list[Right]:
     """Which of `rights` this client lacks in `namespace` (SelfSubjectAccessReviews, which every
     authenticated identity may create): nothing is tried for real."""
-    authorization = client.AuthorizationV1Api(api)
+    authorization = k8s.client.AuthorizationV1Api(api)
     missing = []
     for verb, resource, group in rights:
         name, _, subresource = resource.partition("/")
@@ -133,7 +131,7 @@ def missing_rights(api: client.ApiClient, namespace: str, rights: list[Right]) -
 
 
 def require_rights(
-    api: client.ApiClient, namespace: str, rights: list[Right], grant: str, *, settle: float = 0.0
+    api: k8s.client.ApiClient, namespace: str, rights: list[Right], grant: str, *, settle: float = 0.0
 ) -> None:
     """AccessError naming every right of `rights` this client lacks in `namespace`, who it is and
     what grants them. `settle`: seconds to keep asking while a RoleBinding may still be on its way."""
@@ -153,7 +151,7 @@ def require_rights(
         return
     try:
         who = str(whoami(api))
-    except ApiException:
+    except k8s.ApiException:
         who = "this identity"
     names = ", ".join(
         f"{verb} {resource}" + (f" ({group})" if group else "") for verb, resource, group in missing
@@ -161,7 +159,7 @@ def require_rights(
     raise AccessError(f"{who} may not {names} in namespace {namespace!r}: {grant}")
 
 
-def refusal(exc: ApiException, verb: str, resource: str, namespace: str, grant: str) -> AccessError:
+def refusal(exc: k8s.ApiException, verb: str, resource: str, namespace: str, grant: str) -> AccessError:
     """A 403 worded for whoever can fix it: what was refused, for whom, and what grants it.
 
     The API server's own message names the identity ("User \"system:serviceaccount:ci:pipeline\"
@@ -173,7 +171,7 @@ def refusal(exc: ApiException, verb: str, resource: str, namespace: str, grant: 
     )
 
 
-def said(exc: ApiException) -> str:
+def said(exc: k8s.ApiException) -> str:
     """The message of the API server's Status in an error response (or its body as it came)."""
     try:
         body: dict[str, Any] = json.loads(exc.body or "{}")
@@ -204,18 +202,18 @@ def worker_grant(name: str) -> str:
 # -- the CRDs (clusters this harness administers) ---------------------------------------------------
 
 
-def install_crd(api: client.ApiClient, timeout: float = 60.0) -> None:
+def install_crd(api: k8s.client.ApiClient, timeout: float = 60.0) -> None:
     """Create or update the TestEnvironment and TestEnvironmentPool CRDs; wait until both are served."""
     for manifest in (testenv_api.crd_manifest(), testenv_api.pool_crd_manifest()):
         _install(api, manifest, timeout)
 
 
-def _install(api: client.ApiClient, manifest: dict[str, Any], timeout: float) -> None:
+def _install(api: k8s.client.ApiClient, manifest: dict[str, Any], timeout: float) -> None:
     name = manifest["metadata"]["name"]
-    crds = client.ApiextensionsV1Api(api)
+    crds = k8s.client.ApiextensionsV1Api(api)
     try:
         crds.create_custom_resource_definition(manifest)
-    except ApiException as exc:
+    except k8s.ApiException as exc:
         if exc.status != 409:
             raise ClusterError(f"installing CRD {name} failed: {exc.status} {exc.reason}") from exc
         current = crds.read_custom_resource_definition(name)

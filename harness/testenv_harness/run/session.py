@@ -21,8 +21,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import yaml
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 import testenv_api
 from testenv_api import (
@@ -41,7 +39,7 @@ from testenv_api import (
 from testenv_api.status import WorkerStatus, workers_from_status
 from testenv_harness.dataplane import runners
 from testenv_harness.dataplane.manager import DataPlane
-from testenv_harness.ground import kube
+from testenv_harness.ground import k8s, kube
 from testenv_harness.ground.errors import ClusterError, ManifestError
 from testenv_harness.ground.localports import bindable, release_block, reserve_block, reserve_ports
 from testenv_harness.ground.waiting import WaitTimeoutError, wait_for
@@ -157,7 +155,7 @@ class RunSession:
         self.run_dir = Path(tempfile.mkdtemp(prefix=f"testenv-{self.run_id}-"))
         self.cluster: Cluster | None = None
         self.provider: Provider | None = None
-        self.api: client.ApiClient | None = None
+        self.api: k8s.client.ApiClient | None = None
         self.operator: OperatorProcess | None = None
         self.dataplane: DataPlane | None = None
         self.name = ""
@@ -413,10 +411,10 @@ class RunSession:
         assert self.api is not None
         namespace = self.options.namespace
         try:
-            client.CustomObjectsApi(self.api).list_namespaced_custom_object(
+            k8s.client.CustomObjectsApi(self.api).list_namespaced_custom_object(
                 GROUP, VERSION, namespace, PLURAL, limit=1
             )
-        except ApiException as exc:
+        except k8s.ApiException as exc:
             if exc.status == 403:
                 raise kube.refusal(exc, "list", PLURAL, namespace, kube.pipeline_grant(namespace)) from exc
             if exc.status == 404:
@@ -435,7 +433,7 @@ class RunSession:
         assert self.api is not None
         try:
             identity = kube.whoami(self.api)
-        except ApiException as exc:
+        except k8s.ApiException as exc:
             self.report(
                 f"could not ask the cluster who this run is (SelfSubjectReview: {exc.status} {exc.reason}); "
                 "if its workers refuse it, name it in the manifest's spec.access.subjects"
@@ -494,13 +492,15 @@ class RunSession:
         meta.setdefault("labels", {})[LABEL_RUN_ID] = self.run_id
         meta.setdefault("annotations", {})[ANNOTATION_HEARTBEAT] = _now()
         if not isinstance(self.provider, ExistingProvider):  # a cluster of ours: make the namespace
-            with contextlib.suppress(ApiException):
-                client.CoreV1Api(self.api).create_namespace({"metadata": {"name": self.options.namespace}})
+            with contextlib.suppress(k8s.ApiException):
+                k8s.client.CoreV1Api(self.api).create_namespace(
+                    {"metadata": {"name": self.options.namespace}}
+                )
         try:
-            created = client.CustomObjectsApi(self.api).create_namespaced_custom_object(
+            created = k8s.client.CustomObjectsApi(self.api).create_namespaced_custom_object(
                 GROUP, VERSION, self.options.namespace, PLURAL, body, field_validation="Strict"
             )
-        except ApiException as exc:
+        except k8s.ApiException as exc:
             namespace = self.options.namespace
             if exc.status in (400, 422):  # the manifest itself is invalid
                 raise ManifestError(f"the API server refused the TestEnvironment: {exc.body}") from exc
@@ -544,7 +544,7 @@ class RunSession:
         while not self._stop.wait(HEARTBEAT_SECONDS):
             with contextlib.suppress(Exception):
                 assert self.api is not None
-                client.CustomObjectsApi(self.api).patch_namespaced_custom_object(
+                k8s.client.CustomObjectsApi(self.api).patch_namespaced_custom_object(
                     GROUP,
                     VERSION,
                     self.options.namespace,
@@ -557,9 +557,9 @@ class RunSession:
     def _watch_progress(self) -> None:
         """Report each worker as it becomes ready, with how long each of its services took."""
         assert self.api is not None
-        objects = client.CustomObjectsApi(self.api)
+        objects = k8s.client.CustomObjectsApi(self.api)
         while not self._stop.wait(0.3) and len(self.ready_at) < self.options.workers:
-            with contextlib.suppress(ApiException):
+            with contextlib.suppress(k8s.ApiException):
                 body = objects.get_namespaced_custom_object(
                     GROUP, VERSION, self.options.namespace, PLURAL, self.name
                 )
@@ -633,8 +633,8 @@ class RunSession:
         """Per service: from its pod's creation to the pod's Ready condition (real kubelets)."""
         assert self.api is not None
         times: dict[str, float] = {}
-        with contextlib.suppress(ApiException):
-            for pod in client.CoreV1Api(self.api).list_namespaced_pod(namespace).items:
+        with contextlib.suppress(k8s.ApiException):
+            for pod in k8s.client.CoreV1Api(self.api).list_namespaced_pod(namespace).items:
                 service = (pod.metadata.labels or {}).get(LABEL_SERVICE)
                 ready = next(
                     (c for c in (pod.status.conditions or []) if c.type == "Ready" and c.status == "True"),
@@ -716,10 +716,10 @@ class RunSession:
         """Ask for the environment's deletion: False if it was not there (or could not be asked)."""
         assert self.api is not None
         try:
-            client.CustomObjectsApi(self.api).delete_namespaced_custom_object(
+            k8s.client.CustomObjectsApi(self.api).delete_namespaced_custom_object(
                 GROUP, VERSION, self.options.namespace, PLURAL, self.name
             )
-        except ApiException as exc:
+        except k8s.ApiException as exc:
             if exc.status == 404:
                 return False
             self.report(f"deleting {self.options.namespace}/{self.name} failed: {exc.status} {exc.reason}")
@@ -739,24 +739,24 @@ class RunSession:
 
     def _left_behind(self) -> list[str]:
         assert self.api is not None
-        core = client.CoreV1Api(self.api)
+        core = k8s.client.CoreV1Api(self.api)
         try:
             left = [
                 n.metadata.name
                 for n in core.list_namespace(label_selector=f"{LABEL_OWNER_UID}={self.uid}").items
             ]
-        except ApiException as exc:
+        except k8s.ApiException as exc:
             if exc.status != 403:
                 raise
             # A pipeline may not list namespaces (cluster scope). The operator removes the
             # environment's finalizer only once its namespaces are gone, so waiting for it is enough.
             left = []
         try:  # the operator must stay up until it has removed its finalizer too
-            client.CustomObjectsApi(self.api).get_namespaced_custom_object(
+            k8s.client.CustomObjectsApi(self.api).get_namespaced_custom_object(
                 GROUP, VERSION, self.options.namespace, PLURAL, self.name
             )
             left.append(f"TestEnvironment {self.name}")
-        except ApiException as exc:
+        except k8s.ApiException as exc:
             if exc.status != 404:
                 raise
         return left

@@ -14,9 +14,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from kubernetes import client
-
 from testenv_api import LABEL_SERVICE
+from testenv_harness.ground import k8s
 
 log = logging.getLogger(__name__)
 Pod = dict[str, Any]
@@ -35,9 +34,9 @@ class PodWatch:
     """Ready pods per service; `on_change(ready_names)` runs after every change, on the watch thread."""
 
     def __init__(
-        self, api: client.ApiClient, namespace: str, on_change: Callable[[set[str]], None] | None = None
+        self, api: k8s.client.ApiClient, namespace: str, on_change: Callable[[set[str]], None] | None = None
     ) -> None:
-        self.core = client.CoreV1Api(api)
+        self.core = k8s.client.CoreV1Api(api)
         self.namespace = namespace
         self.on_change = on_change
         self._pods: dict[str, tuple[str, str]] = {}  # ready pod -> (service, creationTimestamp)

@@ -34,10 +34,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from kubernetes import client
-from kubernetes.stream.ws_client import create_websocket
 from websocket import ABNF, WebSocket, WebSocketBadStatusException, WebSocketException
 
+from testenv_harness.ground import k8s
 from testenv_harness.ground.errors import PortBusyError
 from testenv_harness.tunnel.podwatch import PodWatch
 from testenv_harness.tunnel.spdy import Session, SessionClosedError
@@ -73,7 +72,7 @@ class TunnelUnsupportedError(ConnectionError):
     """The API server does not tunnel SPDY through websockets."""
 
 
-def stream_headers(api: client.ApiClient, path: str, protocol: str) -> dict[str, Any]:
+def stream_headers(api: k8s.client.ApiClient, path: str, protocol: str) -> dict[str, Any]:
     """The port-forward request's headers, authenticated the way the client authenticates any call.
 
     The client's own auth path runs the kubeconfig's credential refresh (exec plugins such as
@@ -85,15 +84,17 @@ def stream_headers(api: client.ApiClient, path: str, protocol: str) -> dict[str,
     return headers
 
 
-def _connect(api: client.ApiClient, namespace: str, pod: str, protocol: str, query: str = "") -> WebSocket:
+def _connect(
+    api: k8s.client.ApiClient, namespace: str, pod: str, protocol: str, query: str = ""
+) -> WebSocket:
     cfg = api.configuration
     host = cfg.host.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
     path = f"/api/v1/namespaces/{namespace}/pods/{pod}/portforward"
-    ws: WebSocket = create_websocket(cfg, f"{host}{path}{query}", stream_headers(api, path, protocol))
+    ws: WebSocket = k8s.create_websocket(cfg, f"{host}{path}{query}", stream_headers(api, path, protocol))
     return ws
 
 
-def open_session(api: client.ApiClient, namespace: str, pod: str) -> Session:
+def open_session(api: k8s.client.ApiClient, namespace: str, pod: str) -> Session:
     """A SPDY session to `pod`, its reader thread running; TunnelUnsupportedError on older servers."""
     try:
         ws = _connect(api, namespace, pod, SPDY_TUNNEL)
@@ -325,7 +326,7 @@ class ChannelTunnel:
     """
 
     def __init__(
-        self, local: socket.socket, api: client.ApiClient, namespace: str, pod: str, port: int
+        self, local: socket.socket, api: k8s.client.ApiClient, namespace: str, pod: str, port: int
     ) -> None:
         self.local = local
         self.pod = pod
@@ -441,7 +442,7 @@ Tunnel = SpdyTunnel | ChannelTunnel
 class Forwarder:
     """Every forward of one worker namespace: one pod watch, and SPDY sessions to each ready pod."""
 
-    def __init__(self, api: client.ApiClient, namespace: str) -> None:
+    def __init__(self, api: k8s.client.ApiClient, namespace: str) -> None:
         self.api = api
         self.namespace = namespace
         self.channels_only = False  # set once the server turned the SPDY tunnel down

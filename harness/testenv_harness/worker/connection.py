@@ -19,12 +19,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
 
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
-
 from testenv_api import GROUP, LABEL_RUNNER, PLURAL, VERSION, Phase, plan_ports, service_url
 from testenv_api.status import PortStatus, ServiceStatus, WorkerStatus, workers_from_status
-from testenv_harness.ground import kube, localports
+from testenv_harness.ground import k8s, kube, localports
 from testenv_harness.ground.errors import NotReadyError, PortBusyError, TestEnvError
 from testenv_harness.ground.waiting import WaitTimeoutError, wait_for
 from testenv_harness.services import catalog
@@ -65,13 +62,13 @@ class WorkerConnection:
         self.spans: list[tuple[str, float, float]] = []
 
     @functools.cached_property
-    def api(self) -> client.ApiClient:
+    def api(self) -> k8s.client.ApiClient:
         """Made on first use: a worker of a kept environment may never need one."""
         return kube.api_client(self.handoff.kubeconfig_path, self.handoff.context or None)
 
     @functools.cached_property
-    def core(self) -> client.CoreV1Api:
-        return client.CoreV1Api(self.api)
+    def core(self) -> k8s.client.CoreV1Api:
+        return k8s.client.CoreV1Api(self.api)
 
     # -- start-up ---------------------------------------------------------------------------
 
@@ -169,10 +166,10 @@ class WorkerConnection:
     def _environment_object(self) -> dict[str, Any]:
         h = self.handoff
         try:
-            body: dict[str, Any] = client.CustomObjectsApi(self.api).get_namespaced_custom_object(
+            body: dict[str, Any] = k8s.client.CustomObjectsApi(self.api).get_namespaced_custom_object(
                 GROUP, VERSION, h.namespace, PLURAL, h.name
             )
-        except ApiException as exc:
+        except k8s.ApiException as exc:
             if exc.status == 404:  # never a bare API error: say what is gone and what to do
                 raise self._not_ready(
                     f"the TestEnvironment {h.namespace}/{h.name} is gone from the cluster (deleted, or "
@@ -209,7 +206,7 @@ class WorkerConnection:
     def _not_ready(self, what: str) -> NotReadyError:
         namespace = self.status.namespace if self.status else self._namespace_guess()
         lines = [f"kube-testenv worker {self.worker} ({namespace}): {what}"]
-        with contextlib.suppress(ApiException, TypeError):
+        with contextlib.suppress(k8s.ApiException, TypeError):
             for pod in self.core.list_namespaced_pod(namespace).items:
                 lines.append(f"  pod {pod.metadata.name}: {pod.status.phase}")
             events = sorted(
@@ -249,7 +246,7 @@ class WorkerConnection:
         return found
 
     def _namespace_guess(self) -> str:
-        with contextlib.suppress(ApiException, KeyError, NotReadyError):
+        with contextlib.suppress(k8s.ApiException, KeyError, NotReadyError):
             workers = workers_from_status(self._environment_object().get("status"))
             found = next((w.namespace for w in workers if w.index == self.worker and w.namespace), None)
             if found is not None:  # a status that names no namespace for it yet: say so, not StopIteration

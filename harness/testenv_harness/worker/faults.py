@@ -6,9 +6,7 @@ import contextlib
 import time
 from collections.abc import Iterator
 
-from kubernetes.client.exceptions import ApiException
-
-from testenv_harness.ground import kube
+from testenv_harness.ground import k8s, kube
 from testenv_harness.services import catalog
 from testenv_harness.services.base import ResetRefusedError
 from testenv_harness.tunnel.podwatch import PodWatch
@@ -42,7 +40,7 @@ class Faults(WorkerConnection):
             for pod in old:
                 try:
                     self.core.delete_namespaced_pod(pod, self.namespace)
-                except ApiException as exc:
+                except k8s.ApiException as exc:
                     if exc.status == 403:
                         raise kube.refusal(
                             exc, "delete", "pods", self.namespace, kube.worker_grant(self.handoff.name)

@@ -22,12 +22,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from testenv_api import LABEL_SERVICE
-from testenv_harness.ground import kube
+from testenv_harness.ground import k8s, kube
 
 #: A host process's output files, in the order they are shown.
 HOST_LOGS = ("process.log", "kafka.log")
@@ -202,7 +200,7 @@ class ServiceLogs:
 
     def __init__(
         self,
-        core: client.CoreV1Api | Callable[[], client.CoreV1Api],
+        core: k8s.client.CoreV1Api | Callable[[], k8s.client.CoreV1Api],
         namespace: str,
         host_root: Path | None = None,
         grant: str = "",
@@ -216,7 +214,7 @@ class ServiceLogs:
         self.grant = grant
 
     @property
-    def core(self) -> client.CoreV1Api:
+    def core(self) -> k8s.client.CoreV1Api:
         if callable(self._core):
             self._core = self._core()
         return self._core
@@ -309,7 +307,7 @@ class ServiceLogs:
                 _preload_content=False,
             )
             lines = bytes(response.data).decode(errors="replace").splitlines()
-        except ApiException as exc:
+        except k8s.ApiException as exc:
             if exc.status == 403:
                 note = (
                     f"the cluster refused to read its log ({exc.status} {exc.reason}: {kube.said(exc)})"

@@ -17,11 +17,10 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from testenv_api import LABEL_MANAGED_BY, MANAGED_BY
+from testenv_harness.ground import k8s
 
 PROBE_LABEL = "testenv.dev/isolation-probe"
 ALLOWED_PORT, DENIED_PORT = 7001, 7002
@@ -108,10 +107,10 @@ def _policy(name: str, probe: str) -> dict[str, Any]:
     }
 
 
-def probe(api: client.ApiClient, namespace: str, image: str, timeout: float = 60) -> Verdict:
+def probe(api: k8s.client.ApiClient, namespace: str, image: str, timeout: float = 60) -> Verdict:
     """Run the probe in `namespace` with `image` (it needs redis-server, redis-cli, sh and timeout:
     the redis images, ours or upstream's); everything it creates is deleted before it returns."""
-    core, net = client.CoreV1Api(api), client.NetworkingV1Api(api)
+    core, net = k8s.client.CoreV1Api(api), k8s.client.NetworkingV1Api(api)
     probe_id = uuid.uuid4().hex[:6]
     server, client_name, policy = (
         f"testenv-isolation-probe-{probe_id}-{part}" for part in ("server", "client", "policy")
@@ -139,7 +138,7 @@ def probe(api: client.ApiClient, namespace: str, image: str, timeout: float = 60
                 time.monotonic() - started,
             )
         log = core.read_namespaced_pod_log(client_name, namespace)
-    except ApiException as exc:
+    except k8s.ApiException as exc:
         return Verdict(
             None,
             f"the API refused the probe in {namespace}: {exc.status} {exc.reason}",
@@ -158,16 +157,16 @@ def probe(api: client.ApiClient, namespace: str, image: str, timeout: float = 60
     return Verdict(None, f"the client could not reach the allowed port either ({log.strip()[-200:]!r})", took)
 
 
-def _account(core: client.CoreV1Api, namespace: str) -> str | None:
+def _account(core: k8s.client.CoreV1Api, namespace: str) -> str | None:
     try:
         return str(core.read_namespaced_service_account("default", namespace).metadata.name)
-    except ApiException as exc:
+    except k8s.ApiException as exc:
         if exc.status == 404:
             return None
         raise
 
 
-def _finished(core: client.CoreV1Api, name: str, namespace: str) -> str | None:
+def _finished(core: k8s.client.CoreV1Api, name: str, namespace: str) -> str | None:
     phase: str | None = core.read_namespaced_pod(name, namespace).status.phase
     return phase if phase in ("Succeeded", "Failed") else None
 
@@ -181,11 +180,13 @@ def _wait(read: Callable[[], str | None], started: float, timeout: float) -> str
     return None
 
 
-def _clean(core: client.CoreV1Api, net: client.NetworkingV1Api, namespace: str, probe_id: str) -> None:
+def _clean(
+    core: k8s.client.CoreV1Api, net: k8s.client.NetworkingV1Api, namespace: str, probe_id: str
+) -> None:
     """Delete what the probe made; leftovers (an API error here) carry its label for `kubectl delete
     pods,networkpolicies -l testenv.dev/isolation-probe`."""
     selector = f"{PROBE_LABEL}={probe_id}"
-    with contextlib.suppress(ApiException):
+    with contextlib.suppress(k8s.ApiException):
         core.delete_collection_namespaced_pod(namespace, label_selector=selector, grace_period_seconds=0)
-    with contextlib.suppress(ApiException):
+    with contextlib.suppress(k8s.ApiException):
         net.delete_collection_namespaced_network_policy(namespace, label_selector=selector)
