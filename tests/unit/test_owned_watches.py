@@ -50,7 +50,8 @@ def test_an_object_relabelled_to_another_owner_moves_and_both_owners_hear_of_it(
     index = OwnedIndex()
     index.put("pool", "ns-1", False)
     assert index.put("env", "ns-1", False) == [("pool", "ns-1"), ("env", "ns-1")]
-    assert index.of("pool") == {} and index.of("env") == {"ns-1": False}
+    assert index.of("pool") == {}
+    assert index.of("env") == {"ns-1": False}
     assert len(index) == 1
 
 
@@ -61,7 +62,8 @@ def test_a_new_list_drops_what_is_gone_and_tells_only_what_changed() -> None:
     index.put("b", "ns-3", False)
     changed = index.replace([("a", "ns-1", False), ("b", "ns-3", True), ("c", "ns-4", False)])
     assert sorted(changed) == [("a", "ns-2"), ("b", "ns-3"), ("c", "ns-4")]
-    assert index.of("a") == {"ns-1": False} and index.of("b") == {"ns-3": True}
+    assert index.of("a") == {"ns-1": False}
+    assert index.of("b") == {"ns-3": True}
     assert index.drop("ns-9") == []
 
 
@@ -69,7 +71,11 @@ def test_objects_without_an_owner_label_are_not_indexed() -> None:
     obj = namespace("ns-1", "a")
     obj["metadata"]["labels"] = {}
     assert watches.entry(NAMESPACES, obj) is None
-    assert watches.entry(DEPLOYMENTS, deployment("ns-1", "redis", "a", True)) == ("a", ("ns-1", "redis"), True)
+    assert watches.entry(DEPLOYMENTS, deployment("ns-1", "redis", "a", True)) == (
+        "a",
+        ("ns-1", "redis"),
+        True,
+    )
 
 
 # -- the loop, against a scripted API server -------------------------------------------------------
