@@ -4,8 +4,9 @@ A shared CI cluster serves many pipelines at once. This grows a held fleet of 4-
 TestEnvironments, spread over ten tenant namespaces, to each `--sizes` step (0, 100 and 500 by
 default: 500 x 4 = 2,000 worker namespaces, 6,000 Deployments), and at every size measures:
 
-- at rest (`--rest` seconds, nothing created or deleted): the operator's CPU (its own
-  process_cpu_seconds_total) and memory (process_resident_memory_bytes), its passes per second,
+- at rest (`--rest` seconds, nothing created or deleted, from `--settle` seconds after the fleet
+  is Ready): the operator's CPU (its own process_cpu_seconds_total) and memory
+  (process_resident_memory_bytes), its passes per second (and by depth),
   and the API requests per second the API server counted (WATCHes left out);
 - a new 4-worker environment's time from create to Ready (`--probes` times, each deleted after),
   in its own tenant namespace, exactly as `operator_ready.py` measures it;
@@ -92,7 +93,15 @@ def operator_metrics(operator: OperatorProcess) -> dict[str, float]:
             found["rss_bytes"] = float(line.split()[1])
         elif line.startswith("testenv_passes_total{") and re.search(r'kind="environment"', line):
             found["passes"] += float(line.rsplit(" ", 1)[1])
+        elif depth := re.match(r'testenv_pass_seconds_count\{kind="environment",depth="(\w+)"\}', line):
+            found[f"depth:{depth[1]}"] = float(line.rsplit(" ", 1)[1])
     return found
+
+
+def depths(before: dict[str, float], after: dict[str, float], took: float) -> str:
+    """Environment passes a second by depth (apply, resync, repair, report) between two reads."""
+    rates = {k[6:]: (after[k] - before.get(k, 0.0)) / took for k in after if k.startswith("depth:")}
+    return ", ".join(f"{k} {r:.1f}" for k, r in sorted(rates.items()) if r > 0) or "none"
 
 
 # -- the held fleet -----------------------------------------------------------------------------------
@@ -150,6 +159,8 @@ class Row:
     rest_cpu_pct: float
     rest_rss_mib: float
     rest_passes_per_s: float
+    #: The same passes by depth (apply, resync, repair, report), per second.
+    rest_depths: str
     rest_requests_per_s: float
     rest_top: str
     probe_ready_s: list[float]
@@ -169,7 +180,7 @@ def busiest(before: dict[str, float], after: dict[str, float], took: float) -> s
 
 def at_rest(
     api: client.ApiClient, operator: OperatorProcess, seconds: float
-) -> tuple[float, float, float, float, str]:
+) -> tuple[float, float, float, str, float, str]:
     before, requests_before, t0 = operator_metrics(operator), api_requests(api), time.monotonic()
     time.sleep(seconds)
     after, requests_after = operator_metrics(operator), api_requests(api)
@@ -178,6 +189,7 @@ def at_rest(
         100 * (after["cpu_s"] - before["cpu_s"]) / took,
         after["rss_bytes"] / 2**20,
         (after["passes"] - before["passes"]) / took,
+        depths(before, after, took),
         (total(requests_after) - total(requests_before)) / took,
         busiest(requests_before, requests_after, took),
     )
@@ -240,8 +252,12 @@ def measure_size(
     log_path: Path,
     args: argparse.Namespace,
 ) -> tuple[Row, OperatorProcess]:
-    log(f"size {held}: at rest for {args.rest:.0f} s (load average {load()})")
-    cpu, rss, passes, requests, top = at_rest(api, operator, args.rest)
+    # The last environments to turn Ready list on their own clocks until then (a provisioning
+    # environment's resync does not wait for the budget): the window starts once they are done.
+    log(f"size {held}: settling for {args.settle:.0f} s, then at rest for {args.rest:.0f} s")
+    time.sleep(args.settle)
+    log(f"size {held}: at rest (load average {load()})")
+    cpu, rss, passes, by_depth, requests, top = at_rest(api, operator, args.rest)
     probes = [
         probe(api, operator, f"probe {i + 1}/{args.probes}", args.poll, args.timeout)
         for i in range(args.probes)
@@ -256,6 +272,7 @@ def measure_size(
         cpu,
         rss,
         passes,
+        by_depth,
         requests,
         top,
         [p for p in probes if p is not None],
@@ -273,7 +290,7 @@ def render(rows: Sequence[Row], header: Sequence[str]) -> str:
     base = next((summarise(r.probe_ready_s)[0] for r in rows if r.held == 0), None)
     rest = [
         "| held envs (workers) | grown in (s) | new env Ready (s): median (each) | x empty "
-        "| operator CPU | RSS (MiB) | passes/s | API req/s | busiest requests (per s) |",
+        "| operator CPU | RSS (MiB) | passes/s (by depth) | API req/s | busiest requests (per s) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     restart = [
@@ -286,7 +303,8 @@ def render(rows: Sequence[Row], header: Sequence[str]) -> str:
         each = ", ".join(fmt(p) for p in row.probe_ready_s)
         rest.append(
             f"| {row.held} ({row.held * WORKERS}) | {row.grow_s:.0f} | {fmt(median)} ({each}) | {ratio} "
-            f"| {row.rest_cpu_pct:.1f}% | {row.rest_rss_mib:.0f} | {row.rest_passes_per_s:.1f} "
+            f"| {row.rest_cpu_pct:.1f}% | {row.rest_rss_mib:.0f} "
+            f"| {row.rest_passes_per_s:.1f} ({row.rest_depths}) "
             f"| {row.rest_requests_per_s:.1f} | {row.rest_top} |"
         )
         restart.append(
@@ -311,6 +329,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--sizes", default="0,100,500", help="held environments (of 4 workers) at each step")
     parser.add_argument("--rest", type=float, default=60, help="seconds measured at rest per size")
+    parser.add_argument(
+        "--settle", type=float, default=30, help="seconds waited after the fleet is Ready, before the rest"
+    )
     parser.add_argument("--probes", type=int, default=3, help="new environments timed per size")
     parser.add_argument("--poll", type=float, default=0.1, help="seconds between readiness polls")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds any wait may take")
@@ -375,7 +396,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{toolchain.KWOK_VERSION}; pods simulated by kwok on {nodes} nodes; held environments of "
         f"{WORKERS} workers (redis, kafka, localstack) in {TENANTS} tenant namespaces; probes in `{TENANT}`",
         f"- operator: `python -m testenv_operator`, defaults plus "
-        f"{', '.join(f'{k}={v}' for k, v in OPERATOR_SETTINGS.items())}; at rest = {args.rest:.0f} s",
+        f"{', '.join(f'{k}={v}' for k, v in OPERATOR_SETTINGS.items())}; "
+        f"at rest = {args.rest:.0f} s, after {args.settle:.0f} s settling",
     ]
     report = render(rows, header)
     print(report)

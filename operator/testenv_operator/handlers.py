@@ -37,7 +37,7 @@ from testenv_operator.diffbase import DigestDiffBaseStorage
 from testenv_operator.election import Terms
 from testenv_operator.metrics import Metrics
 from testenv_operator.orphans import sweep_orphans
-from testenv_operator.pacing import seconds_to_next_pass
+from testenv_operator.pacing import ready_interval, seconds_to_next_pass
 from testenv_operator.reconciler import Depth, Outcome, PassInput, expiry_reason, seconds_to_expiry
 from testenv_operator.runtime import THREADS, Runtime
 from testenv_operator.settings import Settings
@@ -294,9 +294,12 @@ class _Environment:
             _measure_first_ready(runtime.metrics, body, outcome.status)
         for pool_uid in outcome.drained_pools:  # refill what this pass claimed
             runtime.wake(pool_uid)
-        resync = runtime.settings.timing.resync_seconds
         pushed = not runtime.settings.tenants.namespaces  # its watches see the workers' namespaces
-        return Result(seconds_to_next_pass(outcome.status, resync, seconds_to_expiry(body), pushed))
+        timing = runtime.settings.timing
+        every: float = timing.resync_seconds
+        if pushed:  # past what the resync budget covers, a Ready one passes when it may resync
+            every = ready_interval(every, len(runtime.wakers), timing.resyncs_per_second)
+        return Result(seconds_to_next_pass(outcome.status, every, seconds_to_expiry(body), pushed))
 
     def _input(self, body: Mapping[str, Any], listing: bool) -> PassInput:
         meta = body["metadata"]

@@ -7,7 +7,8 @@ can only change when its own spec changes or a sibling goes, and both wake it at
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import random
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from testenv_api import ConditionType, Phase
@@ -25,6 +26,22 @@ REFUSED_SECONDS = 300.0
 
 #: Ready-condition reasons of environments waiting on something outside their own objects.
 WAITING_OUTSIDE = ("SecretMissing", "ApplyRefused")
+
+
+def ready_interval(
+    resync_seconds: float,
+    held: int,
+    resyncs_per_second: float,
+    spread: Callable[[float, float], float] = random.uniform,
+) -> float:
+    """How often a Ready environment of a clusterwide operator passes when nothing wakes it: its
+    resync interval, or, when the operator holds more environments than its resync budget covers
+    in that interval, about when the budget can grant it a full resync (500 environments at 5 a
+    second: every 100 s, give or take a tenth, so they do not all come back together). Between
+    full resyncs such a pass only reads the watches, and any change they see wakes the
+    environment at once: passing more often finds nothing new."""
+    fleet = held / resyncs_per_second
+    return resync_seconds if fleet <= resync_seconds else fleet * spread(0.9, 1.1)
 
 
 def _condition(status: Mapping[str, Any], kind: ConditionType) -> Mapping[str, Any]:

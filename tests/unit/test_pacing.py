@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import kopf
+import pytest
 
 from testenv_api import GROUP, ConditionType, Phase
 from testenv_operator.diffbase import DigestDiffBaseStorage, digest
@@ -13,6 +14,7 @@ from testenv_operator.pacing import (
     PROVISIONING_SECONDS,
     PUSHED_PROVISIONING_SECONDS,
     REFUSED_SECONDS,
+    ready_interval,
     seconds_to_next_pass,
 )
 
@@ -108,3 +110,16 @@ def test_a_full_copy_left_by_an_older_operator_is_read_as_it_was() -> None:
         "spec": handled,
         "metadata": {"labels": {"team": "a"}},
     }
+
+
+def test_a_ready_environment_passes_on_its_resync_clock_while_the_budget_covers_the_fleet() -> None:
+    assert ready_interval(10, 40, 5) == 10
+    assert ready_interval(10, 50, 5) == 10
+
+
+def test_past_the_budget_a_ready_environment_passes_about_when_its_resync_can_be_granted() -> None:
+    assert ready_interval(10, 500, 5, spread=lambda low, high: low) == 90
+    assert ready_interval(10, 500, 5, spread=lambda low, high: high) == pytest.approx(110)
+    spread = {round(ready_interval(10, 500, 5), 3) for _ in range(20)}
+    assert len(spread) > 1, "the intervals must differ, or a fleet made together passes together"
+    assert all(90 <= s <= 110 for s in spread)
