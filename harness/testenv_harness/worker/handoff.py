@@ -85,6 +85,11 @@ def _published(run_dir: Path) -> Handoff | None:
     return None
 
 
+#: How often a worker looks for the handoff: two stats a look, and on a rerun the handoff comes
+#: a moment after the workers start, so a coarser look would add its interval to the first test.
+RECEIVE_INTERVAL_SECONDS = 0.02
+
+
 def receive(run_dir: Path, timeout: float) -> Handoff:
     """The run's handoff once the controller published it; SetUpError with its cause otherwise."""
     try:
@@ -93,6 +98,7 @@ def receive(run_dir: Path, timeout: float) -> Handoff:
             timeout=timeout,
             what="the run's environment to be set up",
             seen=lambda: f"nothing in {run_dir}",
+            interval=RECEIVE_INTERVAL_SECONDS,
         )
     except WaitTimeoutError as exc:
         raise SetUpError(f"{exc}; the controller's output says why") from exc
