@@ -81,6 +81,10 @@ def held_name(index: int) -> str:
 # -- reading the operator's and the API server's counters ---------------------------------------------
 
 
+#: A pass count by depth, as prometheus_client prints the histogram's labels (depth, kind).
+_PASS_COUNT = re.compile(r'testenv_pass_duration_seconds_count\{depth="(\w+)",kind="environment"\}')
+
+
 def operator_metrics(operator: OperatorProcess) -> dict[str, float]:
     """The operator's CPU-seconds, resident bytes and environment passes, from its /metrics."""
     with urllib.request.urlopen(operator.metrics, timeout=10) as response:
@@ -93,7 +97,7 @@ def operator_metrics(operator: OperatorProcess) -> dict[str, float]:
             found["rss_bytes"] = float(line.split()[1])
         elif line.startswith("testenv_passes_total{") and re.search(r'kind="environment"', line):
             found["passes"] += float(line.rsplit(" ", 1)[1])
-        elif depth := re.match(r'testenv_pass_seconds_count\{kind="environment",depth="(\w+)"\}', line):
+        elif depth := _PASS_COUNT.match(line):
             found[f"depth:{depth[1]}"] = float(line.rsplit(" ", 1)[1])
     return found
 
