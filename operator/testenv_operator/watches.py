@@ -35,6 +35,8 @@ log = logging.getLogger("testenv_operator")
 PAGE = 500
 #: How long one watch lasts before the API server ends it (and this watch starts the next).
 WATCH_SECONDS = 270
+#: The least time between the starts of two watches of one kind.
+MIN_WATCH_SECONDS = 1.0
 #: The longest wait before trying again after a list or a watch failed.
 MAX_RETRY_SECONDS = 30.0
 
@@ -205,8 +207,12 @@ class OwnedWatches:
                     found, version = self._list(kind)
                     if not self._post(self._replace, kind, found):
                         return
+                began = time.monotonic()
                 version = self._watch(kind, version)
                 failures = 0
+                # A watch the server ends at once, again and again (a proxy that cuts streams),
+                # must not become a loop of requests: at most one a second.
+                self._stopping.wait(max(0.0, MIN_WATCH_SECONDS - (time.monotonic() - began)))
             except Exception as exc:  # the API server went away or refused: again, a bit later
                 failures += 1
                 wait = min(MAX_RETRY_SECONDS, 2.0**failures)
