@@ -213,6 +213,8 @@ class OwnedWatches:
                 # A watch the server ends at once, again and again (a proxy that cuts streams),
                 # must not become a loop of requests: at most one a second.
                 self._stopping.wait(max(0.0, MIN_WATCH_SECONDS - (time.monotonic() - began)))
+            except kubeio.GoneError:  # the version expired, said as an HTTP 410: list again
+                version = ""
             except Exception as exc:  # the API server went away or refused: again, a bit later
                 failures += 1
                 wait = min(MAX_RETRY_SECONDS, 2.0**failures)

@@ -90,6 +90,8 @@ class _Script:
         self.watched_from: list[str] = []
         self.lock = threading.Lock()
         self.listed_again = threading.Event()
+        #: Versions whose watch is refused with an HTTP 410 (not an ERROR event).
+        self.gone: set[str] = set()
 
 
 def _handler(script: _Script) -> type[http.server.BaseHTTPRequestHandler]:
@@ -127,6 +129,11 @@ def _handler(script: _Script) -> type[http.server.BaseHTTPRequestHandler]:
         def _watch(self, kind: str, version: str) -> None:
             events: list[dict[str, Any]] = []
             if kind == "deployments":
+                if version in script.gone:
+                    script.watched_from.append(version)
+                    status = {"kind": "Status", "code": 410, "reason": "Expired", "message": "too old"}
+                    self._send(status, 410)
+                    return
                 with script.lock:
                     script.watched_from.append(version)
                     events = script.deployment_watches.pop(0) if script.deployment_watches else []
@@ -139,9 +146,9 @@ def _handler(script: _Script) -> type[http.server.BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(lines)
 
-        def _send(self, answer: dict[str, Any]) -> None:
+        def _send(self, answer: dict[str, Any], code: int = 200) -> None:
             page = json.dumps(answer).encode()
-            self.send_response(200)
+            self.send_response(code)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(page)))
             self.end_headers()
@@ -213,3 +220,24 @@ def test_the_watches_list_in_pages_follow_events_and_list_again_when_the_version
         ("env-b", ("w-1", "redis")),  # deleted
         ("env-a", ("w-0", "kafka")),  # gone, as the new list shows
     ]
+
+
+def test_a_watch_refused_with_an_http_410_lists_again(script: _Script) -> None:
+    script.gone = {"10"}
+
+    async def run() -> OwnedWatches:
+        synced = asyncio.Event()
+        owned = OwnedWatches(
+            kubeio.connect(Timeouts(2, 2)), asyncio.get_running_loop(), lambda *_: None, synced.set
+        )
+        owned.start()
+        await asyncio.wait_for(synced.wait(), 5)
+        loop = asyncio.get_running_loop()
+        await asyncio.wait_for(loop.run_in_executor(None, script.listed_again.wait, 5), 6)
+        await asyncio.sleep(0.2)
+        owned.stop()
+        return owned
+
+    owned = asyncio.run(run())
+    assert script.watched_from[:2] == ["10", "30"], "after the 410, a new list and a watch from its version"
+    assert owned.observed("env-a").ready == {("w-0", "redis")}
