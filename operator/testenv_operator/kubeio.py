@@ -316,12 +316,18 @@ def delete_pods_now(api: client.ApiClient, namespace: str) -> None:
         pass
 
 
-def list_labelled(api: client.ApiClient, kind: str, selector: str) -> list[Obj]:
-    """Every object of `kind` in any namespace that matches a label selector."""
+def _list_everywhere(api: client.ApiClient, kind: str) -> Callable[..., Any]:
+    """The client's list call of `kind` across every namespace (a watch too, with `watch=True`)."""
     cls, suffix, namespaced = KINDS[kind]
     name = f"list_{suffix}_for_all_namespaces" if namespaced else f"list_{suffix}"
+    call: Callable[..., Any] = getattr(cls(api), name)
+    return call
+
+
+def list_labelled(api: client.ApiClient, kind: str, selector: str) -> list[Obj]:
+    """Every object of `kind` in any namespace that matches a label selector."""
     with _refusals():
-        response = getattr(cls(api), name)(label_selector=selector, _preload_content=False)
+        response = _list_everywhere(api, kind)(label_selector=selector, _preload_content=False)
     items: list[Obj] = _json(response)["items"]
     return items
 
@@ -338,10 +344,8 @@ class Page(NamedTuple):
 def list_page(api: client.ApiClient, kind: str, selector: str, limit: int, token: str = "") -> Page:
     """One page of `limit` objects of `kind` in any namespace that match a label selector, from
     `token` (a previous page's `next`; "" for the first). GoneError once the token expired."""
-    cls, suffix, namespaced = KINDS[kind]
-    name = f"list_{suffix}_for_all_namespaces" if namespaced else f"list_{suffix}"
     with _refusals():
-        response = getattr(cls(api), name)(
+        response = _list_everywhere(api, kind)(
             label_selector=selector, limit=limit, _continue=token or None, _preload_content=False
         )
     found = _json(response)
@@ -355,13 +359,12 @@ def watch_events(
 ) -> Iterator[Obj]:
     """The events ({"type", "object"}) of `kind` in any namespace matching a label selector, from
     `resource_version`, bookmarks included, until the API server ends the watch after `seconds`.
-    An expired version comes as an ERROR event (a Status of code 410), as the server sends it.
+    An expired version comes as an ERROR event (a Status of code 410), as the server sends it,
+    or as a GoneError when the server refuses the watch outright with that status.
     A read waits at most 30 s past `seconds` (a connection that died says nothing)."""
-    cls, suffix, namespaced = KINDS[kind]
-    name = f"list_{suffix}_for_all_namespaces" if namespaced else f"list_{suffix}"
     connect = getattr(api, "timeouts", Timeouts(10.0, 10.0)).connect
     with _refusals():
-        response = getattr(cls(api), name)(
+        response = _list_everywhere(api, kind)(
             label_selector=selector,
             watch=True,
             resource_version=resource_version,

@@ -72,11 +72,16 @@ NAMESPACES = Kind("Namespace", _namespace)
 
 def entry(kind: Kind, obj: kubeio.Obj) -> Entry | None:
     """The index entry of an object, or None if it names no owner."""
-    uid = (obj["metadata"].get("labels") or {}).get(LABEL_OWNER_UID)
+    uid = _owner(obj)
     if not uid:
         return None
     key, value = kind.entry(obj)
     return uid, key, value
+
+
+def _owner(obj: kubeio.Obj) -> str | None:
+    owner: str | None = (obj["metadata"].get("labels") or {}).get(LABEL_OWNER_UID)
+    return owner
 
 
 class OwnedIndex:
@@ -176,12 +181,10 @@ class OwnedWatches:
             if self.synced:
                 self._on_synced()
 
-    def _event(self, kind: Kind, deleted: bool, found: Entry | None, key: Key) -> None:
+    def _event(self, kind: Kind, key: Key, found: Entry | None) -> None:
+        """An object's event: `found`, its entry now, or None when it is gone or names no owner."""
         index = self.indexes[kind.name]
-        if deleted or found is None:
-            self._tell(kind, index.drop(key))
-        else:
-            self._tell(kind, index.put(*found))
+        self._tell(kind, index.drop(key) if found is None else index.put(*found))
 
     def _tell(self, kind: Kind, changed: list[tuple[str, Key]]) -> None:
         for uid, key in changed:
@@ -250,8 +253,9 @@ class OwnedWatches:
                 raise kubeio.ApiError(code, reason, str(obj.get("message")))
             version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
             if what in ("ADDED", "MODIFIED", "DELETED"):
-                key, _ = kind.entry(obj)
-                self._post(self._event, kind, what == "DELETED", entry(kind, obj), key)
+                key, value = kind.entry(obj)
+                uid = _owner(obj)
+                self._post(self._event, kind, key, (uid, key, value) if uid and what != "DELETED" else None)
             if self._stopping.is_set():
                 break
         return version

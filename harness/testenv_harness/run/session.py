@@ -79,6 +79,12 @@ class RunOptions:
     #: Wait until the namespaces are gone before returning from `stop` (else they go meanwhile).
     wait_teardown: bool = False
 
+    @property
+    def services(self) -> list[dict[str, Any]]:
+        """The manifest's `spec.services` (none where it names none)."""
+        found: list[dict[str, Any]] = (self.manifest.get("spec") or {}).get("services") or []
+        return found
+
 
 def parse_services(entries: list[str]) -> list[dict[str, Any]]:
     """`redis`, `kafka` or `name:type` entries (testenv_services, `--service`) as spec.services."""
@@ -271,14 +277,13 @@ class RunSession:
 
     def _bring_cluster_up(self) -> None:
         self.provider = self.provider or self._provider()
+        services = self.options.services
         if self.provider.simulated_pods:
-            services = (self.options.manifest.get("spec") or {}).get("services") or []
             reason = runners.cannot_serve(s.get("type", "") for s in services)
             if reason := reason or runners.cannot_proxy(services):
                 raise ManifestError(reason)
         self.cluster = self.provider.up()
         if isinstance(self.provider, clusters.KindProvider):
-            services = (self.options.manifest.get("spec") or {}).get("services") or []
             ours = self.provider.service_images({s.get("type", "") for s in services if not s.get("image")})
             self.provider.unpack_ahead(sorted(set(ours.values())))
         self.api = kube.api_client(self.cluster.kubeconfig, self.cluster.context)
@@ -468,8 +473,7 @@ class RunSession:
     def _fault_proxy_image(self) -> str:
         """The provider's own image of the fault proxy sidecar (kind on our node: our offline build),
         when a service asks for one (`faultProxy: true`); "" for the operator's default."""
-        services = (self.options.manifest.get("spec") or {}).get("services") or []
-        if self.provider is None or not any(s.get("faultProxy") for s in services):
+        if self.provider is None or not any(s.get("faultProxy") for s in self.options.services):
             return ""
         return self.provider.service_images({FAULT_PROXY_IMAGE_KEY}).get(FAULT_PROXY_IMAGE_KEY, "")
 
