@@ -11,8 +11,6 @@ import copy
 from importlib import resources
 from typing import Any
 
-import yaml
-
 from testenv_api.limits import MAX_POOL_SIZE
 from testenv_api.names import GROUP, POOL_CRD_NAME, POOL_KIND, POOL_PLURAL, POOL_SHORT_NAMES, VERSION
 
@@ -23,6 +21,8 @@ DEFAULT_POOL_PORT_BASE = 30000
 
 
 def _load(name: str) -> dict[str, Any]:
+    import yaml  # on first use: every pytest process that loads the plugin imports this package
+
     manifest: dict[str, Any] = yaml.safe_load(resources.files(__package__).joinpath(name).read_text())
     return manifest
 
@@ -166,6 +166,8 @@ def pool_crd_from(environment_crd: dict[str, Any]) -> dict[str, Any]:
 
 def pool_crd_text(environment_crd: dict[str, Any]) -> str:
     """The pool CRD as `make sync-crds` writes it."""
+    import yaml
+
     header = (
         "# Made by `make sync-crds` (testenv_api.crd.pool_crd_from) from\n"
         "# crds/testenv.dev_testenvironments.yaml: edit that, not this. A unit test fails when this drifts.\n"

@@ -51,7 +51,8 @@ from testenv_harness.ground.waiting import wait_for
 from testenv_harness.provision import toolchain
 from testenv_harness.provision.clusters import Cluster
 from testenv_harness.provision.operator_process import OperatorProcess
-from testenv_harness.run.session import RunOptions, RunSession
+from testenv_harness.run.options import RunOptions
+from testenv_harness.run.session import RunSession
 from testenv_harness.worker.connection import FORWARD_RIGHTS
 from testenv_harness.worker.handoff import Handoff
 from testenv_harness.worker.testenv import TestEnv

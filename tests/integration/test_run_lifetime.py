@@ -6,7 +6,8 @@ from kubernetes import client
 
 from testenv_api import GROUP, PLURAL, VERSION
 from testenv_harness.provision.clusters import Cluster
-from testenv_harness.run.session import HEARTBEAT_TIMEOUT, RunOptions, RunSession
+from testenv_harness.run.options import RunOptions
+from testenv_harness.run.session import HEARTBEAT_TIMEOUT, RunSession
 
 from . import environments as te
 

@@ -13,7 +13,7 @@ from testenv_api.status import PortStatus, ServiceStatus, WorkerStatus
 from testenv_harness.dataplane.runners import PodSpec, RunnerError, launch_for, pod_spec
 from testenv_harness.ground import localports
 from testenv_harness.ground.errors import TestEnvError
-from testenv_harness.run.session import parse_services
+from testenv_harness.run.options import parse_services
 from testenv_harness.services import catalog
 from testenv_harness.services.kafka import runtime as kafka_runtime
 from testenv_harness.worker.handoff import Handoff, SetUpError, Slots, publish, publish_failure, receive

@@ -143,15 +143,44 @@ def test_no_module_of_the_harness_imports_itself_back_round() -> None:
     assert not loops, "\n".join(loops)
 
 
-def test_the_pytest_plugin_loads_without_the_kubernetes_client() -> None:
-    """Every xdist worker imports the plugin, and a rerun's workers never call the API server:
-    the client (about 0.2 s of CPU to import) comes in only when something uses it."""
+#: What an xdist worker does not need before its first test, and the plugin therefore does not
+#: import: the Kubernetes client (about 0.2 s of CPU), the set-up's machinery (clusters, image
+#: builds, the operator process, the data plane), the reuse keeper's, the forwarding tunnel and
+#: YAML (the controller reads the manifest). Each of these processes starts on the clock: four
+#: workers and the controller on two cores.
+NOT_IN_A_WORKER = (
+    "kubernetes",
+    "urllib3",
+    "yaml",
+    "testenv_harness.provision",
+    "testenv_harness.dataplane",
+    "testenv_harness.run.session",
+    "testenv_harness.frontends.reuse",
+    "testenv_harness.tunnel.portforward",
+)
+
+
+@pytest.mark.parametrize("module", NOT_IN_A_WORKER)
+def test_the_pytest_plugin_loads_without_what_a_worker_does_not_need(module: str) -> None:
     import subprocess
     import sys
 
     code = (
         "import sys, testenv_harness.frontends.plugin, testenv_harness.worker.testenv\n"
-        "print(sorted(m for m in sys.modules if m == 'kubernetes' or m.startswith('kubernetes.')))"
+        f"print(sorted(m for m in sys.modules if m == {module!r} or m.startswith({module + '.'!r})))"
     )
     found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert found.stdout.strip() == "[]", f"imported with the plugin: {found.stdout.strip()}"
+
+
+def test_the_lazy_names_of_the_package_are_there() -> None:
+    """`from testenv_harness import LocalProvider` (the package's front door) loads it on use."""
+    from testenv_harness import Cluster, LocalProvider
+    from testenv_harness.provision import clusters
+    from testenv_harness.run.options import CLUSTER_CHOICES
+
+    assert LocalProvider is clusters.LocalProvider
+    assert Cluster is clusters.Cluster
+    assert clusters.CHOICES == CLUSTER_CHOICES, "the plugin's choices are the providers"
+    with pytest.raises(AttributeError, match="no attribute 'Nothing'"):
+        _ = testenv_harness.Nothing  # type: ignore[attr-defined]

@@ -6,6 +6,7 @@ GET as the test says (the object, a 404, ...); "unreachable" is a port nothing l
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -20,10 +21,10 @@ from typing import Any
 import pytest
 import yaml
 
-from testenv_harness.frontends import reuse
+from testenv_harness.frontends import keeper, reuse
 from testenv_harness.ground.errors import TestEnvError
 from testenv_harness.run import runstate
-from testenv_harness.run.session import RunOptions, services_manifest
+from testenv_harness.run.options import RunOptions, services_manifest
 from testenv_harness.worker.handoff import Handoff
 
 UID = "0b5c9f5e-1111-2222-3333-444455556666"
@@ -241,9 +242,37 @@ class _ReplacedError(Exception):
     """What the patched `_start_keeper` raises: the run went for a fresh keeper."""
 
 
+@pytest.fixture(params=[True, False], ids=["keeper-checks", "run-checks"])
+def forwarded(request: pytest.FixtureRequest) -> bool:
+    """A keeper of this version forwards its workers and checks its environment for the claiming
+    run; one that does not forward is checked by the run itself."""
+    value: bool = request.param
+    return value
+
+
+@pytest.fixture
+def run_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The threads that read the environment: the claiming run's (the main thread) or the keeper's."""
+    threads: list[str] = []
+    read = reuse.read_environment
+
+    def counted(handoff: Handoff, uid: str, timeout: float = reuse.READ_TIMEOUT) -> dict[str, Any]:
+        threads.append("run" if threading.current_thread() is threading.main_thread() else "keeper")
+        return read(handoff, uid, timeout)
+
+    monkeypatch.setattr(reuse, "read_environment", counted)
+    return threads
+
+
+@contextlib.contextmanager
 def _claiming_run(
-    monkeypatch: pytest.MonkeyPatch, handoff: Handoff
-) -> tuple[reuse.ReuseSession, list[str], list[str]]:
+    monkeypatch: pytest.MonkeyPatch,
+    handoff: Handoff,
+    forwarded: bool = False,
+    older: bool = False,
+) -> Iterator[tuple[reuse.ReuseSession, list[str], list[str]]]:
+    """A run claiming keeper "reuse-x" of 2 workers; with `forwarded`, the keeper's socket serves
+    it, checking the environment for the run (unless `older`: a keeper of an older version)."""
     state = runstate.RunState(
         name="reuse-x",
         pid=os.getpid(),
@@ -251,7 +280,7 @@ def _claiming_run(
         workers=2,
         cluster="local testenv",
         operator="subprocess",
-        forwarded=False,
+        forwarded=forwarded,
         phase=runstate.READY,
         uid=UID,
         handoff=dataclasses.asdict(handoff),
@@ -264,25 +293,44 @@ def _claiming_run(
         raise _ReplacedError
 
     monkeypatch.setattr(reuse.ReuseSession, "_start_keeper", fresh)
+    service = None
+    if forwarded:
+        service = keeper.KeeperService(
+            "reuse-x", [], lambda line: None, None if older else reuse.claim_check(handoff, UID)
+        )
     claim = reuse.Claim.take("reuse-x")
     assert claim is not None
     said: list[str] = []
     options = RunOptions(workers=2, manifest=services_manifest(["redis"]))
-    return reuse.ReuseSession(options, claim, 900, said.append), said, stopped
-
-
-def test_a_run_claims_a_kept_environment_that_is_there_and_ready(
-    api: FakeApi, handoff: Handoff, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    session, said, stopped = _claiming_run(monkeypatch, handoff)
+    session = reuse.ReuseSession(options, claim, 900, said.append)
     try:
-        assert session.start().reused
-        assert api.reads >= 1, "the claim asked the API server"
-        assert stopped == []
-        assert "reusing environment run-abc123" in said[-1]
+        yield session, said, stopped
     finally:
         session.stop()
         session.remove_run_dir()
+        if service is not None:
+            service.close()
+
+
+def test_a_run_claims_a_kept_environment_that_is_there_and_ready(
+    api: FakeApi, handoff: Handoff, monkeypatch: pytest.MonkeyPatch, forwarded: bool, run_reads: list[str]
+) -> None:
+    with _claiming_run(monkeypatch, handoff, forwarded) as (
+        session,
+        said,
+        stopped,
+    ):
+        handed = session.start()
+        assert session.reused
+        assert api.reads >= 1, "the claim asked the API server"
+        assert stopped == []
+        assert "reusing environment run-abc123" in said[-1]
+        if forwarded:
+            assert run_reads == ["keeper"], "the keeper read it for the run"
+            assert handed.status is not None
+            assert [w["namespace"] for w in handed.status["workers"]] == ["te-w0", "te-w1"]
+        else:
+            assert run_reads == ["run"]
 
 
 @pytest.mark.parametrize(
@@ -291,8 +339,9 @@ def test_a_run_claims_a_kept_environment_that_is_there_and_ready(
         (404, {}, "environment default/run-abc123 is gone from the cluster (404"),
         (200, environment(phase="Failed"), "environment default/run-abc123 is Failed"),
         (200, environment(uid="another"), "is another object now"),
+        (200, environment(workers=1), "environment default/run-abc123 is Ready, worker(s) 1 not Ready"),
     ],
-    ids=["deleted", "failed", "made-again"],
+    ids=["deleted", "failed", "made-again", "too-few-ready"],
 )
 def test_a_run_that_finds_the_kept_environment_gone_sets_up_afresh_in_one_line(
     api: FakeApi,
@@ -301,31 +350,44 @@ def test_a_run_that_finds_the_kept_environment_gone_sets_up_afresh_in_one_line(
     status: int,
     body: dict[str, Any],
     says: str,
+    forwarded: bool,
 ) -> None:
     api.status, api.body = status, body or api.body
-    session, said, stopped = _claiming_run(monkeypatch, handoff)
-    try:
+    monkeypatch.setattr(reuse, "CLAIM_READY_SECONDS", 0.5)
+    with _claiming_run(monkeypatch, handoff, forwarded) as (
+        session,
+        said,
+        stopped,
+    ):
         with pytest.raises(_ReplacedError):
             session.start()
         assert stopped == ["reuse-x"], "the keeper of a gone environment is ended"
         (line,) = [line for line in said if "keeper 'reuse-x'" in line]
         assert says in line
         assert line.endswith("ending it and setting up a fresh environment")
-    finally:
-        session.stop()
-        session.remove_run_dir()
 
 
 def test_a_run_waits_a_little_for_a_kept_environment_that_is_not_ready_yet(
-    api: FakeApi, handoff: Handoff, monkeypatch: pytest.MonkeyPatch
+    api: FakeApi, handoff: Handoff, monkeypatch: pytest.MonkeyPatch, forwarded: bool
 ) -> None:
     """A pod of it restarting (the last run's reset) is no reason for a full set-up."""
     api.body = environment(phase="Degraded")
     threading.Timer(1.0, lambda: setattr(api, "body", environment())).start()
-    session, _, stopped = _claiming_run(monkeypatch, handoff)
-    try:
-        assert session.start().reused
+    with _claiming_run(monkeypatch, handoff, forwarded) as (session, _, stopped):
+        session.start()
+        assert session.reused
         assert stopped == []
-    finally:
-        session.stop()
-        session.remove_run_dir()
+
+
+def test_a_keeper_of_an_older_version_which_does_not_check_is_replaced(
+    api: FakeApi, handoff: Handoff, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with _claiming_run(monkeypatch, handoff, True, older=True) as (
+        session,
+        said,
+        stopped,
+    ):
+        with pytest.raises(_ReplacedError):
+            session.start()
+        assert stopped == ["reuse-x"]
+        assert "of an older version" in said[-1]

@@ -69,7 +69,8 @@ class _Provider:
 
 
 def test_services_without_their_own_image_get_the_providers_and_only_those_are_loaded() -> None:
-    from testenv_harness.run.session import RunOptions, RunSession
+    from testenv_harness.run.options import RunOptions
+    from testenv_harness.run.session import RunSession
 
     session = RunSession(RunOptions(workers=1, manifest={}), report=lambda line: None)
     provider = _Provider({"redis": "kube-testenv.local/redis:1", "kafka": "kube-testenv.local/kafka:2"})

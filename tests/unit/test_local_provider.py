@@ -58,7 +58,8 @@ def test_what_the_local_data_plane_cannot_run_is_refused_before_anything_starts(
 ) -> None:
     from testenv_harness.dataplane import runners
     from testenv_harness.ground.errors import ManifestError
-    from testenv_harness.run.session import RunOptions, RunSession
+    from testenv_harness.run.options import RunOptions
+    from testenv_harness.run.session import RunSession
 
     assert runners.cannot_serve(["redis", "kafka", "mosquitto", "postgres"]) == ""
     assert "custom" in runners.cannot_serve(["redis", "custom"])
@@ -87,7 +88,8 @@ def test_a_fault_proxy_on_the_local_cluster_is_refused_before_anything_starts(
 ) -> None:
     from testenv_harness.dataplane import runners
     from testenv_harness.ground.errors import ManifestError
-    from testenv_harness.run.session import RunOptions, RunSession
+    from testenv_harness.run.options import RunOptions
+    from testenv_harness.run.session import RunSession
 
     assert runners.cannot_proxy([{"name": "r", "type": "redis", "faultProxy": False}]) == ""
     services = [{"name": "r", "type": "redis"}, {"name": "cache", "type": "redis", "faultProxy": True}]

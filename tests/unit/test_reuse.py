@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from testenv_harness.frontends import reuse
-from testenv_harness.run.session import RunOptions, services_manifest
+from testenv_harness.run.options import RunOptions, services_manifest
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from testenv_harness.run.session import RunOptions, RunSession, Step
+from testenv_harness.run.options import RunOptions
+from testenv_harness.run.session import RunSession, Step
 
 MANIFEST = {"kind": "TestEnvironment", "spec": {"services": [{"name": "r", "type": "redis"}]}}
 

@@ -36,16 +36,16 @@ from testenv_harness.ground.errors import TestEnvError
 from testenv_harness.ground.files import hold_lock
 from testenv_harness.ground.localports import bindable
 from testenv_harness.ground.waiting import WaitTimeoutError, wait_for
-from testenv_harness.provision.clusters import CHOICES
 from testenv_harness.run import runstate
-from testenv_harness.run.runstate import RunState
-from testenv_harness.run.session import (
+from testenv_harness.run.options import (
+    CLUSTER_CHOICES,
     CONNECT_MODES,
     RunOptions,
-    RunSession,
     load_manifest,
     services_manifest,
 )
+from testenv_harness.run.runstate import RunState
+from testenv_harness.run.session import RunSession
 from testenv_harness.worker.testenv import TestEnv
 
 Say = Callable[[str], None]
@@ -245,9 +245,10 @@ def _hold(name: str, options: RunOptions, forward: bool, idle_exit: float | None
             if idle_exit is None:
                 while True:
                     time.sleep(3600)
+            handoff, uid = holder.state.handoff_object(), holder.state.uid
             if forward:
-                service = KeeperService(name, holder.envs, say)
-            watch = reuse.EnvironmentWatch(holder.state.handoff_object(), holder.state.uid)
+                service = KeeperService(name, holder.envs, say, reuse.claim_check(handoff, uid))
+            watch = reuse.EnvironmentWatch(handoff, uid)
             own = reuse.keep_while_claimed(name, idle_exit, say, watch, service)
     except KeyboardInterrupt:
         say("stopping")
@@ -529,7 +530,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--workers", type=int, help="parallel workers (default: the manifest's, else 1)")
     what.add_argument("--run", metavar="NAME", help="the run's name (default: the manifest's name)")
     where = parser.add_argument_group("where")
-    where.add_argument("--cluster", choices=CHOICES, default="auto", help="default: %(default)s")
+    where.add_argument("--cluster", choices=CLUSTER_CHOICES, default="auto", help="default: %(default)s")
     where.add_argument(
         "--cluster-name", default="testenv", help="local or kind cluster (default: %(default)s)"
     )

@@ -18,7 +18,6 @@ import time
 from collections.abc import Sequence
 
 import pytest
-from urllib3.exceptions import HTTPError
 
 from testenv_harness.ground import k8s, kube
 from testenv_harness.worker.logs import LogLines, Mark, PodState, ServiceLogs, clock
@@ -78,7 +77,7 @@ class Watcher:
             pods = self.logs.pods()
         except k8s.ApiException as exc:
             return [(f"{SECTION} {self.worker})", f"{head}\ncannot list its pods: {kube.said(exc)}")]
-        except HTTPError as exc:
+        except k8s.HTTPError as exc:
             return [(f"{SECTION} {self.worker})", f"{head}\ncannot list its pods: {exc}")]
         state = "\n".join([head, *state_text(pods, self.services)])
         sections = [(f"{SECTION} {self.worker} services)", state)]

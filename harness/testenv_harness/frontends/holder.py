@@ -17,8 +17,9 @@ from pathlib import Path
 from testenv_harness.frontends import exports
 from testenv_harness.frontends.fault_sockets import FaultSockets
 from testenv_harness.run import runstate
+from testenv_harness.run.options import RunOptions
 from testenv_harness.run.runstate import RunState
-from testenv_harness.run.session import RunOptions, RunSession
+from testenv_harness.run.session import RunSession
 from testenv_harness.worker.testenv import TestEnv
 
 

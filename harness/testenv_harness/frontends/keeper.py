@@ -8,8 +8,13 @@ folder), for clean services; the keeper answers once a reset under way is done, 
 its own if the last run's use was not reset yet. The rerun's workers then only read their
 endpoints: no API client, no forward and no reset of their own before the first test.
 
-One request, one line of JSON each way: {"ask": "clean"} -> {"clean": true, "reset": seconds}
-or {"error": "..."}.
+The keeper also checks its environment for the run, against the API server at that moment (there,
+the same object, and Ready for the run's workers), and hands over its status. The claiming run
+needs no Kubernetes client of its own: the keeper has one loaded and its cluster's address at hand.
+
+One request, one line of JSON each way: {"ask": "clean", "workers": N} ->
+{"clean": true, "reset": seconds, "status": {...}}, {"unusable": "why"} or {"error": "..."}.
+A keeper of an older version answers without "status"; the run then replaces it.
 """
 
 from __future__ import annotations
@@ -22,31 +27,59 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from testenv_harness.ground.errors import ClusterError
 from testenv_harness.run import runstate
 from testenv_harness.worker.fault_wire import address
 from testenv_harness.worker.testenv import TestEnv
 
-#: Seconds a run waits for the keeper's answer: a reset of every worker's services at most.
-ANSWER_SECONDS = 120.0
+#: Seconds a run waits for the keeper's answer: its check of the environment (which waits a while
+#: for one that is not Ready yet) and a reset of every worker's services, at most.
+ANSWER_SECONDS = 180.0
 #: Seconds a Ready keeper may take to open its socket.
 OPEN_SECONDS = 10.0
-_MAX_LINE = 4096
+#: Bytes a request may take; an answer carries the environment's status, which grows with its workers.
+_MAX_REQUEST = 4096
+_MAX_ANSWER = 16 * 1024 * 1024
 
 
 def socket_path(name: str) -> Path:
     return runstate.folder() / f"{name}.sock"
 
 
-class KeeperService:
-    """The keeper's side: resets after each use, and the socket that hands out clean services."""
+class NotClaimableError(ClusterError):
+    """The keeper's environment cannot serve the claiming run (gone, failed, not Ready): the
+    message says why; the run ends the keeper and sets up afresh."""
 
-    def __init__(self, name: str, envs: list[TestEnv], report: Callable[[str], None]) -> None:
+
+#: A keeper's check for a claiming run: the environment's status if it can serve that many
+#: workers now, else NotClaimableError.
+Check = Callable[[int], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Handed:
+    """A keeper's answer to a claim: seconds it spent on the reset, and the environment's status
+    as it checked it (None from a keeper of an older version, which did not check)."""
+
+    reset: float
+    status: dict[str, Any] | None
+
+
+class KeeperService:
+    """The keeper's side: resets after each use, and the socket that checks the environment for a
+    claiming run and hands out clean services."""
+
+    def __init__(
+        self, name: str, envs: list[TestEnv], report: Callable[[str], None], check: Check | None = None
+    ) -> None:
         self.name = name
         self.envs = envs
         self.report = report
+        self.check = check
         #: A run was given the services since their last reset.
         self.dirty = False
         self._reset_lock = threading.Lock()
@@ -76,15 +109,28 @@ class KeeperService:
         with conn:
             try:
                 conn.settimeout(10)
-                request = json.loads(_read_line(conn))
+                request = json.loads(_read_line(conn, _MAX_REQUEST))
                 if request.get("ask") != "clean":
                     raise ValueError(f"unknown request {request!r}")
-                took = self.hand_out()
-                reply: dict[str, object] = {"clean": True, "reset": took}
+                reply = self._claim(request.get("workers"))
             except Exception as exc:  # the asking run says it and sets up afresh
                 reply = {"error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
             with contextlib.suppress(OSError):
                 conn.sendall(json.dumps(reply).encode() + b"\n")
+
+    def _claim(self, workers: object) -> dict[str, object]:
+        """The reply to a claim: check the environment for `workers` (when the run says how many),
+        then clean services."""
+        status: dict[str, Any] | None = None
+        if isinstance(workers, int) and self.check is not None:
+            try:
+                status = self.check(workers)
+            except NotClaimableError as exc:
+                return {"unusable": str(exc)}
+        reply: dict[str, object] = {"clean": True, "reset": self.hand_out()}
+        if status is not None:
+            reply["status"] = status
+        return reply
 
     def hand_out(self) -> float:
         """Clean services for a run that claimed them: wait for a reset under way, or reset now if
@@ -123,15 +169,15 @@ class KeeperService:
         self.path.unlink(missing_ok=True)
 
 
-def _read_line(conn: socket.socket) -> str:
-    data = b""
+def _read_line(conn: socket.socket, limit: int) -> str:
+    data = bytearray()
     while not data.endswith(b"\n"):
-        chunk = conn.recv(_MAX_LINE)
+        chunk = conn.recv(65536)
         if not chunk:
             break
         data += chunk
-        if len(data) > _MAX_LINE:
-            raise ValueError("request too long")
+        if len(data) > limit:
+            raise ValueError(f"a line of over {limit} bytes")
     return data.decode()
 
 
@@ -149,18 +195,23 @@ def _connect(conn: socket.socket, path: Path) -> None:
             time.sleep(0.05)
 
 
-def ask_clean(name: str, timeout: float = ANSWER_SECONDS) -> float:
-    """A claiming run's request: clean services from keeper `name`; the seconds the keeper took.
-    ClusterError if it does not answer, or cannot reset."""
+def claim(name: str, workers: int, timeout: float = ANSWER_SECONDS) -> Handed:
+    """A claiming run's request to keeper `name`: check the environment for `workers` workers and
+    hand out clean services. NotClaimableError if the environment cannot serve them; ClusterError
+    if the keeper does not answer, or cannot reset."""
     path = socket_path(name)
+    request = json.dumps({"ask": "clean", "workers": workers}).encode() + b"\n"
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
             conn.settimeout(timeout)
             _connect(conn, path)
-            conn.sendall(b'{"ask": "clean"}\n')
-            reply = json.loads(_read_line(conn) or "{}")
+            conn.sendall(request)
+            reply = json.loads(_read_line(conn, _MAX_ANSWER) or "{}")
     except (OSError, ValueError) as exc:
         raise ClusterError(f"keeper {name!r} did not answer on {path}: {exc}") from exc
+    if "unusable" in reply:
+        raise NotClaimableError(str(reply["unusable"]))
     if not reply.get("clean"):
         raise ClusterError(f"keeper {name!r} could not hand out clean services: {reply.get('error')}")
-    return float(reply.get("reset") or 0.0)
+    status = reply.get("status")
+    return Handed(float(reply.get("reset") or 0.0), status if isinstance(status, dict) else None)

@@ -24,14 +24,14 @@ from typing import Any
 import pytest
 
 from testenv_api import MAX_WORKERS
-from testenv_harness.frontends import failure_logs, reuse, timeline
+from testenv_harness.frontends import failure_logs, timeline
 from testenv_harness.ground.errors import TestEnvError
-from testenv_harness.provision.clusters import CHOICES
 from testenv_harness.run import runstate
-from testenv_harness.run.session import (
+from testenv_harness.run.options import (
+    CLUSTER_CHOICES,
     CONNECT_MODES,
+    DEFAULT_IDLE_SECONDS,
     RunOptions,
-    RunSession,
     Session,
     load_manifest,
     services_manifest,
@@ -56,7 +56,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--testenv-cluster",
-        choices=CHOICES,
+        choices=CLUSTER_CHOICES,
         default=None,
         help="where to run: local (kwokctl, no Docker), kind, existing (current kubeconfig); default auto",
     )
@@ -154,7 +154,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini(
         "testenv_reuse_idle",
         "seconds a kept environment waits for the next run before it is torn down",
-        default=str(reuse.DEFAULT_IDLE_SECONDS),
+        default=str(DEFAULT_IDLE_SECONDS),
     )
     parser.addini(
         "testenv_log_lines",
@@ -349,13 +349,15 @@ class Controller:
         self.planned = self._plan()
         if self.planned and not self.config.pluginmanager.hasplugin("dsession"):
             os.environ.update(self.planned[0])  # this process collects and runs the tests itself
-        if isinstance(self.session, RunSession):
+        if not self.session.keeper:  # a run's own set-up (RunSession)
             self._ahead = threading.Thread(target=self._start_ahead, name="testenv-ahead", daemon=True)
             self._ahead.start()
 
     def _start_ahead(self) -> None:
         """The set-up steps that make nothing new (RunSession.start_ahead), while xdist starts its
         workers and they collect: at -n 4 on 2 cores that took 4-6 s before `start` could begin."""
+        from testenv_harness.run.session import RunSession
+
         assert isinstance(self.session, RunSession)
         try:
             self.session.start_ahead()
@@ -383,6 +385,11 @@ class Controller:
             return []
 
     def _session(self) -> Session:
+        # The set-up's machinery and the reuse keeper's are loaded here, in the controller only:
+        # an xdist worker imports this plugin too, and needs neither (its start is on the clock).
+        from testenv_harness.frontends import reuse
+        from testenv_harness.run.session import RunSession
+
         if self.reuse_idle is None:
             return RunSession(self.options, self.report)
         name = reuse.keeper_name(self.options)
@@ -467,7 +474,7 @@ class Controller:
     def _note_set_up(self, began: float, outcome: str) -> None:
         """A session that records no steps of its own (a reused environment's) is one step here."""
         if self.timeline is not None and not hasattr(self.session, "timeline"):
-            name = "claim the kept environment" if isinstance(self.session, reuse.ReuseSession) else "set-up"
+            name = "claim the kept environment" if self.session and self.session.keeper else "set-up"
             self.timeline.add(
                 [timeline.event(None, "run", "set-up", name, began, time.time(), outcome=outcome)]
             )
@@ -493,7 +500,7 @@ class Controller:
             return
         events: list[timeline.Event] = list(getattr(session, "timeline", None) or [])
         if self.started and not any(e.get("kind") == "teardown" for e in events):
-            name = "release the kept environment" if isinstance(session, reuse.ReuseSession) else "teardown"
+            name = "release the kept environment" if session.keeper else "teardown"
             events.append(timeline.event(None, "run", "teardown", name, teardown_began, time.time()))
         self.timeline.add(events)
         own = self.config.stash.get(_WORKER_EVENTS, None)  # without xdist this process was the worker
@@ -515,7 +522,7 @@ class Controller:
 
 def _keeper(session: Session | None) -> str:
     """The reuse keeper whose environment (and data plane) `session` uses, "" for a run's own."""
-    return session.claim.name if isinstance(session, reuse.ReuseSession) else ""
+    return session.keeper if session is not None else ""
 
 
 def _interrupt_on_sigterm(signum: int, frame: FrameType | None) -> None:

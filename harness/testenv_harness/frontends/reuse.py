@@ -14,7 +14,9 @@ its operator and data plane along and the environment expires by heartbeat, as a
   for people.
 - **Checked**: a run claims what the API server shows, not what a state file says: the keeper's
   TestEnvironment is there, the same object, and Ready; else the run ends that keeper and sets
-  up afresh, in one line. A keeper checks its environment too (`EnvironmentWatch`): gone from
+  up afresh, in one line. The keeper reads the API server for the claiming run, in the answer
+  that hands out clean services (keeper.py), so a rerun's own process never loads a Kubernetes
+  client. Between runs the keeper checks its environment too (`EnvironmentWatch`): gone from
   the cluster, or the cluster unreachable, for some seconds (a re-created local cluster, a
   `kubectl delete`), it tears down what it owns and exits.
 - **Clean**: every worker of a reused environment resets its services before its first test
@@ -50,12 +52,10 @@ from testenv_harness.ground.errors import ClusterError
 from testenv_harness.ground.files import hold_lock
 from testenv_harness.ground.waiting import WaitTimeoutError, wait_for
 from testenv_harness.run import runstate
+from testenv_harness.run.options import RunOptions
 from testenv_harness.run.runstate import RunState
-from testenv_harness.run.session import RunOptions
 from testenv_harness.worker.handoff import Handoff, publish
 
-#: Seconds a kept environment waits for the next run (testenv_reuse_idle).
-DEFAULT_IDLE_SECONDS = 900.0
 #: Seconds between a keeper's checks of its claim (a released environment is reset this soon).
 CHECK_SECONDS = 0.5
 #: Seconds between a keeper's reads of its TestEnvironment.
@@ -186,6 +186,31 @@ def _not_ready(body: dict[str, Any], workers: int) -> tuple[str, bool] | None:
     return None
 
 
+def claimable_status(handoff: Handoff, uid: str, workers: int, wait: float | None = None) -> dict[str, Any]:
+    """The kept environment's status, as the API server shows it now, if it can serve `workers`
+    workers: there, the same object, and Ready (waiting up to `wait` for one not Ready yet, a pod
+    restarting). keeper.NotClaimableError saying why if it cannot (gone, its cluster silent,
+    failed, or not Ready in time)."""
+    deadline = time.monotonic() + (CLAIM_READY_SECONDS if wait is None else wait)
+    while True:
+        try:
+            body = read_environment(handoff, uid)
+        except EnvironmentGoneError as exc:
+            raise keeper.NotClaimableError(str(exc)) from exc
+        problem = _not_ready(body, workers)
+        if problem is None:
+            return dict(body.get("status") or {})
+        why, final = problem
+        if final or time.monotonic() >= deadline:
+            raise keeper.NotClaimableError(f"environment {handoff.namespace}/{handoff.name} {why}")
+        time.sleep(0.5)
+
+
+def claim_check(handoff: Handoff, uid: str) -> keeper.Check:
+    """A keeper's check of its environment for a claiming run (keeper.KeeperService)."""
+    return lambda workers: claimable_status(handoff, uid, workers)
+
+
 class EnvironmentWatch:
     """A keeper's look at its own environment: `gone()` says why it is gone once it has been gone
     (or its cluster silent) long enough, so one failed read does not end a keeper."""
@@ -271,6 +296,11 @@ class ReuseSession:
         #: The environment's status as claimed: the workers' endpoints.
         self._status: dict[str, Any] = {}
 
+    @property
+    def keeper(self) -> str:
+        """The keeper whose environment this run uses (`Session.keeper`)."""
+        return self.claim.name
+
     def start(self) -> Handoff:
         name = self.claim.name
         state = runstate.load(name)
@@ -298,21 +328,10 @@ class ReuseSession:
         elif state is not None and state.alive:  # starting or failed, yet still there: start afresh
             _stop(state)
             state = None
-        if state is not None and self.reused and state.forwarded:
-            try:
-                took = keeper.ask_clean(name)
-            except ClusterError as exc:
-                self.report(f"{exc}; ending it and setting up a fresh environment")
-                _stop(state)
-                state, self.reused = None, False
-            else:
-                if took >= 0.1:
-                    self.report(f"keeper {name!r} took {took:.1f}s to reset the last run's services")
-        if not self.reused:
+        if state is None:
             state = self._start_keeper()
-            self._status = self._ready_status(state)
-            keeper.ask_clean(name)  # a new environment: clean, and now in use
-        assert state is not None
+            if (why := self._unusable(state)) is not None:
+                raise ClusterError(f"the new keeper {name!r} cannot serve this run: {why}")
         self._keeper = state
         # The run folder is this run's: barrier files and the like must not outlive it. A keeper
         # that forwards its workers (every keeper of this version) handed out clean services.
@@ -327,31 +346,32 @@ class ReuseSession:
         publish(self.run_dir, self.handoff)
         return self.handoff
 
-    def _ready_status(self, state: RunState) -> dict[str, Any]:
-        """A new keeper's environment status, as its workers take their endpoints from."""
-        body = read_environment(state.handoff_object(), state.uid)
-        if (problem := _not_ready(body, self.options.workers)) is not None:
-            raise ClusterError(f"keeper {state.name!r}'s environment {problem[0]}")
-        return dict(body.get("status") or {})
-
     def _unusable(self, state: RunState) -> str | None:
         """Why the keeper's environment cannot serve this run, as the API server shows it now (gone,
-        its cluster silent, failed, or not Ready within CLAIM_READY_SECONDS); None if it can."""
-        handoff = state.handoff_object()
-        deadline = time.monotonic() + CLAIM_READY_SECONDS
-        while True:
+        its cluster silent, failed, or not Ready within CLAIM_READY_SECONDS); None if it can.
+
+        A keeper that forwards its workers checks for the run, and hands out clean services in the
+        same answer, so this process loads no Kubernetes client (keeper.py). One of an older
+        version, which does not check, is reported unusable; one that does not forward is checked
+        from here (its workers reset their own services)."""
+        if not state.forwarded:
             try:
-                body = read_environment(handoff, state.uid)
-            except EnvironmentGoneError as exc:
+                self._status = claimable_status(state.handoff_object(), state.uid, self.options.workers)
+            except keeper.NotClaimableError as exc:
                 return str(exc)
-            problem = _not_ready(body, self.options.workers)
-            if problem is None:
-                self._status = dict(body.get("status") or {})
-                return None
-            why, final = problem
-            if final or time.monotonic() >= deadline:
-                return f"environment {handoff.namespace}/{handoff.name} {why}"
-            time.sleep(0.5)
+            return None
+        try:
+            handed = keeper.claim(state.name, self.options.workers)
+        except keeper.NotClaimableError as exc:
+            return str(exc)
+        except ClusterError as exc:
+            return str(exc)
+        if handed.status is None:
+            return "it is of an older version, which does not check its environment for a run"
+        self._status = handed.status
+        if handed.reset >= 0.1:
+            self.report(f"keeper {state.name!r} took {handed.reset:.1f}s to reset the last run's services")
+        return None
 
     def _start_keeper(self) -> RunState:
         name, folder = self.claim.name, runstate.folder()

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from urllib3.exceptions import HTTPError
 
 from testenv_harness.frontends import timeline_page
 from testenv_harness.ground import k8s
@@ -81,9 +80,9 @@ class WorkerEvents:
                 self.events.append(event(row, service, "worker", name, start, end))
             else:
                 self.span(row, name, start, end)
-        with contextlib.suppress(k8s.ApiException, HTTPError, OSError):
+        with contextlib.suppress(k8s.ApiException, k8s.HTTPError, OSError):
             self.pods(row, env.logs().pods())
-        with contextlib.suppress(k8s.ApiException, HTTPError, OSError):
+        with contextlib.suppress(k8s.ApiException, k8s.HTTPError, OSError):
             namespace = env.core.read_namespace(env.namespace)
             created = namespace.metadata.creation_timestamp.timestamp()
             ready = max((end for name, _, end in env.spans if name.startswith("waiting for")), default=None)

@@ -17,7 +17,7 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from testenv_api import GROUP, LABEL_RUNNER, PLURAL, VERSION, Phase, plan_ports, service_url
 from testenv_api.status import PortStatus, ServiceStatus, WorkerStatus, workers_from_status
@@ -25,9 +25,11 @@ from testenv_harness.ground import k8s, kube, localports
 from testenv_harness.ground.errors import NotReadyError, PortBusyError, TestEnvError
 from testenv_harness.ground.waiting import WaitTimeoutError, wait_for
 from testenv_harness.services import catalog
-from testenv_harness.tunnel.portforward import Forwarder
 from testenv_harness.worker.handoff import DIRECT, Handoff
 from testenv_harness.worker.logs import ServiceLogs
+
+if TYPE_CHECKING:  # the tunnel is loaded by the worker that forwards, when it does (see `forward`)
+    from testenv_harness.tunnel.portforward import Forwarder
 
 #: What forwarding a worker's services takes in its namespace (the chart's worker-access role).
 FORWARD_RIGHTS: list[kube.Right] = [
@@ -105,6 +107,8 @@ class WorkerConnection:
             return self
         try:
             if not self.direct:
+                from testenv_harness.tunnel.portforward import Forwarder
+
                 self.require_rights(FORWARD_RIGHTS)
                 self.forwarder = Forwarder(self.api, status.namespace)
                 for service in status.services:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from testenv_harness.ground import k8s, kube
 from testenv_harness.services import catalog
 from testenv_harness.services.base import ResetRefusedError
-from testenv_harness.tunnel.podwatch import PodWatch
 from testenv_harness.worker.connection import RESTART_RIGHTS, WorkerConnection
+
+if TYPE_CHECKING:
+    from testenv_harness.tunnel.podwatch import PodWatch
 
 
 class Faults(WorkerConnection):
@@ -20,6 +23,8 @@ class Faults(WorkerConnection):
         if self.forwarder is not None:
             yield self.forwarder.pods
             return
+        from testenv_harness.tunnel.podwatch import PodWatch  # loaded where a worker restarts
+
         pods = PodWatch(self.api, self.namespace)
         try:
             yield pods

@@ -22,8 +22,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from urllib3.exceptions import HTTPError
-
 from testenv_api import LABEL_SERVICE
 from testenv_harness.ground import k8s, kube
 
@@ -316,7 +314,7 @@ class ServiceLogs:
             else:
                 note = f"cannot read its log: {exc.status} {exc.reason}: {kube.said(exc)}"
             return LogLines(pod.service, pod.pod, source, note=note)
-        except HTTPError as exc:
+        except k8s.HTTPError as exc:
             return LogLines(pod.service, pod.pod, source, note=f"cannot read its log: {exc}")
         if tail >= 0 and len(lines) > tail:
             return LogLines(pod.service, pod.pod, source, tuple(lines[len(lines) - tail :]), -1)

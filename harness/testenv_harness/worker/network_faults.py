@@ -14,14 +14,17 @@ import itertools
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from testenv_harness.ground.errors import TestEnvError
 from testenv_harness.ground.localports import free_port
 from testenv_harness.services.toxiproxy import Toxiproxy, ToxiproxyError
-from testenv_harness.tunnel.portforward import ServiceForward
 from testenv_harness.tunnel.toxics import Toxic, ToxicError, parse_toxic
 from testenv_harness.worker.connection import WorkerConnection
 from testenv_harness.worker.fault_wire import ControlClient, send
+
+if TYPE_CHECKING:
+    from testenv_harness.tunnel.portforward import ServiceForward
 
 DOWN = "down"
 _lock = threading.Lock()  # one change to a worker's faults at a time (the control server's threads)
