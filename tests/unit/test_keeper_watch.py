@@ -25,6 +25,7 @@ from testenv_harness.frontends import keeper, reuse
 from testenv_harness.ground.errors import TestEnvError
 from testenv_harness.run import runstate
 from testenv_harness.run.options import RunOptions, services_manifest
+from testenv_harness.worker.fault_wire import address
 from testenv_harness.worker.handoff import Handoff
 
 UID = "0b5c9f5e-1111-2222-3333-444455556666"
@@ -270,9 +271,11 @@ def _claiming_run(
     handoff: Handoff,
     forwarded: bool = False,
     older: bool = False,
+    silent: bool = False,
 ) -> Iterator[tuple[reuse.ReuseSession, list[str], list[str]]]:
     """A run claiming keeper "reuse-x" of 2 workers; with `forwarded`, the keeper's socket serves
-    it, checking the environment for the run (unless `older`: a keeper of an older version)."""
+    it, checking the environment for the run (unless `older`: a keeper of an older version; or
+    `silent`: one that is stopped, whose socket takes connections that nobody reads)."""
     state = runstate.RunState(
         name="reuse-x",
         pid=os.getpid(),
@@ -293,8 +296,13 @@ def _claiming_run(
         raise _ReplacedError
 
     monkeypatch.setattr(reuse.ReuseSession, "_start_keeper", fresh)
-    service = None
-    if forwarded:
+    service: keeper.KeeperService | None = None
+    stopped_keeper = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    if silent:
+        with address(keeper.socket_path("reuse-x")) as where:  # a long path, as the keeper binds it
+            stopped_keeper.bind(where)
+        stopped_keeper.listen(8)
+    elif forwarded:
         service = keeper.KeeperService(
             "reuse-x", [], lambda line: None, None if older else reuse.claim_check(handoff, UID)
         )
@@ -310,6 +318,7 @@ def _claiming_run(
         session.remove_run_dir()
         if service is not None:
             service.close()
+        stopped_keeper.close()
 
 
 def test_a_run_claims_a_kept_environment_that_is_there_and_ready(
@@ -391,3 +400,29 @@ def test_a_keeper_of_an_older_version_which_does_not_check_is_replaced(
             session.start()
         assert stopped == ["reuse-x"]
         assert "of an older version" in said[-1]
+
+
+@pytest.mark.parametrize(
+    ("status", "says"),
+    [
+        (404, "environment default/run-abc123 is gone from the cluster (404"),
+        (200, "keeper 'reuse-x' did not take the request up within"),
+    ],
+    ids=["environment-gone", "environment-there"],
+)
+def test_a_stopped_keeper_costs_a_run_seconds_and_the_run_says_why_it_replaces_it(
+    api: FakeApi, handoff: Handoff, monkeypatch: pytest.MonkeyPatch, status: int, says: str
+) -> None:
+    """A keeper that cannot answer (SIGSTOP, hung) is no reason to wait minutes: the run looks at
+    the API server itself, says what it shows, and sets up afresh."""
+    monkeypatch.setattr(keeper, "ACK_SECONDS", 0.5)
+    api.status = status
+    with _claiming_run(monkeypatch, handoff, True, silent=True) as (session, said, stopped):
+        began = time.monotonic()
+        with pytest.raises(_ReplacedError):
+            session.start()
+        assert time.monotonic() - began < 5
+        assert stopped == ["reuse-x"]
+        (line,) = [line for line in said if "keeper 'reuse-x' (process" in line]
+        assert says in line
+        assert line.endswith("ending it and setting up a fresh environment")

@@ -12,9 +12,10 @@ The keeper also checks its environment for the run, against the API server at th
 the same object, and Ready for the run's workers), and hands over its status. The claiming run
 needs no Kubernetes client of its own: the keeper has one loaded and its cluster's address at hand.
 
-One request, one line of JSON each way: {"ask": "clean", "workers": N} ->
-{"clean": true, "reset": seconds, "status": {...}}, {"unusable": "why"} or {"error": "..."}.
-A keeper of an older version answers without "status"; the run then replaces it.
+One request, one line of JSON, and two back: {"ask": "clean", "workers": N} -> {"checking": true}
+at once, then {"clean": true, "reset": seconds, "status": {...}}, {"unusable": "why"} or
+{"error": "..."}. A keeper of an older version answers in one line, without "status"; the run then
+replaces it.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ from testenv_harness.worker.testenv import TestEnv
 #: Seconds a run waits for the keeper's answer: its check of the environment (which waits a while
 #: for one that is not Ready yet) and a reset of every worker's services, at most.
 ANSWER_SECONDS = 180.0
+#: Seconds a keeper may take to take a request up (it says so before it checks and resets): one
+#: that does not (stopped, hung) is checked by the run itself.
+ACK_SECONDS = 5.0
 #: Seconds a Ready keeper may take to open its socket.
 OPEN_SECONDS = 10.0
 #: Bytes a request may take; an answer carries the environment's status, which grows with its workers.
@@ -58,6 +62,10 @@ class NotClaimableError(ClusterError):
 #: A keeper's check for a claiming run: the environment's status if it can serve that many
 #: workers now, else NotClaimableError.
 Check = Callable[[int], dict[str, Any]]
+
+
+class KeeperSilentError(ClusterError):
+    """The keeper did not take a claim's request up: the run looks at the environment itself."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +120,7 @@ class KeeperService:
                 request = json.loads(_read_line(conn, _MAX_REQUEST))
                 if request.get("ask") != "clean":
                     raise ValueError(f"unknown request {request!r}")
+                conn.sendall(b'{"checking": true}\n')  # alive: the run waits for the rest
                 reply = self._claim(request.get("workers"))
             except Exception as exc:  # the asking run says it and sets up afresh
                 reply = {"error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
@@ -197,16 +206,28 @@ def _connect(conn: socket.socket, path: Path) -> None:
 
 def claim(name: str, workers: int, timeout: float = ANSWER_SECONDS) -> Handed:
     """A claiming run's request to keeper `name`: check the environment for `workers` workers and
-    hand out clean services. NotClaimableError if the environment cannot serve them; ClusterError
-    if the keeper does not answer, or cannot reset."""
+    hand out clean services. NotClaimableError if the environment cannot serve them;
+    KeeperSilentError if the keeper does not take the request up within ACK_SECONDS (stopped,
+    hung); ClusterError if it does not finish its answer, or cannot reset."""
     path = socket_path(name)
     request = json.dumps({"ask": "clean", "workers": workers}).encode() + b"\n"
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-            conn.settimeout(timeout)
+            conn.settimeout(ACK_SECONDS)
             _connect(conn, path)
             conn.sendall(request)
-            reply = json.loads(_read_line(conn, _MAX_ANSWER) or "{}")
+            with conn.makefile("rb") as lines:
+                try:
+                    reply = json.loads(lines.readline(_MAX_ANSWER) or b"{}")
+                except TimeoutError as exc:
+                    raise KeeperSilentError(
+                        f"keeper {name!r} did not take the request up within {ACK_SECONDS:.0f}s"
+                    ) from exc
+                if reply.get("checking"):
+                    conn.settimeout(timeout)
+                    reply = json.loads(lines.readline(_MAX_ANSWER) or b"{}")
+    except KeeperSilentError:
+        raise
     except (OSError, ValueError) as exc:
         raise ClusterError(f"keeper {name!r} did not answer on {path}: {exc}") from exc
     if "unusable" in reply:

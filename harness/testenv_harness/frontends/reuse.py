@@ -364,6 +364,13 @@ class ReuseSession:
             handed = keeper.claim(state.name, self.options.workers)
         except keeper.NotClaimableError as exc:
             return str(exc)
+        except keeper.KeeperSilentError as exc:
+            # Stopped or hung: say what the API server shows, if that is the reason, else this.
+            try:
+                claimable_status(state.handoff_object(), state.uid, self.options.workers, wait=0)
+            except keeper.NotClaimableError as gone:
+                return str(gone)
+            return str(exc)
         except ClusterError as exc:
             return str(exc)
         if handed.status is None:
