@@ -20,6 +20,14 @@ services included, are ready by then; for *pytest alone*, until the first test's
 is from the last test's teardown until the process has exited. The cluster is up before the
 first run (nobody pays for it). Benchmarks print numbers; they never assert on them.
 
+With `--loop K` it measures the developer's loop instead, the rerun's goal (issue 23: at most
+pytest alone + 0.3 s at -n 4): one first run starts a keeper, then K rounds of *pytest alone*
+and a *rerun* `--pause` seconds apart against that keeper, and the table adds each round's
+difference between the two. A round's two runs meet the same load, so the difference is steadier
+than either figure. `--harness LABEL=PATH` (repeatable; `current` is this checkout) runs the loop
+for each checkout in turn, `--runs` times, with PATH's harness and operator first on PYTHONPATH:
+an A/B of two commits in one run.
+
 Run: `make bench-rerun` (or `.venv/bin/python bench/rerun.py --help`).
 """
 
@@ -28,6 +36,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import os
 import re
 import statistics
 import subprocess
@@ -47,6 +56,9 @@ SUITE = ROOT / "examples" / "suite"
 RESULTS = BENCH / "results"
 ALONE, RERUN_LATER = "pytest alone", "reuse, rerun later"
 MODES = (ALONE, "fresh", "reuse, first run", "reuse, rerun at once", RERUN_LATER)
+#: The loop's modes (`--loop`): a first run, then rounds of pytest alone and a rerun.
+FIRST, RERUN = "reuse, first run", "reuse, rerun"
+LOOP_MODES = (FIRST, ALONE, RERUN)
 KEEPER = re.compile(r"keeper '(reuse-[0-9a-f]+)'")
 PASSED = re.compile(r"(\d+) passed")
 
@@ -66,10 +78,21 @@ class Sample:
     last_test_to_exit_s: float | None
     passed: int
     keeper: str = ""
+    #: The harness checkout's label (`--harness`), and the loop's round.
+    harness: str = "current"
+    round: int = 0
 
 
-def run_pytest(workers: int, mode: str, run: int, out: Path) -> Sample:
+def run_pytest(
+    workers: int, mode: str, run: int, out: Path, harness: tuple[str, str] = ("current", "")
+) -> Sample:
     stamps, env, argv = stamped_pytest(workers)
+    label, path = harness
+    if path:
+        env = {
+            **env,
+            "PYTHONPATH": os.pathsep.join([f"{path}/harness", f"{path}/operator", env.get("PYTHONPATH", "")]),
+        }
     argv += [
         *(
             ["-p", "no:testenv"]  # and so none of its options
@@ -89,6 +112,7 @@ def run_pytest(workers: int, mode: str, run: int, out: Path) -> Sample:
     ended = time.time()
     output = result.stdout + result.stderr
     slug = mode.replace(", ", "-").replace(" ", "-")
+    slug = slug if label == "current" else f"{label}.{slug}"
     (out / f"rerun.n{workers}.{slug}.run{run}.log").write_text(f"$ {' '.join(argv[2:])}\n{output}")
     marks = read_stamps(stamps)
     starts, ends = marks["setup" if mode == ALONE else "start"], marks["end"]
@@ -104,17 +128,72 @@ def run_pytest(workers: int, mode: str, run: int, out: Path) -> Sample:
         ended - max(ends) if ends else None,
         int(passed.group(1)) if passed else 0,
         keeper.group(1) if keeper else "",
+        label,
     )
 
 
-def end_keeper(name: str) -> None:
+def end_keeper(name: str, harness: tuple[str, str] = ("current", "")) -> None:
     if name:
+        path = harness[1]
+        env = {**os.environ, "PYTHONPATH": f"{path}/harness{os.pathsep}{path}/operator"} if path else None
         subprocess.run(
             [sys.executable, "-m", "testenv_harness", "down", "--run", name],
             capture_output=True,
             check=False,
             timeout=600,
+            env=env,
         )
+
+
+def loop(
+    workers: int, rounds: int, pause: float, run: int, out: Path, harness: tuple[str, str]
+) -> list[Sample]:
+    """A first run (it starts the keeper), then `rounds` of pytest alone and a rerun, `pause` s apart."""
+    samples = [run_pytest(workers, FIRST, run, out, harness)]
+    log(f"[{harness[0]}] -n {workers} first run: first test after {samples[0].to_first_test_s}")
+    for number in range(1, rounds + 1):
+        for mode in (ALONE, RERUN):
+            time.sleep(pause)
+            sample = dataclasses.replace(
+                run_pytest(workers, mode, run * 100 + number, out, harness), round=number
+            )
+            samples.append(sample)
+            took = sample.to_first_test_s
+            log(f"[{harness[0]}] -n {workers} round {number} {mode}: first test after {took}")
+    end_keeper(samples[0].keeper, harness)
+    return samples
+
+
+def render_loop(samples: Sequence[Sample], header: Sequence[str]) -> str:
+    lines = [
+        *header,
+        "",
+        "| -n | harness | mode | runs | to first test median (min) s | rerun - pytest alone, same round: "
+        "median (min, max) s | passed (all runs) | exit codes |",
+        "|---:|---|---|---:|---:|---:|---:|---|",
+    ]
+    for n in sorted({s.workers for s in samples}):
+        for label in dict.fromkeys(s.harness for s in samples):
+            mine = [s for s in samples if s.workers == n and s.harness == label]
+            alone = {(s.run, s.round): s.to_first_test_s for s in mine if s.mode == ALONE}
+            gaps = []
+            for s in mine:
+                before = alone.get((s.run, s.round))
+                if s.mode == RERUN and s.to_first_test_s is not None and before is not None:
+                    gaps.append(s.to_first_test_s - before)
+            for mode in LOOP_MODES:
+                these = [s for s in mine if s.mode == mode]
+                gap = (
+                    f"{statistics.median(gaps):+.2f} ({min(gaps):+.2f}, {max(gaps):+.2f}; {len(gaps)} rounds)"
+                    if mode == RERUN and gaps
+                    else ""
+                )
+                first = cell([s.to_first_test_s for s in these])
+                lines.append(
+                    f"| {n} | {label} | {mode} | {len(these)} | {first} | {gap} "
+                    f"| {sum(s.passed for s in these)} | {', '.join(str(s.exit_code) for s in these)} |"
+                )
+    return "\n".join(lines) + "\n"
 
 
 def cell(values: Sequence[float | None]) -> str:
@@ -153,7 +232,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--pause", type=float, default=5.0, help="seconds before the later rerun (default %(default)s)"
     )
+    parser.add_argument(
+        "--loop",
+        type=int,
+        default=0,
+        metavar="K",
+        help="measure the developer loop instead: a first run, then K rounds of pytest alone and a rerun",
+    )
+    parser.add_argument(
+        "--harness",
+        action="append",
+        default=[],
+        metavar="LABEL=PATH",
+        help="with --loop: a checkout whose harness and operator to run (repeatable; 'current' is this one)",
+    )
     args = parser.parse_args(argv)
+    harnesses: list[tuple[str, str]] = []
+    for entry in args.harness or ["current"]:
+        label, _, path = entry.partition("=")
+        if label != "current" and not Path(path, "harness", "testenv_harness").is_dir():
+            parser.error(
+                f"--harness {entry!r}: no harness/testenv_harness under {path!r} (LABEL=PATH of a checkout)"
+            )
+        harnesses.append((label, "" if label == "current" else str(Path(path).resolve())))
+    if args.harness and not args.loop:
+        parser.error("--harness needs --loop K")
     from testenv_harness.provision.clusters import LocalProvider
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -167,6 +270,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         provider.up()
         for n in (int(w) for w in str(args.workers).split(",") if w.strip()):
+            if args.loop:
+                for run in range(1, args.runs + 1):
+                    for harness in harnesses:
+                        samples += loop(n, args.loop, args.pause, run, args.out, harness)
+                continue
             for run in range(1, args.runs + 1):
                 keeper = ""
                 for mode in MODES:
@@ -193,10 +301,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"--testenv-namespace={NAMESPACE} [--testenv-reuse]` in examples/suite (11 tests; every worker "
         "gets Redis, a Kafka broker and LocalStack, served by host processes); the cluster is up first",
     ]
-    report = render(samples, header)
+    if args.loop:
+        checkouts = ", ".join(f"{label} {path or ROOT}" for label, path in harnesses)
+        header[-1] += (
+            f"; the loop: a first run, then {args.loop} rounds of pytest alone and a rerun, "
+            f"{args.pause:.0f} s apart, {args.runs} time(s) per harness ({checkouts})"
+        )
+    report = render_loop(samples, header) if args.loop else render(samples, header)
+    name = "rerun_loop.md" if args.loop else "rerun.md"
     print(report)
-    (args.out / "rerun.md").write_text(report)
-    log(f"wrote {args.out / 'rerun.md'}")
+    (args.out / name).write_text(report)
+    log(f"wrote {args.out / name}")
     return 0
 
 
