@@ -14,6 +14,9 @@ CRD_COPIES := operator/testenv_api/crd.yaml charts/testenv-operator/crds/testenv
 POOL_CRD := crds/testenv.dev_testenvironmentpools.yaml
 POOL_CRD_COPIES := operator/testenv_api/pool_crd.yaml charts/testenv-operator/crds/testenv.dev_testenvironmentpools.yaml
 PYTEST_ARGS ?=
+# `make test` runs the tiers in this many pytest-xdist workers: the local cluster's tiers in one,
+# the kind tier in another, the unit tests wherever there is room (tests/conftest.py). 1: in turn.
+TEST_PROCS ?= 2
 # helm built from source assumes Kubernetes v1.20 unless told; the chart needs 1.28+.
 KUBE_VERSION := v1.36.3
 
@@ -131,7 +134,7 @@ test-kind: system-deps tools kind-images ## The kind tier: e2e scenarios, every 
 
 .PHONY: test
 test: system-deps tools ginkgo kind-images ## Every tier, as CI runs it (kind's only where a Docker engine answers).
-	$(PY) -m pytest tests $(PYTEST_ARGS)
+	$(PY) -m pytest tests $(if $(filter-out 0 1,$(TEST_PROCS)),-n $(TEST_PROCS) --dist loadgroup) $(PYTEST_ARGS)
 
 .PHONY: system-deps
 system-deps: local-deps docker-engine ## Install what every tier runs: the local data plane's packages and a Docker engine.

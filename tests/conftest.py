@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from testenv_harness.provision.clusters import Cluster, LocalProvider
+from tests.progress import progress
 
 HERE = Path(__file__).parent
 pytest_plugins = ["pytester"]
@@ -24,11 +25,29 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+#: Under `-n 2 --dist loadgroup` (`make test`) each cluster's tests run in one xdist worker, in
+#: their usual order: the local cluster's (e2e, then integration) in one, the kind cluster's in
+#: the other, and the unit tests wherever there is room. The local tiers share one worker because
+#: they share the session's cluster; a second local control plane would only compete for the cores.
+XDIST_GROUPS = {"integration": "local-cluster", "e2e": "local-cluster", "kind": "kind-cluster"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    grouped = config.pluginmanager.hasplugin("xdist")  # the mark is xdist's: registered with it only
     for item in items:
         tier = Path(item.fspath).relative_to(HERE).parts[0]
         if tier in ("integration", "e2e", "kind"):
             item.add_marker(getattr(pytest.mark, tier))
+        if grouped and tier in XDIST_GROUPS:
+            item.add_marker(pytest.mark.xdist_group(XDIST_GROUPS[tier]))
+
+
+@pytest.fixture(autouse=True)
+def _no_xdist_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under `make test`'s xdist the tests' own pytest, testenv and suite runs must not take this
+    worker's variables (PYTEST_XDIST_WORKER=gw1, ...) for theirs: they run as without xdist."""
+    for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
+        monkeypatch.delenv(name, raising=False)
 
 
 #: Override to run two test sessions side by side without sharing (and deleting) one cluster.
@@ -37,12 +56,7 @@ CLUSTER_NAME = os.environ.get("TESTENV_IT_CLUSTER", "testenv-it")
 
 @pytest.fixture(scope="session")
 def local_cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-
-    def report(line: str) -> None:
-        if reporter is not None:
-            reporter.write_line(f"[cluster] {line}")
-
+    report = progress(request.config, "cluster")
     provider = LocalProvider(CLUSTER_NAME, report=report)
     keep = request.config.getoption("--keep-cluster")
     if not keep and provider.exists():

@@ -20,10 +20,26 @@ from .conftest import Run
 SERVICE_PROCESSES = ("redis-server", "moto.server", "kafka.Kafka", "mosquitto -c", "testenv_operator")
 
 
-def _service_processes() -> set[int]:
-    """Our host processes (data plane, operator). Containers' processes show in /proc too, but in
-    PID namespaces of their own (kind's pods, other Docker containers): those are not counted."""
-    return services_of(SERVICE_PROCESSES)
+def _service_processes(cluster: Cluster) -> set[int]:
+    """Our host processes (data plane, operator) of `cluster`. Containers' processes show in /proc
+    too, but in PID namespaces of their own (kind's pods, other Docker containers), and an
+    operator of another cluster (the kind tier's, which `make test` runs beside this one) works
+    with another kubeconfig: those are not counted."""
+    return {pid for pid in services_of(SERVICE_PROCESSES) if _works_for(pid, cluster)}
+
+
+def _works_for(pid: int, cluster: Cluster) -> bool:
+    """Whether process `pid` is one of `cluster`'s: its KUBECONFIG is the cluster's, or it has none."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False  # gone meanwhile
+    for entry in environ:
+        if entry.startswith(b"KUBECONFIG="):
+            return os.path.realpath(entry.split(b"=", 1)[1].decode()) == os.path.realpath(
+                str(cluster.kubeconfig)
+            )
+    return True
 
 
 def services_of(markers: Sequence[str]) -> set[int]:
@@ -57,7 +73,7 @@ def _managed_namespaces(cluster: Cluster) -> set[str]:
 def test_the_example_suite_passes_and_leaves_nothing_behind(
     run_suite: Run, example_suite: Path, e2e_cluster: Cluster, workers: str, teardown: str
 ) -> None:
-    processes_before = _service_processes()
+    processes_before = _service_processes(e2e_cluster)
     namespaces_before = _managed_namespaces(e2e_cluster)
     waits = teardown == "wait"
     result = run_suite("-n", workers, *(["--testenv-wait-teardown"] if waits else []))
@@ -76,7 +92,9 @@ def test_the_example_suite_passes_and_leaves_nothing_behind(
         ]
     )
     if waits:
-        assert _service_processes() <= processes_before, "a service or operator process outlived the run"
+        assert _service_processes(e2e_cluster) <= processes_before, (
+            "a service or operator process outlived the run"
+        )
         assert _managed_namespaces(e2e_cluster) <= namespaces_before
         return
     # The services end with the run; the operator finishes the deletion, then exits by itself.
@@ -84,12 +102,13 @@ def test_the_example_suite_passes_and_leaves_nothing_behind(
     assert not services_of(services) - processes_before, "a service process outlived the run"
     wait_for(
         lambda: (
-            _service_processes() <= processes_before and _managed_namespaces(e2e_cluster) <= namespaces_before
+            _service_processes(e2e_cluster) <= processes_before
+            and _managed_namespaces(e2e_cluster) <= namespaces_before
         ),
         timeout=90,
         what="the run's operator to delete its namespaces and exit",
         seen=lambda: (
-            f"processes {_service_processes() - processes_before}, "
+            f"processes {_service_processes(e2e_cluster) - processes_before}, "
             f"namespaces {_managed_namespaces(e2e_cluster) - namespaces_before}"
         ),
     )

@@ -14,6 +14,7 @@ import pytest
 from testenv_harness.provision import imagebuild
 from testenv_harness.provision.clusters import Cluster
 from testenv_harness.provision.clusters.kind import KindProvider, why_not_kind
+from tests.progress import progress
 from tests.suites import Run, example_suite, run_suite
 
 __all__ = ["Run", "e2e_cluster", "example_suite", "kind_cluster", "kind_provider", "run_suite"]
@@ -37,13 +38,7 @@ def kind_provider(request: pytest.FixtureRequest) -> KindProvider:
         if os.environ.get("TESTENV_REQUIRE_KIND") == "1":
             pytest.fail(f"the kind tier must run here (TESTENV_REQUIRE_KIND=1), but {reason}")
         pytest.skip(f"kind tier not run: {reason}")
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-
-    def report(line: str) -> None:
-        if reporter is not None:
-            reporter.write_line(f"[kind] {line}")
-
-    return KindProvider(KIND_CLUSTER_NAME, report=report)
+    return KindProvider(KIND_CLUSTER_NAME, report=progress(request.config, "kind"))
 
 
 @pytest.fixture(scope="session")
