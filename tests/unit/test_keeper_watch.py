@@ -426,3 +426,33 @@ def test_a_stopped_keeper_costs_a_run_seconds_and_the_run_says_why_it_replaces_i
         (line,) = [line for line in said if "keeper 'reuse-x' (process" in line]
         assert says in line
         assert line.endswith("ending it and setting up a fresh environment")
+
+
+def test_a_run_claims_ahead_while_its_workers_start_and_start_uses_that(
+    api: FakeApi, handoff: Handoff, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plugin calls `start_ahead` at the session's start: the exchange with the keeper is done
+    by the time the first worker has collected, and `start` does not ask again."""
+    with _claiming_run(monkeypatch, handoff, True) as (session, said, stopped):
+        session.start_ahead()
+        assert api.reads == 1, "the keeper checked the environment ahead"
+        assert said == [], "nothing said before tests are known to run"
+        handed = session.start()
+        assert api.reads == 1
+        assert session.reused
+        assert handed.status is not None
+        assert stopped == []
+
+
+def test_a_run_ahead_takes_nothing_down_where_the_keeper_cannot_serve(
+    api: FakeApi, handoff: Handoff, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ahead, a gone environment is only noted: its keeper is ended by `start`, once tests run."""
+    api.status = 404
+    with _claiming_run(monkeypatch, handoff, True) as (session, said, stopped):
+        session.start_ahead()
+        assert stopped == []
+        with pytest.raises(_ReplacedError):
+            session.start()
+        assert stopped == ["reuse-x"]
+        assert "is gone from the cluster (404" in said[-1]

@@ -295,15 +295,33 @@ class ReuseSession:
         self._released = False
         #: The environment's status as claimed: the workers' endpoints.
         self._status: dict[str, Any] = {}
+        #: The keeper's state and why it cannot serve (None: it can), from `start_ahead`.
+        self._ahead: tuple[RunState, str | None] | None = None
 
     @property
     def keeper(self) -> str:
         """The keeper whose environment this run uses (`Session.keeper`)."""
         return self.claim.name
 
+    def start_ahead(self) -> None:
+        """The claim's exchange with a Ready keeper of enough workers, while the test runner starts
+        its workers and collects: the keeper checks its environment and hands out clean services.
+        Replacing or starting a keeper waits for `start`: a run that needs no environment after
+        all takes nothing down and makes nothing."""
+        state = runstate.load(self.claim.name)
+        if (
+            state is not None
+            and state.alive
+            and state.phase == runstate.READY
+            and state.forwarded
+            and state.workers >= self.options.workers
+        ):
+            self._ahead = (state, self._unusable(state))
+
     def start(self) -> Handoff:
         name = self.claim.name
-        state = runstate.load(name)
+        ahead, self._ahead = self._ahead, None
+        state = ahead[0] if ahead is not None else runstate.load(name)
         if state is not None and state.alive and state.phase == runstate.READY:
             if state.workers < self.options.workers:
                 self.report(
@@ -311,7 +329,7 @@ class ReuseSession:
                 )
                 _stop(state)
                 state = None
-            elif (why := self._unusable(state)) is not None:
+            elif (why := ahead[1] if ahead is not None else self._unusable(state)) is not None:
                 self.report(
                     f"keeper {name!r} (process {state.pid}): {why}; "
                     "ending it and setting up a fresh environment"
