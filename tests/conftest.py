@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,21 +26,36 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-#: Under `-n 2 --dist loadgroup` (`make test`) each cluster's tests run in one xdist worker, in
-#: their usual order: the local cluster's (e2e, then integration) in one, the kind cluster's in
-#: the other, and the unit tests wherever there is room. The local tiers share one worker because
-#: they share the session's cluster; a second local control plane would only compete for the cores.
-XDIST_GROUPS = {"integration": "local-cluster", "e2e": "local-cluster", "kind": "kind-cluster"}
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    grouped = config.pluginmanager.hasplugin("xdist")  # the mark is xdist's: registered with it only
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         tier = Path(item.fspath).relative_to(HERE).parts[0]
         if tier in ("integration", "e2e", "kind"):
             item.add_marker(getattr(pytest.mark, tier))
-        if grouped and tier in XDIST_GROUPS:
-            item.add_marker(pytest.mark.xdist_group(XDIST_GROUPS[tier]))
+
+
+#: Under `-n 2 --dist loadgroup` (`make test`) each cluster's tests run in one xdist worker, in
+#: their usual order: the local cluster's (e2e, then integration) in one, the kind cluster's in
+#: the other, and the unit tests wherever there is room. The local tiers share one worker because
+#: they share the session's cluster; a second local control plane would only compete for the cores.
+CLUSTER_OF_TIER = {"integration": "local-cluster", "e2e": "local-cluster", "kind": "kind-cluster"}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """The groups above, by folder. xdist's own `loadgroup` cannot group here: xdist 3.8.0 writes
+    an `xdist_group` mark's name into `item._nodeid`, which pytest 9's `nodeid` no longer reads, so
+    every test would be a group of its own."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling  # type: ignore[import-untyped]
+
+    class ByCluster(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            parts = nodeid.split("/", 2)
+            tier = parts[1] if len(parts) == 3 and parts[0] == "tests" else ""
+            return CLUSTER_OF_TIER.get(tier, nodeid)
+
+    return ByCluster(config, log)
 
 
 @pytest.fixture(autouse=True)
