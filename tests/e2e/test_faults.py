@@ -11,6 +11,7 @@ from tests.suites import Run
 
 SUITE = '''
 import socket
+import statistics
 import time
 
 import pytest
@@ -62,7 +63,10 @@ def faulty(testenv, request):
             pings.append(took(r.ping))
             time.sleep(0.02)
         assert pings, "worker 0 never pinged while the fault was on"
-        assert max(pings) < 0.1, pings
+        # Through worker 1's latency toxic a ping takes 250 ms at least: none may. (A ping's own
+        # time is a few ms, with spikes of 0.2 s on 2 busy cores: `make test` runs two tiers.)
+        assert statistics.median(pings) < 0.05, pings
+        assert max(pings) < 0.25, pings
         yield None
         return
     _mark(testenv, f"{name}.faulty")

@@ -20,26 +20,27 @@ from .conftest import Run
 SERVICE_PROCESSES = ("redis-server", "moto.server", "kafka.Kafka", "mosquitto -c", "testenv_operator")
 
 
-def _service_processes(cluster: Cluster) -> set[int]:
-    """Our host processes (data plane, operator) of `cluster`. Containers' processes show in /proc
-    too, but in PID namespaces of their own (kind's pods, other Docker containers), and an
-    operator of another cluster (the kind tier's, which `make test` runs beside this one) works
-    with another kubeconfig: those are not counted."""
-    return {pid for pid in services_of(SERVICE_PROCESSES) if _works_for(pid, cluster)}
+def _service_processes(cluster: Cluster, markers: Sequence[str] = SERVICE_PROCESSES) -> set[int]:
+    """Our host processes (data plane, operator) of `cluster`'s runs. Containers' processes show
+    in /proc too, but in PID namespaces of their own (kind's pods, other Docker containers); and
+    `make test` runs the kind tier beside the local one, so the other cluster's runs are left out
+    (`_works_for`)."""
+    return {pid for pid in services_of(markers) if _works_for(pid, cluster)}
 
 
 def _works_for(pid: int, cluster: Cluster) -> bool:
-    """Whether process `pid` is one of `cluster`'s: its KUBECONFIG is the cluster's, or it has none."""
+    """Whether host process `pid` serves runs on `cluster`: an operator works with its kubeconfig
+    (KUBECONFIG); a service process (none) serves the local cluster only, whose pods are host
+    processes (a kind cluster's run in its node's containers)."""
     try:
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     except OSError:
         return False  # gone meanwhile
     for entry in environ:
         if entry.startswith(b"KUBECONFIG="):
-            return os.path.realpath(entry.split(b"=", 1)[1].decode()) == os.path.realpath(
-                str(cluster.kubeconfig)
-            )
-    return True
+            path = entry.split(b"=", 1)[1].decode()
+            return os.path.realpath(path) == os.path.realpath(str(cluster.kubeconfig))
+    return cluster.provider == "local"
 
 
 def services_of(markers: Sequence[str]) -> set[int]:
@@ -99,7 +100,9 @@ def test_the_example_suite_passes_and_leaves_nothing_behind(
         return
     # The services end with the run; the operator finishes the deletion, then exits by itself.
     services = [m for m in SERVICE_PROCESSES if m != "testenv_operator"]
-    assert not services_of(services) - processes_before, "a service process outlived the run"
+    assert not _service_processes(e2e_cluster, services) - processes_before, (
+        "a service process outlived the run"
+    )
     wait_for(
         lambda: (
             _service_processes(e2e_cluster) <= processes_before
