@@ -272,10 +272,12 @@ def _claiming_run(
     forwarded: bool = False,
     older: bool = False,
     silent: bool = False,
+    dead: bool = False,
 ) -> Iterator[tuple[reuse.ReuseSession, list[str], list[str]]]:
     """A run claiming keeper "reuse-x" of 2 workers; with `forwarded`, the keeper's socket serves
     it, checking the environment for the run (unless `older`: a keeper of an older version; or
-    `silent`: one that is stopped, whose socket takes connections that nobody reads)."""
+    `silent`: one that is stopped, whose socket takes connections that nobody reads). `dead`: the
+    state names a process that is gone (a keeper killed with -9 leaves its state behind)."""
     state = runstate.RunState(
         name="reuse-x",
         pid=os.getpid(),
@@ -287,6 +289,7 @@ def _claiming_run(
         phase=runstate.READY,
         uid=UID,
         handoff=dataclasses.asdict(handoff),
+        started=1 if dead else 0,  # another start time: not this process, which the PID names
     )
     runstate.save(state)
     stopped: list[str] = []
@@ -456,3 +459,14 @@ def test_a_run_ahead_takes_nothing_down_where_the_keeper_cannot_serve(
             session.start()
         assert stopped == ["reuse-x"]
         assert "is gone from the cluster (404" in said[-1]
+
+
+def test_a_run_that_finds_only_a_dead_keepers_state_starts_a_keeper(
+    api: FakeApi, handoff: Handoff, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A keeper killed with -9 leaves its state file: the run must not hand that out."""
+    with _claiming_run(monkeypatch, handoff, True, dead=True) as (session, _, stopped):
+        with pytest.raises(_ReplacedError):
+            session.start()
+        assert not session.reused
+        assert stopped == []

@@ -346,7 +346,7 @@ class ReuseSession:
         elif state is not None and state.alive:  # starting or failed, yet still there: start afresh
             _stop(state)
             state = None
-        if state is None:
+        if not self.reused:  # none, replaced, or one whose process is gone (killed, its state left)
             state = self._start_keeper()
             if (why := self._unusable(state)) is not None:
                 raise ClusterError(f"the new keeper {name!r} cannot serve this run: {why}")
