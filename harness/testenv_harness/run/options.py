@@ -18,7 +18,7 @@ from testenv_harness.worker.handoff import DIRECT, FORWARD, Handoff
 #: --cluster`): the providers of provision.clusters (PROVIDERS), named here so that choosing one
 #: loads none of them.
 CLUSTER_CHOICES = ("auto", "local", "kind", "existing")
-#: Seconds a kept environment waits for the next run (--testenv-reuse-idle, reuse.py).
+#: Seconds a kept environment waits for the next run (the testenv_reuse_idle ini value, reuse.py).
 DEFAULT_IDLE_SECONDS = 900.0
 #: How workers reach their services: through port-forwards, straight to the Services' DNS names
 #: (a run inside the cluster), or direct exactly when this process runs in a pod of that cluster.
