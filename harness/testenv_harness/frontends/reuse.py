@@ -350,6 +350,7 @@ class ReuseSession:
             state = self._start_keeper()
             if (why := self._unusable(state)) is not None:
                 raise ClusterError(f"the new keeper {name!r} cannot serve this run: {why}")
+        assert state is not None
         self._keeper = state
         # The run folder is this run's: barrier files and the like must not outlive it. A keeper
         # that forwards its workers (every keeper of this version) handed out clean services.
