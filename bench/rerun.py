@@ -164,14 +164,15 @@ def loop(
     return samples
 
 
+def head(header: Sequence[str], columns: Sequence[str], align: Sequence[str]) -> list[str]:
+    """The report's header lines, then a markdown table's first two rows."""
+    return [*header, "", f"| {' | '.join(columns)} |", f"|{'|'.join(align)}|"]
+
+
 def render_loop(samples: Sequence[Sample], header: Sequence[str]) -> str:
-    lines = [
-        *header,
-        "",
-        "| -n | harness | mode | runs | to first test median (min) s | rerun - pytest alone, same round: "
-        "median (min, max) s | passed (all runs) | exit codes |",
-        "|---:|---|---|---:|---:|---:|---:|---|",
-    ]
+    columns = ["-n", "harness", "mode", "runs", "to first test median (min) s"]
+    columns += ["rerun - pytest alone, same round: median (min, max) s", "passed (all runs)", "exit codes"]
+    lines = head(header, columns, ("---:", "---", "---", "---:", "---:", "---:", "---:", "---"))
     for n in sorted({s.workers for s in samples}):
         for label in dict.fromkeys(s.harness for s in samples):
             mine = [s for s in samples if s.workers == n and s.harness == label]
@@ -204,13 +205,9 @@ def cell(values: Sequence[float | None]) -> str:
 
 
 def render(samples: Sequence[Sample], header: Sequence[str]) -> str:
-    lines = [
-        *header,
-        "",
-        "| -n | mode | runs | to first test median (min) s | last test to exit median (min) s "
-        "| wall median (min) s | passed (all runs) | exit codes |",
-        "|---:|---|---:|---:|---:|---:|---:|---|",
-    ]
+    columns = ["-n", "mode", "runs", "to first test median (min) s", "last test to exit median (min) s"]
+    columns += ["wall median (min) s", "passed (all runs)", "exit codes"]
+    lines = head(header, columns, ("---:", "---", "---:", "---:", "---:", "---:", "---:", "---"))
     for n in sorted({s.workers for s in samples}):
         for mode in MODES:
             mine = [s for s in samples if s.workers == n and s.mode == mode]
