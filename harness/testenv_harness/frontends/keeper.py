@@ -117,7 +117,7 @@ class KeeperService:
         with conn:
             try:
                 conn.settimeout(10)
-                request = json.loads(_read_line(conn, _MAX_REQUEST))
+                request = json.loads(_read_line(conn))
                 if request.get("ask") != "clean":
                     raise ValueError(f"unknown request {request!r}")
                 conn.sendall(b'{"checking": true}\n')  # alive: the run waits for the rest
@@ -178,15 +178,16 @@ class KeeperService:
         self.path.unlink(missing_ok=True)
 
 
-def _read_line(conn: socket.socket, limit: int) -> str:
+def _read_line(conn: socket.socket) -> str:
+    """A run's request: one line of at most _MAX_REQUEST bytes."""
     data = bytearray()
     while not data.endswith(b"\n"):
         chunk = conn.recv(65536)
         if not chunk:
             break
         data += chunk
-        if len(data) > limit:
-            raise ValueError(f"a line of over {limit} bytes")
+        if len(data) > _MAX_REQUEST:
+            raise ValueError(f"a request of over {_MAX_REQUEST} bytes")
     return data.decode()
 
 
@@ -226,8 +227,6 @@ def claim(name: str, workers: int, timeout: float = ANSWER_SECONDS) -> Handed:
                 if reply.get("checking"):
                     conn.settimeout(timeout)
                     reply = json.loads(lines.readline(_MAX_ANSWER) or b"{}")
-    except KeeperSilentError:
-        raise
     except (OSError, ValueError) as exc:
         raise ClusterError(f"keeper {name!r} did not answer on {path}: {exc}") from exc
     if "unusable" in reply:

@@ -381,8 +381,6 @@ class ReuseSession:
             return None
         try:
             handed = keeper.claim(state.name, self.options.workers)
-        except keeper.NotClaimableError as exc:
-            return str(exc)
         except keeper.KeeperSilentError as exc:
             # Stopped or hung: say what the API server shows, if that is the reason, else this.
             try:
@@ -390,7 +388,7 @@ class ReuseSession:
             except keeper.NotClaimableError as gone:
                 return str(gone)
             return str(exc)
-        except ClusterError as exc:
+        except ClusterError as exc:  # NotClaimableError (why it cannot serve), or no answer
             return str(exc)
         if handed.status is None:
             return "it is of an older version, which does not check its environment for a run"
