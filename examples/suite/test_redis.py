@@ -50,9 +50,13 @@ def test_a_slow_network_to_my_redis_slows_me_only(testenv: TestEnv) -> None:
         pytest.skip("faults act on the worker's forward; this run connects directly")
     client = redis.Redis.from_url(testenv.url("redis"))
     with testenv.fault("redis", "latency", latency=200):  # Toxiproxy's toxics, on this worker alone
-        started = time.monotonic()
-        client.ping()
-        assert time.monotonic() - started >= 0.2
+        assert _ping_seconds(client) >= 0.2
+    # The fault ends with its block. (The fastest of three pings: on a busy machine one ping alone
+    # may take that long without any fault.)
+    assert min(_ping_seconds(client) for _ in range(3)) < 0.2, "the fault ended with its block"
+
+
+def _ping_seconds(client: redis.Redis) -> float:
     started = time.monotonic()
     client.ping()
-    assert time.monotonic() - started < 0.2, "the fault ended with its block"
+    return time.monotonic() - started

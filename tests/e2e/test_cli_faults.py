@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import statistics
 import subprocess
 import threading
 import time
@@ -82,10 +83,15 @@ def test_a_fault_for_seconds_slows_one_workers_redis_only(where: list[str], run_
         stop.set()
         for pinger in pingers:
             pinger.join(10)
-    assert max(during[0]) < 0.1, during[0]  # worker 0 never noticed
+    # Worker 0 never noticed: no PING of its went through a 300 ms toxic. (A PING takes a few ms,
+    # with spikes of a tenth of a second or two on 2 busy cores: `make test` runs two tiers.)
+    assert statistics.median(during[0]) < 0.05, during[0]
+    assert max(during[0]) < 0.3, during[0]
     slow = [t for t in during[1] if t >= 0.3]
     assert len(slow) >= 5, during[1]  # about three seconds of 300 ms PINGs
-    assert max(seen[1][len(during[1]) + 1 :]) < 0.1, seen[1]  # and it ended with the command
+    after = seen[1][len(during[1]) + 1 :]
+    assert after, seen[1]
+    assert statistics.median(after) < 0.1, seen[1]  # and it ended with the command
 
     listed = _testenv("fault", "--list", "--run", run_name, "--worker", "1")
     assert (listed.returncode, listed.stdout) == (0, "")

@@ -81,7 +81,7 @@ def test_latency(testenv, faulty):
     with testenv.fault("redis", "latency", latency=300, jitter=50):
         assert took(faulty.ping) >= 0.25
         assert took(faulty.ping) >= 0.25
-    assert took(faulty.ping) < 0.1
+    assert min(took(faulty.ping) for _ in range(3)) < 0.1  # one ping may be slow on 2 busy cores
 
 
 def test_bandwidth(testenv, faulty):

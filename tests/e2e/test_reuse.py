@@ -76,9 +76,12 @@ def test_services_hold_nothing_of_an_earlier_run(testenv, item):
                 began = time.monotonic()
                 r.ping()
                 assert time.monotonic() - began >= 0.2
-            began = time.monotonic()
-            r.ping()
-            assert time.monotonic() - began < 0.2
+            after = []
+            for _ in range(3):  # the fastest of three: one ping may be slow on 2 busy cores
+                began = time.monotonic()
+                r.ping()
+                after.append(time.monotonic() - began)
+            assert min(after) < 0.2, after
 """
 
 

@@ -70,11 +70,12 @@ def test_a_client_that_reads_nothing_is_bounded_and_reset_alone(testenv):
         command(stuck, "GET", "big")  # and never read the replies
 
     # Other connections to the pod go to a session the stuck one does not hold up.
-    slowest = 0.0
+    pings = []
     deadline = time.monotonic() + STALL + 10
     while time.monotonic() < deadline:
-        slowest = max(slowest, ping(host, port))
+        pings.append(ping(host, port))
         time.sleep(0.2)
+    slowest = max(pings)
     sampling.set()
 
     # The stuck connection was reset: what the kernel held for it, then its end.
@@ -91,7 +92,7 @@ def test_a_client_that_reads_nothing_is_bounded_and_reset_alone(testenv):
           f"slowest PING {slowest:.2f}s")
     assert grew < 64, f"the worker process grew by {grew:.0f} MiB for a client that reads nothing"
     assert got < GETS * VALUE / 2, "the stuck connection was not reset"
-    assert slowest < STALL / 2, "a PING waited behind the stuck client"
+    assert slowest < STALL / 2, f"a PING waited behind the stuck client: {[round(p, 2) for p in pings]}"
     assert ping(host, port) < 5
 """
 

@@ -231,7 +231,7 @@ def test_latency_delays_each_answer_also_on_open_connections_until_removed(forwa
             assert got == b"ping"
             assert 0.19 <= took < 0.5, took
         forward.toxics.remove(toxic)  # type: ignore[arg-type]
-        assert _exchange(sock, b"ping")[1] < 0.1
+        assert min(_exchange(sock, b"ping")[1] for _ in range(3)) < 0.1  # (one may be slow on busy cores)
 
 
 def test_stacked_latencies_add_up_and_upstream_delays_the_request(forward: ServiceForward) -> None:
@@ -321,7 +321,7 @@ def test_slow_close_holds_the_servers_close(forward: ServiceForward) -> None:
 def test_toxicity_zero_spares_every_connection(forward: ServiceForward) -> None:
     _apply(forward, "latency", latency=500, toxicity=0)
     with _client(forward) as sock:
-        assert _exchange(sock, b"ping")[1] < 0.2
+        assert max(_exchange(sock, b"ping")[1] for _ in range(3)) < 0.5  # none waits the 500 ms
 
 
 def test_down_refuses_and_cuts_then_listens_again(forward: ServiceForward) -> None:

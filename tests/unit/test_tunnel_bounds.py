@@ -309,11 +309,15 @@ def test_a_slow_client_gets_every_byte_in_order_through_push_back(
     most = 0
     received = bytearray()
     client.settimeout(5)
+    was_behind = False
     while chunk := client.recv(32 * 1024):
         received += chunk
         most = max(most, _held(tunnel))
+        was_behind = was_behind or bool(getattr(session, "behind", None))
         time.sleep(0.005)  # about 6 MB/s: far slower than the session delivers
     assert received == sent
+    assert was_behind, "the session never showed a client behind"
+    assert not session.behind, "every byte was taken: nobody is behind"
     assert most <= 256 * 1024 + 48 * 1024
     peer.sock.settimeout(0.2)
     with contextlib.suppress(TimeoutError):
@@ -324,19 +328,76 @@ def test_a_slow_client_gets_every_byte_in_order_through_push_back(
     client.close()
 
 
-def test_new_connections_go_to_a_session_that_no_slow_client_holds_up() -> None:
-    idle, held = (spdy.Session(lambda _b: None, lambda: b"", f"test/{n}") for n in ("idle", "held"))
-    _open(idle)  # the idle one carries more streams ...
-    held.held = True  # ... but the other's reader waits for a slow client
+def _sessions(*names: str) -> list[spdy.Session]:
+    return [spdy.Session(lambda _b: None, lambda: b"", f"test/{name}") for name in names]
+
+
+def _forwarder(sessions: list[spdy.Session]) -> Forwarder:
     forwarder = Forwarder.__new__(Forwarder)  # only what session() uses
     forwarder._lock = threading.Lock()
-    forwarder._sessions = {"pod-a": [held, idle]}
-    forwarder._underway = {"pod-a": 1}  # a third is on its way: nothing to open here
+    forwarder._opening = {}
+    forwarder.namespace = "tp-test"
+    forwarder._sessions = {"pod-a": sessions}
+    forwarder._underway = {"pod-a": 1}  # one is on its way: no background opens here
     forwarder.channels_only = False
     forwarder.closed = False
+    return forwarder
+
+
+def test_new_connections_go_to_a_session_that_no_slow_client_holds_up() -> None:
+    idle, held = _sessions("idle", "held")
+    _open(idle)  # the idle one carries more streams ...
+    held.held = True  # ... but the other's reader waits for a slow client
+    forwarder = _forwarder([held, idle])
     assert forwarder.session("pod-a") is idle
     held.held = False
     assert forwarder.session("pod-a") is held
+
+
+def test_a_session_with_a_client_behind_is_chosen_after_those_without() -> None:
+    # Its reader is not waiting yet, but will be once that client's bytes pass CLIENT_BUFFER: a
+    # connection opened on it now would wait with it.
+    quiet, behind = _sessions("quiet", "behind")
+    _open(quiet)
+    _open(quiet)
+    behind.behind.add(3)
+    assert _forwarder([behind, quiet]).session("pod-a") is quiet
+
+
+def test_a_connection_its_client_has_closed_does_not_count_against_its_session() -> None:
+    # kwok never ends a stream itself: a closed connection's streams linger LINGER_SECONDS, and a
+    # new connection must not join the one session whose client is still connected (and may be
+    # about to stop reading) because the other has more of those.
+    lingering, connected = _sessions("lingering", "connected")
+    for _ in range(2):
+        _open(lingering)[1].finish()
+    _open(connected)
+    assert (lingering.streams, connected.streams) == (4, 2)
+    assert _forwarder([connected, lingering]).session("pod-a") is lingering
+
+
+def test_when_every_session_waits_or_may_wait_for_a_slow_client_a_new_one_is_opened(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    held, behind, fresh = _sessions("held", "behind", "new")
+    held.held = True
+    behind.behind.add(3)
+    forwarder = _forwarder([held, behind])
+    opened: list[bool] = []
+
+    def open_one(pod: str, only_if_none: bool) -> spdy.Session:
+        opened.append(only_if_none)
+        return fresh
+
+    monkeypatch.setattr(forwarder, "_open", open_one)
+    assert forwarder.session("pod-a") is fresh
+    assert opened == [False]
+
+    def refused(pod: str, only_if_none: bool) -> spdy.Session:
+        raise ConnectionError("the API server refused the upgrade")
+
+    monkeypatch.setattr(forwarder, "_open", refused)
+    assert forwarder.session("pod-a") is behind  # the busy one still serves
 
 
 # -- what the server may make us inflate or parse ------------------------------------------

@@ -173,6 +173,7 @@ class SpdyTunnel:
                 payload = payload[sent:]
             self._pending.append(payload)
             self.buffered += len(payload)
+            self.data.session.behind.add(self.data.id)
             if self._writer is None:
                 self._writer = threading.Thread(
                     target=self._write_pending, name=f"deliver-{self.pod}", daemon=True
@@ -216,6 +217,7 @@ class SpdyTunnel:
             with self._room:
                 if not self._pending or self._closed.is_set():
                     self._writer = None
+                    self.data.session.behind.discard(self.data.id)
                     self._room.notify_all()
                     break
                 chunk = self._pending.popleft()  # still counted in `buffered` until it is taken
@@ -232,6 +234,7 @@ class SpdyTunnel:
                     self._pending.clear()
                     self.buffered = 0
                     self._writer = None
+                    self.data.session.behind.discard(self.data.id)
                     self._remote_done.set()
                     self._room.notify_all()
                 break
@@ -303,6 +306,7 @@ class SpdyTunnel:
         with self._room:
             self._pending.clear()
             self.buffered = 0
+            self.data.session.behind.discard(self.data.id)
             self._room.notify_all()
         # The client sees the end first: the resets below may wait for the session's writer.
         if reset:
@@ -472,15 +476,23 @@ class Forwarder:
 
         Concurrent connections spread over up to MAX_SESSIONS sessions (each its own TCP
         connection and reader thread): another is opened in the background as soon as every
-        open one carries a connection (or is held up by a slow client), so no new connection
-        waits for a handshake.
+        open one carries a connection, so no new connection waits for a handshake. The one
+        exception: when every open session's reader waits for a slow client, or may soon (a
+        client is behind), a new connection waits for a new session's handshake rather than for
+        that client (up to CLIENT_STALL_SECONDS).
         """
         with self._lock:
             live = self._live(pod)
-            # A session whose reader waits for a slow client delays every stream on it: last choice.
-            best = min(live, key=lambda s: (s.held, s.streams), default=None)
+            # A session whose reader waits for a slow client delays every stream on it: last
+            # choice; one carrying a client that is behind may soon do so: next to last.
+            best = min(live, key=lambda s: (s.held, bool(s.behind), s.open_streams, s.streams), default=None)
         if best is None:
             return self._open(pod, only_if_none=True)
+        if (best.held or best.behind) and len(live) < MAX_SESSIONS:
+            try:
+                return self._open(pod, only_if_none=False)
+            except Exception as exc:  # the busy session still serves
+                log.debug("could not open another session to %s/%s: %s", self.namespace, pod, exc)
         if best.streams or best.held:
             self._grow(pod, min(len(live) + 1, MAX_SESSIONS))
         return best

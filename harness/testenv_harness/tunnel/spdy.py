@@ -171,6 +171,8 @@ class Stream:
         self.on_data = on_data
         self._on_end = on_end
         self._ended = False
+        #: This side has half-closed the stream: it sends nothing more (the peer still may).
+        self.finished = False
 
     def send(self, data: bytes) -> None:
         for start in range(0, len(data), MAX_DATA):
@@ -178,6 +180,7 @@ class Stream:
 
     def finish(self) -> None:
         """Half-close: this side sends nothing more."""
+        self.finished = True
         self.session.write(data_frame(self.id, b"", FLAG_FIN))
 
     def reset(self) -> None:
@@ -223,6 +226,9 @@ class Session:
         #: True while the reader waits for a stream's consumer to make room (a slow client):
         #: every stream on the session waits with it, so its owner sends new streams elsewhere.
         self.held = False
+        #: Streams whose consumer has bytes waiting for it (a client slower than its server): the
+        #: reader may soon wait for one, so a new stream goes elsewhere if it can.
+        self.behind: set[int] = set()
         #: Called once the session is closed, e.g. to close the transport.
         self.on_close: Callable[[], None] | None = None
 
@@ -261,6 +267,7 @@ class Session:
                 compressed += self._compress.flush(zlib.Z_SYNC_FLUSH)
                 frames.append(control_frame(SYN_STREAM, struct.pack(">IIH", stream.id, 0, 0) + compressed))
                 if half_closed:
+                    stream.finished = True
                     frames.append(data_frame(stream.id, b"", FLAG_FIN))
             with self._state:  # known before the replies can arrive, unless closing took them all
                 if self.closed.is_set():
@@ -286,6 +293,12 @@ class Session:
     @property
     def streams(self) -> int:
         return len(self._streams)
+
+    @property
+    def open_streams(self) -> int:
+        """Streams this side still sends on: a connection whose client is done (its stream
+        half-closed, waiting for the server's end) costs the session nothing more."""
+        return sum(1 for stream in list(self._streams.values()) if not stream.finished)
 
     def close(self, reason: str) -> None:
         """End the session and every stream on it (idempotent; never waits for a write)."""
