@@ -209,3 +209,7 @@ bench-io: local-deps tools ## Benchmark an I/O-bound suite (60 tests of 1 s) at 
 .PHONY: bench-suite-kind
 bench-suite-kind: system-deps tools kind-images ## The same suite benchmark on a kind cluster: real pods (cluster testenv-bench; ~10 min).
 	$(PY) bench/suite_wall_time.py --cluster kind $(BENCH_ARGS)
+
+.PHONY: bench-readiness
+bench-readiness: system-deps tools kind-images ## Benchmark how soon a worker sees its services serve, on kind (cluster testenv-bench; ~5 min).
+	$(PY) bench/readiness_lag.py $(BENCH_ARGS)

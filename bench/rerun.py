@@ -45,7 +45,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from hostinfo import load, machine  # bench/ is on sys.path when a script runs
+import checkouts  # bench/ is on sys.path when a script runs
+from hostinfo import load, machine
 from stamps import read_stamps, stamped_pytest
 
 CLUSTER_NAME = "testenv-bench"
@@ -88,11 +89,7 @@ def run_pytest(
 ) -> Sample:
     stamps, env, argv = stamped_pytest(workers)
     label, path = harness
-    if path:
-        env = {
-            **env,
-            "PYTHONPATH": os.pathsep.join([f"{path}/harness", f"{path}/operator", env.get("PYTHONPATH", "")]),
-        }
+    env = checkouts.environment(env, path)
     argv += [
         *(
             ["-p", "no:testenv"]  # and so none of its options
@@ -135,7 +132,7 @@ def run_pytest(
 def end_keeper(name: str, harness: tuple[str, str] = ("current", "")) -> None:
     if name:
         path = harness[1]
-        env = {**os.environ, "PYTHONPATH": f"{path}/harness{os.pathsep}{path}/operator"} if path else None
+        env = checkouts.environment(os.environ, path) if path else None
         subprocess.run(
             [sys.executable, "-m", "testenv_harness", "down", "--run", name],
             capture_output=True,
@@ -236,22 +233,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="K",
         help="measure the developer loop instead: a first run, then K rounds of pytest alone and a rerun",
     )
-    parser.add_argument(
-        "--harness",
-        action="append",
-        default=[],
-        metavar="LABEL=PATH",
-        help="with --loop: a checkout whose harness and operator to run (repeatable; 'current' is this one)",
-    )
+    checkouts.add_option(parser, when="with --loop: ")
     args = parser.parse_args(argv)
-    harnesses: list[tuple[str, str]] = []
-    for entry in args.harness or ["current"]:
-        label, _, path = entry.partition("=")
-        if label != "current" and not Path(path, "harness", "testenv_harness").is_dir():
-            parser.error(
-                f"--harness {entry!r}: no harness/testenv_harness under {path!r} (LABEL=PATH of a checkout)"
-            )
-        harnesses.append((label, "" if label == "current" else str(Path(path).resolve())))
+    harnesses = checkouts.parse(parser, args.harness)
     if args.harness and not args.loop:
         parser.error("--harness needs --loop K")
     from testenv_harness.provision.clusters import LocalProvider
@@ -299,10 +283,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "gets Redis, a Kafka broker and LocalStack, served by host processes); the cluster is up first",
     ]
     if args.loop:
-        checkouts = ", ".join(f"{label} {path or ROOT}" for label, path in harnesses)
+        compared = ", ".join(f"{label} {path or ROOT}" for label, path in harnesses)
         header[-1] += (
             f"; the loop: a first run, then {args.loop} rounds of pytest alone and a rerun, "
-            f"{args.pause:.0f} s apart, {args.runs} time(s) per harness ({checkouts})"
+            f"{args.pause:.0f} s apart, {args.runs} time(s) per harness ({compared})"
         )
     report = render_loop(samples, header) if args.loop else render(samples, header)
     name = "rerun_loop.md" if args.loop else "rerun.md"

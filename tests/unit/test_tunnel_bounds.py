@@ -344,6 +344,26 @@ def _forwarder(sessions: list[spdy.Session]) -> Forwarder:
     return forwarder
 
 
+def test_an_upgrade_the_server_never_answers_fails_within_the_handshake_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A pod's sessions open one at a time: a hung upgrade used to hold up every later connection.
+    from testenv_harness.ground import k8s
+
+    monkeypatch.setattr(portforward, "HANDSHAKE_SECONDS", 0.5, raising=False)
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts (the kernel does), never answers
+    try:
+        api = k8s.client.ApiClient(
+            k8s.client.Configuration(host=f"http://127.0.0.1:{silent.getsockname()[1]}")
+        )
+        started = time.monotonic()
+        with pytest.raises((TimeoutError, websocket.WebSocketTimeoutException)):
+            portforward.open_session(api, "tp-test", "pod-a")
+        assert time.monotonic() - started < 5
+    finally:
+        silent.close()
+
+
 def test_new_connections_go_to_a_session_that_no_slow_client_holds_up() -> None:
     idle, held = _sessions("idle", "held")
     _open(idle)  # the idle one carries more streams ...

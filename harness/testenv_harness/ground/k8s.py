@@ -1,5 +1,5 @@
 """The official Kubernetes client, imported on first use: `k8s.client`, `k8s.config`,
-`k8s.ApiException`, `k8s.create_websocket`, and its transport's `k8s.HTTPError` (urllib3's).
+`k8s.ApiException`, `k8s.websocket_proxycare`, and its transport's `k8s.HTTPError` (urllib3's).
 
 Importing the client takes about 0.2 s of CPU (its models, requests, OAuth). Every pytest process
 of a run imports the plugin, and an xdist worker of a rerun never calls the API server (the reuse
@@ -17,14 +17,14 @@ if TYPE_CHECKING:
     from kubernetes import client as client
     from kubernetes import config as config
     from kubernetes.client.exceptions import ApiException as ApiException
-    from kubernetes.stream.ws_client import create_websocket as create_websocket
+    from kubernetes.stream.ws_client import websocket_proxycare as websocket_proxycare
     from urllib3.exceptions import HTTPError as HTTPError
 else:
     _WHERE = {
         "client": ("kubernetes.client", None),
         "config": ("kubernetes.config", None),
         "ApiException": ("kubernetes.client.exceptions", "ApiException"),
-        "create_websocket": ("kubernetes.stream.ws_client", "create_websocket"),
+        "websocket_proxycare": ("kubernetes.stream.ws_client", "websocket_proxycare"),
         "HTTPError": ("urllib3.exceptions", "HTTPError"),
     }
 

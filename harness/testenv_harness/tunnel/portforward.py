@@ -65,6 +65,9 @@ MAX_ERROR = 16 * 1024
 _PIECE = 64 * 1024
 #: The websocket fallback: seconds a read or write may wait on the API server, and the goodbye.
 CHANNEL_TIMEOUT = 30.0
+#: Seconds a port-forward's websocket may take to connect and upgrade (the API server asks the
+#: kubelet first); past it the attempt fails, and the next connection tries again.
+HANDSHAKE_SECONDS = 10.0
 CHANNEL_CLOSE_SECONDS = 0.5
 
 
@@ -77,7 +80,7 @@ def stream_headers(api: k8s.client.ApiClient, path: str, protocol: str) -> dict[
 
     The client's own auth path runs the kubeconfig's credential refresh (exec plugins such as
     EKS's and GKE's, expiring tokens) before it reads the token; client certificates and
-    proxies are applied by `create_websocket` from the same configuration.
+    proxies are applied by `_connect` from the same configuration.
     """
     headers: dict[str, Any] = {"sec-websocket-protocol": protocol}
     api.update_params_for_auth(headers, [], ["BearerToken"], path, "GET", None)
@@ -87,11 +90,43 @@ def stream_headers(api: k8s.client.ApiClient, path: str, protocol: str) -> dict[
 def _connect(
     api: k8s.client.ApiClient, namespace: str, pod: str, protocol: str, query: str = ""
 ) -> WebSocket:
+    """The port-forward websocket to `pod`, authenticated, TLS-configured and proxied as the
+    client's own calls are, connected and upgraded within HANDSHAKE_SECONDS. (The client's
+    `create_websocket` sets no bound, and a pod's sessions open one at a time: one upgrade the
+    API server never answered held up every later connection to that pod for good.)"""
     cfg = api.configuration
     host = cfg.host.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
     path = f"/api/v1/namespaces/{namespace}/pods/{pod}/portforward"
-    ws: WebSocket = k8s.create_websocket(cfg, f"{host}{path}{query}", stream_headers(api, path, protocol))
+    url = f"{host}{path}{query}"
+    headers = stream_headers(api, path, protocol)
+    header = [f"sec-websocket-protocol: {protocol}"]
+    if "authorization" in headers:
+        header.append(f"authorization: {headers['authorization']}")
+    options: dict[str, Any] = {"header": header, "timeout": HANDSHAKE_SECONDS}
+    if cfg.proxy or cfg.proxy_headers:
+        options = k8s.websocket_proxycare(options, cfg, url, headers)
+    ws = WebSocket(sslopt=_tls_options(cfg), skip_utf8_validation=False)
+    ws.connect(url, **options)  # type: ignore[no-untyped-call]
     return ws
+
+
+def _tls_options(cfg: Any) -> dict[str, Any]:
+    """websocket-client's TLS options for the client configuration `cfg`."""
+    if not (cfg.host.startswith("https://") and cfg.verify_ssl):
+        return {"cert_reqs": ssl.CERT_NONE}
+    import certifi  # the client's own fallback bundle, as its REST calls use
+
+    tls: dict[str, Any] = {"cert_reqs": ssl.CERT_REQUIRED, "ca_certs": cfg.ssl_ca_cert or certifi.where()}
+    if cfg.assert_hostname is not None:
+        tls["check_hostname"] = cfg.assert_hostname
+    for key, value in (
+        ("certfile", cfg.cert_file),
+        ("keyfile", cfg.key_file),
+        ("server_hostname", cfg.tls_server_name),
+    ):
+        if value:
+            tls[key] = value
+    return tls
 
 
 def open_session(api: k8s.client.ApiClient, namespace: str, pod: str) -> Session:

@@ -42,6 +42,9 @@ FORWARD_RIGHTS: list[kube.Right] = [
 RESTART_RIGHTS: list[kube.Right] = [("list", "pods", ""), ("watch", "pods", ""), ("delete", "pods", "")]
 #: Seconds a worker keeps asking for its rights while the operator's RoleBinding may be on its way.
 RIGHTS_SETTLE_SECONDS = 5.0
+#: (connect, read) seconds for one read of the environment's status: a worker polls it, and a
+#: request the API server never answers must cost one poll, not the worker's whole wait.
+STATUS_READ_TIMEOUT = (3.0, 5.0)
 
 
 def _variable(name: str) -> str:
@@ -171,7 +174,7 @@ class WorkerConnection:
         h = self.handoff
         try:
             body: dict[str, Any] = k8s.client.CustomObjectsApi(self.api).get_namespaced_custom_object(
-                GROUP, VERSION, h.namespace, PLURAL, h.name
+                GROUP, VERSION, h.namespace, PLURAL, h.name, _request_timeout=STATUS_READ_TIMEOUT
             )
         except k8s.ApiException as exc:
             if exc.status == 404:  # never a bare API error: say what is gone and what to do
@@ -203,6 +206,7 @@ class WorkerConnection:
                 what=f"worker {self.worker} to be Ready",
                 interval=0.25,
                 seen=lambda: seen,
+                retry=(k8s.HTTPError,),  # a read that timed out (STATUS_READ_TIMEOUT): the next one
             )
         except WaitTimeoutError as exc:
             raise self._not_ready(str(exc)) from exc
@@ -212,7 +216,8 @@ class WorkerConnection:
         lines = [f"kube-testenv worker {self.worker} ({namespace}): {what}"]
         with contextlib.suppress(k8s.ApiException, TypeError):
             for pod in self.core.list_namespaced_pod(namespace).items:
-                lines.append(f"  pod {pod.metadata.name}: {pod.status.phase}")
+                ready = any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+                lines.append(f"  pod {pod.metadata.name}: {pod.status.phase}, {'' if ready else 'not '}Ready")
             events = sorted(
                 self.core.list_namespaced_event(namespace).items,
                 key=lambda e: str(e.last_timestamp or e.event_time or ""),
