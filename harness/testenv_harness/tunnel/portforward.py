@@ -93,7 +93,7 @@ def _connect(
     """The port-forward websocket to `pod`, authenticated, TLS-configured and proxied as the
     client's own calls are, connected and upgraded within HANDSHAKE_SECONDS. (The client's
     `create_websocket` sets no bound, and a pod's sessions open one at a time: one upgrade the
-    API server never answered held up every later connection to that pod for good.)"""
+    API server never answered would hold up every later connection to that pod for good.)"""
     cfg = api.configuration
     host = cfg.host.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
     path = f"/api/v1/namespaces/{namespace}/pods/{pod}/portforward"
