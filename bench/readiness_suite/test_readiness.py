@@ -18,8 +18,8 @@ from testenv_harness import TestEnv
 #: A line each service writes once it serves.
 SERVING = {
     "redis": re.compile(r"Ready to accept connections"),
-    "kafka": re.compile(r"Kafka Server started|\[KafkaRaftServer nodeId=\d+\] Kafka Server started"),
-    "localstack": re.compile(r"^Ready\.$|\bReady\.\s*$"),
+    "kafka": re.compile(r"Kafka Server started"),
+    "localstack": re.compile(r"\bReady\.\s*$"),
 }
 
 
@@ -39,19 +39,19 @@ def test_report_when_each_service_served(testenv: TestEnv, copy: int) -> None:
     answered = {
         name.split(" ", 1)[0]: end for name, _, end in testenv.spans if name.endswith("through its forward")
     }
+    pods = {
+        (pod.metadata.labels or {}).get(LABEL_SERVICE): pod
+        for pod in testenv.core.list_namespaced_pod(testenv.namespace).items
+    }
     for service in testenv.services():
-        pattern = SERVING.get(service.type)
-        logged = None
-        for pod in testenv.core.list_namespaced_pod(testenv.namespace).items:
-            if (pod.metadata.labels or {}).get(LABEL_SERVICE) != service.name:
-                continue
-            container = pod.spec.containers[0].name
+        pattern, pod, logged = SERVING.get(service.type), pods.get(service.name), None
+        if pattern is not None and pod is not None:
             text = testenv.core.read_namespaced_pod_log(
-                pod.metadata.name, testenv.namespace, container=container, timestamps=True
+                pod.metadata.name, testenv.namespace, container=pod.spec.containers[0].name, timestamps=True
             )
             for line in text.splitlines():
                 stamp, _, message = line.partition(" ")
-                if pattern is not None and pattern.search(message):
+                if pattern.search(message):
                     logged = _stamp(stamp)
                     break
         report[service.name] = {"served": logged, "seen": answered.get(service.name)}
