@@ -1,5 +1,6 @@
-"""A client that reads nothing, through the real forward (API server, port-forward, Redis): the
-worker process holds a bounded buffer for it, its connection is reset alone, the rest goes on.
+"""The real forward (API server, port-forward, Redis) under clients that misbehave. A client that
+reads nothing: the worker process holds a bounded buffer for it, its connection is reset alone,
+the rest goes on. Connections the pod refuses: the forward goes on serving the others.
 
 The inner suite runs without xdist, so the forwarder lives in the test's own process and its
 memory is the test's (VmRSS, sampled while Redis streams replies nobody reads).
@@ -105,3 +106,54 @@ def test_a_client_that_reads_nothing_costs_the_worker_a_bounded_buffer(
     result = run_suite("-p", "no:xdist", "-s")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*RSS grew * MiB; the stuck client got * MiB; slowest PING *s*"])
+
+
+REFUSED = """
+import socket
+import time
+
+from testenv_harness.ground.localports import free_port
+
+#: Enough refused connections to reach every frame worker (five per session) of every session.
+REFUSALS = 40
+
+
+def ping(port):
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.settimeout(10)
+        sock.sendall(b"*1\\r\\n$4\\r\\nPING\\r\\n")
+        return sock.recv(64)
+
+
+def test_connections_the_pod_refuses_leave_the_forward_serving(testenv):
+    _, port = testenv.host_port("redis")
+    assert ping(port) == b"+PONG\\r\\n"
+    nowhere = free_port()
+    testenv.forwarder.listen("redis", 6390, nowhere)  # nothing listens on 6390 in the pod
+    started = time.monotonic()
+    for _ in range(REFUSALS):
+        try:
+            got = ping(nowhere)  # the client writes at once, as clients do
+        except ConnectionResetError:
+            got = b""
+        assert got == b"", f"port 6390 answered {got!r}"
+    refused = time.monotonic() - started
+    pings = []
+    for _ in range(10):  # new connections, each on a new pair of streams
+        started = time.monotonic()
+        assert ping(port) == b"+PONG\\r\\n"
+        pings.append(time.monotonic() - started)
+    print(f"{REFUSALS} refused in {refused:.1f}s; then PING took {[round(p, 2) for p in pings]}")
+"""
+
+
+def test_connections_the_pod_refuses_leave_the_forward_serving(
+    pytester: pytest.Pytester, run_suite: Run
+) -> None:
+    """A refused stream's bytes are never read by the kubelet's SPDY server, which holds up one of
+    its five frame workers for good: sessions that carried them must not be used again."""
+    pytester.makeini("[pytest]\ntestenv = true\ntestenv_services = redis\n")
+    pytester.makepyfile(test_refused=REFUSED)
+    result = run_suite("-p", "no:xdist", "-s")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*40 refused in *s; then PING took*"])

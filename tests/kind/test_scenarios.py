@@ -9,6 +9,7 @@ import pytest
 from testenv_harness.provision.clusters import Cluster
 from tests.e2e import test_harness as shared
 from tests.e2e import test_reuse as reuse
+from tests.e2e import test_tunnel_bounds as bounds
 from tests.e2e.test_reuse import keepers, namespace, reuse_suite
 from tests.suites import Run
 
@@ -17,6 +18,10 @@ __all__ = ["keepers", "namespace", "reuse_suite"]  # the reuse test's fixtures, 
 test_what_one_worker_writes_the_other_never_sees = shared.test_what_one_worker_writes_the_other_never_sees
 test_a_restart_in_one_worker_fails_no_test_in_another = (
     shared.test_a_restart_in_one_worker_fails_no_test_in_another
+)
+# The kubelet that never reads a refused connection's bytes is containerd's: this is its test.
+test_connections_the_pod_refuses_leave_the_forward_serving = (
+    bounds.test_connections_the_pod_refuses_leave_the_forward_serving
 )
 # Reuse on kind: the keeper's environment is real pods; each rerun resets them over the forwards.
 test_a_kept_environment_is_reused_and_shows_nothing_of_the_earlier_run = (

@@ -328,6 +328,64 @@ def test_a_slow_client_gets_every_byte_in_order_through_push_back(
     client.close()
 
 
+def _refuse(peer: Peer, error_stream: int, data_stream: int) -> None:
+    """What the kubelet does when nothing listens on the port: say so on the error stream, then
+    end both streams (and never read the data stream again)."""
+    message = b"error forwarding port 6390 to pod: dial tcp4 127.0.0.1:6390: connect: connection refused"
+    peer.send(spdy.data_frame(error_stream, message) + spdy.data_frame(error_stream, b"", spdy.FLAG_FIN))
+    peer.send(spdy.data_frame(data_stream, b"", spdy.FLAG_FIN))
+
+
+def test_a_refused_connection_that_carried_bytes_closes_its_session(
+    plain: tuple[spdy.Session, Peer], caplog: pytest.LogCaptureFixture
+) -> None:
+    # The server never reads a refused stream's bytes, and its frame worker for that stream waits
+    # for a reader for good: five of them and the session answers nothing. It must not be reused.
+    session, peer = plain
+    client, local = socket.socketpair()
+    tunnel = SpdyTunnel(local, session, 6390, 0, "pod-a")  # streams 1 (error), 3 (data)
+    runner, _ = background(tunnel.run)
+    client.sendall(b"PING\r\n")
+    for _ in range(3):
+        peer.frame()  # two SYN_STREAMs and the error stream's FIN
+    assert peer.frame()[1:] == (3, 0, b"PING\r\n")
+    caplog.set_level(logging.INFO, logger=portforward.__name__)
+    _refuse(peer, 1, 3)
+    assert session.closed.wait(5), "the session stayed in use after a refused stream got bytes"
+    assert "connection refused" in session.reason
+    assert "closing its session" in caplog.text
+    client.settimeout(5)
+    assert client.recv(64) == b"", "the client must see its connection end"
+    runner.join(5)
+    assert not runner.is_alive()
+    client.close()
+
+
+def test_a_refused_connection_that_sent_nothing_leaves_its_session_open(
+    plain: tuple[spdy.Session, Peer],
+) -> None:
+    # Nothing of it waits on the server: the session goes on serving, and a byte the client
+    # writes afterwards is never sent on the refused stream.
+    session, peer = plain
+    client, local = socket.socketpair()
+    tunnel = SpdyTunnel(local, session, 6390, 0, "pod-a")
+    for _ in range(3):
+        peer.frame()
+    _refuse(peer, 1, 3)
+    client.settimeout(5)
+    assert client.recv(64) == b""
+    with contextlib.suppress(OSError):
+        client.sendall(b"late")
+    tunnel.run()  # returns at once: the pod has refused
+    peer.sock.settimeout(0.3)
+    with contextlib.suppress(TimeoutError):
+        while True:
+            control, _, _, payload = peer.frame()
+            assert control or not payload, f"bytes sent on a refused stream: {payload!r}"
+    assert not session.closed.is_set()
+    client.close()
+
+
 def _sessions(*names: str) -> list[spdy.Session]:
     return [spdy.Session(lambda _b: None, lambda: b"", f"test/{name}") for name in names]
 

@@ -3,9 +3,16 @@
 `Forwarder` serves one worker namespace. It keeps one pod watch (`PodWatch`) and, per ready
 pod, one SPDY session tunnelled through a websocket, opened as soon as the pod is ready. A
 new local connection opens a stream pair on that session: no LIST, no TLS handshake, no wait
-for a reply before the first bytes go out. When a pod stops being ready its session is closed,
+for a reply before the first bytes go out. When a pod stops running its session is closed,
 so clients see their server go away and reconnect to the new pod, exactly as they would to a
 restarted server; a server closing a connection is seen by the client too (the stream ends).
+A service with no Ready pod is served by one whose containers run, as `kubectl port-forward`
+would: a worker starting up sees its server answer before the kubelet's next probe.
+
+A connection the pod refuses (nothing listens on the port yet) must not have sent bytes: the
+kubelet's side never reads them, and that blocks its session for good (`SpdyTunnel._error_end`).
+So to a pod that is not Ready a connection's first bytes wait UNREADY_HOLD_SECONDS for a
+refusal; one that comes later still closes the session, and the next connection opens another.
 
 API servers without the SPDY tunnel (before Kubernetes 1.31, or with the PortForwardWebsockets
 gate off) get the websocket channel protocol instead: one websocket per connection.
@@ -69,6 +76,9 @@ CHANNEL_TIMEOUT = 30.0
 #: kubelet first); past it the attempt fails, and the next connection tries again.
 HANDSHAKE_SECONDS = 10.0
 CHANNEL_CLOSE_SECONDS = 0.5
+#: Seconds a new connection to a pod that is not Ready holds its first bytes, for the refusal of
+#: a port nothing listens on yet to arrive first (a few milliseconds on kind).
+UNREADY_HOLD_SECONDS = 0.1
 
 
 class TunnelUnsupportedError(ConnectionError):
@@ -164,10 +174,14 @@ class SpdyTunnel:
     frame, and no other stream waits more than CLIENT_STALL_SECONDS for a stuck one.
     """
 
-    def __init__(self, local: socket.socket, session: Session, port: int, request_id: int, pod: str) -> None:
+    def __init__(
+        self, local: socket.socket, session: Session, port: int, request_id: int, pod: str, hold: float = 0.0
+    ) -> None:
         self.local = local
         self.pod = pod
         self.port = port
+        #: Seconds the client's first bytes wait for a refusal (a pod that is not Ready).
+        self.hold = hold
         self._error = bytearray()
         self._remote_done = threading.Event()
         self._closed = threading.Event()
@@ -177,6 +191,10 @@ class SpdyTunnel:
         self.buffered = 0
         self._writer: threading.Thread | None = None
         self.link: Link | None = None  # set when a toxic applies to this connection
+        #: Guards `_sent` and `_refused`: a byte goes out only while the pod has not refused.
+        self._verdict = threading.Lock()
+        self._sent = False
+        self._refused = False
         base = {"port": str(port), "requestid": str(request_id)}
         self.error_stream, self.data = session.open(
             [base | {"streamtype": "error"}, base | {"streamtype": "data"}],
@@ -280,9 +298,37 @@ class SpdyTunnel:
         self._error += payload[: max(0, MAX_ERROR - len(self._error))]
 
     def _error_end(self, reason: str) -> None:
-        if self._error:
-            log.info("port-forward to %s failed: %s", self.pod, self._error.decode(errors="replace"))
-            self._data_end("error")
+        if not self._error:
+            return
+        with self._verdict:
+            self._refused = True
+            sent = self._sent
+        message = self._error.decode(errors="replace")
+        if sent:
+            # The pod side never connected, so nothing reads this stream's bytes there, and the
+            # kubelet's SPDY server (moby/spdystream) hands a stream's data to its reader from
+            # one of five frame workers chosen by stream id: that worker now waits for good,
+            # and every later stream it serves with it. Five such refusals and the session
+            # answers nothing at all. Only a new session is safe: this one is closed (its other
+            # connections end, as they would with their server gone) and the next connection
+            # opens another.
+            log.info(
+                "port-forward to %s failed after its client sent bytes (%s): closing its session",
+                self.pod,
+                message,
+            )
+            self.data.session.close(f"a refused connection's bytes block it on the server ({message})")
+            return
+        log.info("port-forward to %s failed: %s", self.pod, message)
+        self._data_end("error")
+
+    def _upload(self, chunk: bytes) -> None:
+        """Send the client's bytes to the pod, unless the pod has refused the connection."""
+        with self._verdict:
+            if self._refused:
+                raise SessionClosedError(f"{self.pod} refused the connection")
+            self._sent = True
+        self.data.send(chunk)
 
     def _data_end(self, reason: str) -> None:
         if self.link is not None:
@@ -307,6 +353,8 @@ class SpdyTunnel:
     # local -> remote, on the connection's own thread
     def run(self) -> None:
         try:
+            if self.hold:
+                self._remote_done.wait(self.hold)  # a refusal ends the connection with nothing sent
             while not self._remote_done.is_set():
                 chunk = self.local.recv(_CHUNK)
                 if self.link is not None:
@@ -321,14 +369,14 @@ class SpdyTunnel:
                         self.data.finish()
                         self._remote_done.wait(LINGER_SECONDS)
                     break
-                self.data.send(chunk)
+                self._upload(chunk)
         except (OSError, SessionClosedError):
             pass
         finally:
             self.close()
 
     def to_server(self, chunk: bytes) -> None:
-        self.data.send(chunk)
+        self._upload(chunk)
 
     def close(self, reset: bool = False) -> None:
         """End the connection; `reset`: with a TCP reset (a toxic's), not a FIN."""
@@ -578,8 +626,8 @@ class Forwarder:
             with self._lock:
                 self._underway[pod] -= 1
 
-    def _pods_changed(self, ready: set[str]) -> None:
-        self.drop_pods(lambda pod: pod not in ready)
+    def _pods_changed(self, ready: set[str], started: set[str]) -> None:
+        self.drop_pods(lambda pod: pod not in ready and pod not in started)
         for pod in ready:
             self._grow(pod, WARM_SESSIONS)
 
@@ -591,7 +639,7 @@ class Forwarder:
         # Sessions first: closing one ends its streams and aborts a write the API server is not
         # reading, so the tunnels' resets after it have nothing to wait for.
         for session in sessions:
-            session.close("the pod is no longer ready")
+            session.close("the pod is no longer running")
         for tunnel in tunnels:
             tunnel.close()
         return len(tunnels)
@@ -605,12 +653,15 @@ class Forwarder:
         the toxics of the `listener` that accepted it)."""
         local.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         pods = self.pods.ready(service)
+        ready = bool(pods)
+        if not ready:
+            pods = self.pods.started(service, timeout=0)
         if not pods:
-            log.info("no ready pod for %s/%s; dropping the connection", self.namespace, service)
+            log.info("no running pod for %s/%s; dropping the connection", self.namespace, service)
             local.close()
             return
         try:
-            tunnel = self._tunnel(local, pods[0], port)
+            tunnel = self._tunnel(local, pods[0], port, hold=0.0 if ready else UNREADY_HOLD_SECONDS)
         except (OSError, WebSocketException, ConnectionError) as exc:
             log.info("port-forward to %s/%s failed: %s", self.namespace, pods[0], exc)
             local.close()
@@ -627,15 +678,15 @@ class Forwarder:
             if listener is not None:
                 listener.toxics.detach(tunnel)
 
-    def _tunnel(self, local: socket.socket, pod: str, port: int) -> Tunnel:
+    def _tunnel(self, local: socket.socket, pod: str, port: int, hold: float) -> Tunnel:
         if not self.channels_only:
             try:
-                return SpdyTunnel(local, self.session(pod), port, next(self._request_ids), pod)
+                return SpdyTunnel(local, self.session(pod), port, next(self._request_ids), pod, hold)
             except TunnelUnsupportedError as exc:
                 log.info("%s: no SPDY tunnel (%s); using one websocket per connection", self.namespace, exc)
                 self.channels_only = True
             except SessionClosedError:  # the session died between lookup and use: one retry
-                return SpdyTunnel(local, self.session(pod), port, next(self._request_ids), pod)
+                return SpdyTunnel(local, self.session(pod), port, next(self._request_ids), pod, hold)
         return ChannelTunnel(local, self.api, self.namespace, pod, port)
 
     def close(self) -> None:
