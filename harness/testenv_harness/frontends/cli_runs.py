@@ -343,7 +343,7 @@ def cmd_forward(args: argparse.Namespace) -> int:
     sockets: FaultSockets | None = None
     try:
         with _signals_interrupt():
-            env.wait_ready().forward()
+            env.wait_and_forward()
             sockets = FaultSockets(state, [env])  # `testenv fault --worker I` reaches them here
             _out(exports.render(variables, args.format))
             say(f"forwarding worker {number} of run {state.name!r} until stopped (SIGTERM or Ctrl-C)")

@@ -83,9 +83,10 @@ class Holder:
         return self.state
 
     def _connect(self, env: TestEnv) -> None:
-        env.wait_ready()
         if self.forward:
-            env.forward()
+            env.wait_and_forward()
+        else:
+            env.wait_ready()
 
     def variables(self) -> dict[str, str]:
         """What the run's command gets: every worker's variables (see exports.py)."""

@@ -59,11 +59,22 @@ def _moto_server(pod: PodSpec, workdir: Path) -> Launch:
 _HTTP = Ping.answered_by(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", b"HTTP/")
 
 
+def _ok(path: str) -> Ping:
+    """200 from GET `path`: what the pod's readiness probe (an httpGet of that path) waits for."""
+    request = f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode()
+    return Ping(request, lambda answer: answer.startswith(b"HTTP/1.") and answer[8:12] == b" 200")
+
+
+#: The path each type's pod is probed on (the operator's catalog).
+_PROBED = {"localstack": "/_localstack/health", "moto": "/moto-api/"}
+
+
 def _aws(name: str) -> ServiceType:
     return ServiceType(
         name,
         variables=("AWS_ENDPOINT_URL",),
         ping=_HTTP,
+        ready_ping=_ok(_PROBED[name]),
         reset=_localstack_reset if name == "localstack" else _moto_reset,
         local=_moto_server,
         local_modules=_MODULES,

@@ -72,6 +72,10 @@ class ServiceType:
     #: variables set to the service's URL when an environment has exactly one service of the type
     variables: tuple[str, ...]
     ping: Ping
+    #: A ping that answers only once the pod's readiness probe would pass too (`ping` itself where
+    #: it is that strong): a worker may then take the service as ready through its forward before
+    #: the kubelet marks the pod Ready. None: the worker waits for the pod's Ready first.
+    ready_ping: Ping | None = None
     #: wipes the service's state through host:port (ResetRefusedError: restart it); None: restart it
     reset: Callable[[str, int], None] | None = None
     #: the local data plane's process for a pod of the type

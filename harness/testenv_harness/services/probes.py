@@ -10,9 +10,10 @@ worker only starts once each of its services answers its own protocol (its descr
 from __future__ import annotations
 
 import socket
+import threading
 import time
 
-from testenv_harness.ground.waiting import wait_for
+from testenv_harness.ground.waiting import WaitTimeoutError, wait_for
 from testenv_harness.services.base import Ping
 
 
@@ -50,4 +51,37 @@ def wait_answers(ping: Ping | None, port: int, timeout: float, host: str, what: 
         what=f"{what} on {host}:{port} to answer its protocol",
         seen=lambda: "no answer, or not the protocol's",
     )
+    return time.monotonic() - started
+
+
+#: `first_answer`: seconds between tries, and most tries in flight at once (each waits at most
+#: 2 s for its answer, so ten never hold the next one up).
+TRY_EVERY = 0.2
+TRIES_AT_ONCE = 10
+
+
+def first_answer(ping: Ping, port: int, timeout: float, what: str, host: str = "127.0.0.1") -> float:
+    """Seconds until host:port answered `ping`, trying every TRY_EVERY seconds with up to
+    TRIES_AT_ONCE tries in flight: a server that is starting may accept a connection some time
+    before it answers on it, and a try waiting on such a connection must not delay the next one.
+    WaitTimeoutError (a TimeoutError) naming `what` and the address after `timeout`."""
+    started = time.monotonic()
+    answered = threading.Event()
+    slots = threading.BoundedSemaphore(TRIES_AT_ONCE)
+
+    def attempt() -> None:
+        try:
+            if answers(ping, port, timeout=2.0, host=host):
+                answered.set()
+        finally:
+            slots.release()
+
+    while not answered.is_set():
+        left = timeout - (time.monotonic() - started)
+        if left <= 0:
+            seen = "no answer, or not one its readiness probe would take"
+            raise WaitTimeoutError(f"{what} on {host}:{port} to answer as ready", timeout, seen)
+        if slots.acquire(timeout=min(TRY_EVERY, left)):
+            threading.Thread(target=attempt, name=f"ping-{port}", daemon=True).start()
+            answered.wait(min(TRY_EVERY, left))
     return time.monotonic() - started

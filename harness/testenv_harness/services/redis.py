@@ -24,10 +24,12 @@ def _local(pod: PodSpec, workdir: Path) -> Launch:
     return Launch(argv, dict(os.environ), (port,))
 
 
+_PING = Ping.answered_by(b"*1\r\n$4\r\nPING\r\n", b"+PONG")
 REDIS = ServiceType(
     "redis",
     variables=("REDIS_URL",),
-    ping=Ping.answered_by(b"*1\r\n$4\r\nPING\r\n", b"+PONG"),
+    ping=_PING,
+    ready_ping=_PING,  # as strong as the pod's probe, `redis-cli ping`
     reset=_flushall,
     local=_local,
 )

@@ -1,8 +1,10 @@
 """The ready pods of every service in one namespace, kept current by a single watch.
 
 A worker's forwards ask "which pod serves `redis` now?" on every new connection and must drop
-connections to a pod that stopped being ready. One LIST, then one WATCH per namespace answers
-both with no polling: an idle worker costs the API server one open request.
+connections to a pod that stopped running. One LIST, then one WATCH per namespace answers
+both with no polling: an idle worker costs the API server one open request. Pods whose
+containers run but are not Ready yet are kept too (`started`): a worker starting up forwards to
+them to see its services answer before the kubelet's next probe would.
 """
 
 from __future__ import annotations
@@ -30,16 +32,34 @@ def is_ready(pod: Pod) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
+def is_started(pod: Pod) -> bool:
+    """Every container runs (Ready or not) and the pod is not being deleted."""
+    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    status = pod.get("status") or {}
+    containers = status.get("containerStatuses") or []
+    return (
+        status.get("phase") == "Running"
+        and bool(containers)
+        and all("running" in (c.get("state") or {}) for c in containers)
+    )
+
+
 class PodWatch:
-    """Ready pods per service; `on_change(ready_names)` runs after every change, on the watch thread."""
+    """Ready and started pods per service; `on_change(ready, started)` (pod names) runs after every
+    change, on the watch thread."""
 
     def __init__(
-        self, api: k8s.client.ApiClient, namespace: str, on_change: Callable[[set[str]], None] | None = None
+        self,
+        api: k8s.client.ApiClient,
+        namespace: str,
+        on_change: Callable[[set[str], set[str]], None] | None = None,
     ) -> None:
         self.core = k8s.client.CoreV1Api(api)
         self.namespace = namespace
         self.on_change = on_change
-        self._pods: dict[str, tuple[str, str]] = {}  # ready pod -> (service, creationTimestamp)
+        #: ready or started pod -> (service, creationTimestamp, ready)
+        self._pods: dict[str, tuple[str, str, bool]] = {}
         self._changed = threading.Condition()
         self._synced = False
         self._stop = threading.Event()
@@ -51,10 +71,17 @@ class PodWatch:
 
     def ready(self, service: str, timeout: float = 10) -> list[str]:
         """Ready pods of `service`, newest first (waits for the first LIST, at most `timeout`)."""
+        return self._of(service, True, timeout)
+
+    def started(self, service: str, timeout: float = 10) -> list[str]:
+        """Pods of `service` whose containers run but that are not Ready yet, newest first."""
+        return self._of(service, False, timeout)
+
+    def _of(self, service: str, ready: bool, timeout: float) -> list[str]:
         with self._changed:
             if not self._synced:
                 self._changed.wait_for(lambda: self._synced, timeout)
-            mine = [(created, name) for name, (svc, created) in self._pods.items() if svc == service]
+            mine = [(c, name) for name, (svc, c, r) in self._pods.items() if svc == service and r == ready]
         return [name for _, name in sorted(mine, reverse=True)]
 
     def wait(self, predicate: Callable[[], bool], timeout: float) -> bool:
@@ -119,27 +146,29 @@ class PodWatch:
 
     def _apply(self, pod: Pod, deleted: bool) -> None:
         with self._changed:
-            before = set(self._pods)
+            before = self._pods.get(pod["metadata"]["name"])
             self._record(pod, deleted)
-            changed = before != set(self._pods)
+            changed = before != self._pods.get(pod["metadata"]["name"])
         if changed:
             self._notify()
 
     def _record(self, pod: Pod, deleted: bool) -> None:
         meta = pod["metadata"]
         service = (meta.get("labels") or {}).get(LABEL_SERVICE, "")
-        if deleted or not is_ready(pod):
-            self._pods.pop(meta["name"], None)
+        ready = not deleted and is_ready(pod)
+        if ready or (not deleted and is_started(pod)):
+            self._pods[meta["name"]] = (service, meta.get("creationTimestamp", ""), ready)
         else:
-            self._pods[meta["name"]] = (service, meta.get("creationTimestamp", ""))
+            self._pods.pop(meta["name"], None)
 
     def _notify(self) -> None:
         with self._changed:
             self._changed.notify_all()
-            ready = set(self._pods)
+            ready = {name for name, (_, _, r) in self._pods.items() if r}
+            started = set(self._pods) - ready
         if self.on_change:
             try:
-                self.on_change(ready)
+                self.on_change(ready, started)
             except Exception:  # a listener's bug must not stop the watch
                 log.exception("pod watch listener failed")
 

@@ -24,7 +24,7 @@ from testenv_api.status import PortStatus, ServiceStatus, WorkerStatus, workers_
 from testenv_harness.ground import k8s, kube, localports
 from testenv_harness.ground.errors import NotReadyError, PortBusyError, TestEnvError
 from testenv_harness.ground.waiting import WaitTimeoutError, wait_for
-from testenv_harness.services import catalog
+from testenv_harness.services import catalog, probes
 from testenv_harness.worker.handoff import DIRECT, Handoff
 from testenv_harness.worker.logs import ServiceLogs
 
@@ -42,6 +42,9 @@ FORWARD_RIGHTS: list[kube.Right] = [
 RESTART_RIGHTS: list[kube.Right] = [("list", "pods", ""), ("watch", "pods", ""), ("delete", "pods", "")]
 #: Seconds a worker keeps asking for its rights while the operator's RoleBinding may be on its way.
 RIGHTS_SETTLE_SECONDS = 5.0
+#: Where a worker forwards ahead of its Ready (`WorkerConnection.wait_and_forward`): clusters the
+#: harness made. (On `local`, kwok marks a pod Ready as it creates it: there is nothing to get ahead of.)
+AHEAD_PROVIDERS = frozenset({"kind"})
 #: (connect, read) seconds for one read of the environment's status: a worker polls it, and a
 #: request the API server never answers must cost one poll, not the worker's whole wait.
 STATUS_READ_TIMEOUT = (3.0, 5.0)
@@ -79,9 +82,24 @@ class WorkerConnection:
 
     def connect(self) -> Self:
         """Wait for this worker, forward its services and export their variables (the plugin's way)."""
-        self.wait_ready().forward()
+        self.wait_and_forward()
         os.environ.update(self.environment())
         return self
+
+    def wait_and_forward(self) -> Self:
+        """`wait_ready().forward()`, ahead of the operator where that is safe: on a cluster the
+        harness made, the forwards open as soon as the status names the worker's namespace and
+        services, and a service whose type has a ping as strong as its pod's readiness probe
+        counts as ready once that ping answers through them. The kubelet marks a pod Ready only
+        at its next probe (up to a second later) and the operator reports it after that, so the
+        worker sees its services answer sooner. (On an existing cluster the identity's rights in
+        the worker's namespace arrive with the operator's objects: it waits for Ready there.)"""
+        if self.direct or self.handoff.forwarded or self.handoff.provider not in AHEAD_PROVIDERS:
+            return self.wait_ready().forward()
+        began = time.time()
+        self.status = self._wait_for_worker(self.handoff.timeout, planned=True)
+        self.spans.append(("waiting for the operator to plan the worker", began, time.time()))
+        return self.forward(ahead=True)
 
     def wait_ready(self) -> Self:
         """Wait until the operator reports this worker Ready; its endpoints are known from then on."""
@@ -100,9 +118,10 @@ class WorkerConnection:
             raise self._not_ready("the kept environment's status, as the run claimed it, has it not Ready")
         return mine[0]
 
-    def forward(self) -> Self:
+    def forward(self, ahead: bool = False) -> Self:
         """Listen on every planned local port of this worker and wait until each service answers
-        (connecting directly: only wait until each answers at its Service's DNS name)."""
+        (connecting directly: only wait until each answers at its Service's DNS name). `ahead`:
+        the worker may not be Ready yet (see `wait_and_forward`)."""
         started, began = time.monotonic(), time.time()
         status = self._status()
         if self.handoff.forwarded:  # the keeper's forwards answered when it handed them out
@@ -121,7 +140,10 @@ class WorkerConnection:
                 left = self.handoff.timeout - (time.monotonic() - started)
                 host, port = self.endpoint(service.name)
                 try:
-                    catalog.wait_answering(service.type, port, max(left, 1), host=host)
+                    if ahead:
+                        self._wait_ahead(service, port, max(left, 1))
+                    else:
+                        catalog.wait_answering(service.type, port, max(left, 1), host=host)
                 except TimeoutError as exc:
                     hint = (
                         f" (a direct connection from this pod: the worker's NetworkPolicy admits pods of "
@@ -140,6 +162,20 @@ class WorkerConnection:
         self.spans += [(f"{name} {way}", began, began + took) for name, took in self.timings.items()]
         self.spans.append(("forwards ready" if not self.direct else "services answer", began, time.time()))
         return self
+
+    def _wait_ahead(self, service: ServiceStatus, port: int, timeout: float) -> None:
+        """Until `service` answers through its forward as its pod's readiness probe would, or
+        (a type without such a ping) until its pod is Ready and it answers its ping."""
+        assert self.forwarder is not None
+        kind = catalog.of(service.type)
+        if kind is not None and kind.ready_ping is not None:
+            probes.first_answer(kind.ready_ping, port, timeout, f"{service.name} ({service.type})")
+            return
+        started, pods = time.monotonic(), self.forwarder.pods
+        if not pods.wait(lambda: bool(pods.ready(service.name, timeout=0)), timeout):
+            raise WaitTimeoutError(f"a Ready pod of {service.name}", timeout, "none Ready")
+        left = timeout - (time.monotonic() - started)
+        catalog.wait_answering(service.type, port, max(left, 1))
 
     def require_rights(self, rights: list[kube.Right]) -> None:
         """On a cluster someone else runs, say which of `rights` in this worker's namespace the
@@ -185,7 +221,9 @@ class WorkerConnection:
             raise
         return body
 
-    def _wait_for_worker(self, timeout: float) -> WorkerStatus:
+    def _wait_for_worker(self, timeout: float, planned: bool = False) -> WorkerStatus:
+        """The worker's status once it is Ready (`planned`: once it names its namespace and
+        services, Ready or not)."""
         seen = "no status yet"
 
         def ready() -> WorkerStatus | None:
@@ -193,6 +231,8 @@ class WorkerConnection:
             status = self._environment_object().get("status") or {}
             mine = [w for w in workers_from_status(status) if w.index == self.worker]
             if mine and mine[0].phase == Phase.READY:
+                return mine[0]
+            if planned and mine and mine[0].namespace and mine[0].services and mine[0].phase != Phase.FAILED:
                 return mine[0]
             if status.get("phase") == Phase.FAILED:
                 raise self._not_ready(f"the environment failed: {status.get('message')}")
@@ -203,7 +243,7 @@ class WorkerConnection:
             return wait_for(
                 ready,
                 timeout=timeout,
-                what=f"worker {self.worker} to be Ready",
+                what=f"worker {self.worker} to be {'planned' if planned else 'Ready'}",
                 interval=0.25,
                 seen=lambda: seen,
                 retry=(k8s.HTTPError,),  # a read that timed out (STATUS_READ_TIMEOUT): the next one

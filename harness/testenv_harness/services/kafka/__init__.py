@@ -45,6 +45,7 @@ KAFKA = ServiceType(
     "kafka",
     variables=("KAFKA_BOOTSTRAP_SERVERS",),
     ping=wire.PING,
+    ready_ping=wire.PING,  # ApiVersions answered: its listeners serve (the probe only connects)
     reset=_reset,
     local=_local,
     image_extras=("kafka-libs", "kafka-training"),
