@@ -14,7 +14,10 @@ A worker starts its first test once it has seen every service, so the figure is 
 *lag* = its last *seen* - its last *served* (the service that served last is usually LocalStack
 or Kafka; one that served earlier waits for it either way). A worker waits for the operator to
 report it Ready (the kubelet probes at most once a second, then the operator writes the status,
-then the worker reads it every 0.25 s), then forwards and checks each service answers. The log
+then the worker reads it every 0.25 s), then forwards and checks each service answers; since
+issue 23's forward-ahead it forwards once the status names its services and tries each one every
+0.2 s with a ping as strong as its pod's probe. A run whose pytest fails (a worker that never
+saw its services, within `--testenv-timeout`) is counted in the table's "failed runs". The log
 line and the first answer are not the same instant (a server logs just before or after it
 listens), so a few tens of milliseconds either way are noise.
 
@@ -55,8 +58,11 @@ def log(message: str) -> None:
     print(f"[readiness {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def run_suite(workers: int, run: int, out: Path, harness: tuple[str, str]) -> list[tuple[str, float]]:
-    """One run of the suite: (the service that served last, the worker's lag) per worker."""
+def run_suite(
+    workers: int, run: int, out: Path, harness: tuple[str, str], timeout: int
+) -> tuple[list[tuple[str, float]], bool]:
+    """One run of the suite: (the service that served last, the worker's lag) per worker, and
+    whether pytest passed."""
     label, path = harness
     env = checkouts.environment(os.environ, path)
     argv = [
@@ -71,6 +77,7 @@ def run_suite(workers: int, run: int, out: Path, harness: tuple[str, str]) -> li
         f"--testenv-cluster-name={CLUSTER_NAME}",
         f"--testenv-namespace={NAMESPACE}",
         "--testenv-wait-teardown",
+        f"--testenv-timeout={timeout}",
     ]
     with tempfile.TemporaryDirectory(prefix="readiness-") as reports:
         env["READINESS_OUT"] = reports
@@ -90,23 +97,24 @@ def run_suite(workers: int, run: int, out: Path, harness: tuple[str, str]) -> li
                 continue
             last = max(times, key=lambda service: times[service]["served"])
             lags.append((last, max(t["seen"] for t in times.values()) - times[last]["served"]))
-    return lags
+    return lags, result.returncode == 0
 
 
-def render(lags: dict[str, list[tuple[str, float]]], header: Sequence[str]) -> str:
+def render(
+    lags: dict[str, list[tuple[str, float]]], failed: dict[str, int], runs: int, header: Sequence[str]
+) -> str:
     lines = [
         *header,
         "",
-        "| harness | workers | lag: last seen - last served, median (min, max) s | served last |",
-        "|---|---:|---:|---|",
+        "| harness | failed runs | workers | lag, last seen - last served: median (min, max) s | last |",
+        "|---|---:|---:|---:|---|",
     ]
-    for label, samples in lags.items():
+    for label in failed:
+        samples = lags.get(label, [])
         values = [lag for _, lag in samples]
         last = ", ".join(f"{s} {n}" for s, n in collections.Counter(s for s, _ in samples).most_common())
-        lines.append(
-            f"| {label} | {len(values)} | "
-            f"{statistics.median(values):.2f} ({min(values):.2f}, {max(values):.2f}) | {last} |"
-        )
+        spread = f"{statistics.median(values):.2f} ({min(values):.2f}, {max(values):.2f})" if values else "-"
+        lines.append(f"| {label} | {failed[label]} of {runs} | {len(values)} | {spread} | {last} |")
     return "\n".join(lines) + "\n"
 
 
@@ -116,6 +124,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=2, help="runs per harness (default %(default)s)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the .md and .log files")
     parser.add_argument("--keep-cluster", action="store_true", help=f"leave {CLUSTER_NAME!r} running")
+    parser.add_argument(
+        "--timeout", type=int, default=180, help="--testenv-timeout of each run, s (default %(default)s)"
+    )
     checkouts.add_option(parser)
     args = parser.parse_args(argv)
     harnesses = checkouts.parse(parser, args.harness)
@@ -125,14 +136,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     began, began_wall, load_before = time.monotonic(), datetime.datetime.now(datetime.UTC), load()
     provider = KindProvider(CLUSTER_NAME, report=log)
     lags: dict[str, list[tuple[str, float]]] = {}
+    failed = {label: 0 for label, _ in harnesses}
     try:
         provider.up()
         log(f"warm-up run (not counted): the node's first start of each image is slower ({harnesses[-1][0]})")
-        run_suite(args.workers, 0, args.out, harnesses[-1])
+        run_suite(args.workers, 0, args.out, harnesses[-1], args.timeout)
         for run in range(1, args.runs + 1):
             for harness in harnesses:
                 log(f"[{harness[0]}] run {run}/{args.runs}: -n {args.workers} (load average {load()})")
-                for service, lag in run_suite(args.workers, run, args.out, harness):
+                samples, passed = run_suite(args.workers, run, args.out, harness, args.timeout)
+                failed[harness[0]] += not passed
+                for service, lag in samples:
                     lags.setdefault(harness[0], []).append((service, lag))
                     log(f"  a worker saw its services {lag:.2f}s after the last one ({service}) served")
     finally:
@@ -148,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"bench/readiness_suite, {args.runs} run(s) per harness, interleaved ({compared}), after one "
         "warm-up run",
     ]
-    report = render(lags, header)
+    report = render(lags, failed, args.runs, header)
     print(report)
     (args.out / "readiness_lag.md").write_text(report)
     log(f"wrote {args.out / 'readiness_lag.md'}")
