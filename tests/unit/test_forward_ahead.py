@@ -243,6 +243,7 @@ def test_a_worker_forwards_ahead_on_kind_only(
         return status
 
     monkeypatch.setattr(conn, "_wait_for_worker", wait_for_worker)
+
     def forward(ahead: bool = False) -> WorkerConnection:
         calls.append(f"forward ahead={ahead}")
         return conn

@@ -332,8 +332,11 @@ def _refuse(peer: Peer, error_stream: int, data_stream: int) -> None:
     """What the kubelet does when nothing listens on the port: say so on the error stream, then
     end both streams (and never read the data stream again)."""
     message = b"error forwarding port 6390 to pod: dial tcp4 127.0.0.1:6390: connect: connection refused"
-    peer.send(spdy.data_frame(error_stream, message) + spdy.data_frame(error_stream, b"", spdy.FLAG_FIN))
-    peer.send(spdy.data_frame(data_stream, b"", spdy.FLAG_FIN))
+    peer.send(
+        spdy.data_frame(error_stream, message)
+        + spdy.data_frame(error_stream, b"", spdy.FLAG_FIN)
+        + spdy.data_frame(data_stream, b"", spdy.FLAG_FIN)
+    )
 
 
 def test_a_refused_connection_that_carried_bytes_closes_its_session(
@@ -358,6 +361,27 @@ def test_a_refused_connection_that_carried_bytes_closes_its_session(
     assert client.recv(64) == b"", "the client must see its connection end"
     runner.join(5)
     assert not runner.is_alive()
+    client.close()
+
+
+def test_an_error_after_the_pod_answered_leaves_the_session_open(plain: tuple[spdy.Session, Peer]) -> None:
+    # The connection was made (the pod answered), so the kubelet read what it carried: an error
+    # ending it (the pod's server reset it) leaves the session's other connections alone.
+    session, peer = plain
+    client, local = socket.socketpair()
+    tunnel = SpdyTunnel(local, session, 6379, 0, "pod-a")
+    runner, _ = background(tunnel.run)
+    client.sendall(b"PING\r\n")
+    for _ in range(4):
+        peer.frame()  # two SYN_STREAMs, the error stream's FIN, the PING
+    peer.send(spdy.data_frame(3, b"+PONG\r\n"))
+    client.settimeout(5)
+    assert client.recv(64) == b"+PONG\r\n"
+    _refuse(peer, 1, 3)  # an error now: "connection reset by peer", say
+    with contextlib.suppress(ConnectionResetError):
+        assert client.recv(64) == b""
+    runner.join(5)
+    assert not session.closed.is_set()
     client.close()
 
 

@@ -195,6 +195,8 @@ class SpdyTunnel:
         self._verdict = threading.Lock()
         self._sent = False
         self._refused = False
+        #: The pod has sent bytes: the connection was made, and the kubelet's side reads this one.
+        self._answered = False
         base = {"port": str(port), "requestid": str(request_id)}
         self.error_stream, self.data = session.open(
             [base | {"streamtype": "error"}, base | {"streamtype": "data"}],
@@ -204,6 +206,7 @@ class SpdyTunnel:
 
     # remote -> local, on the session's reader thread: never block it for long on a slow client
     def _deliver(self, payload: bytes) -> None:
+        self._answered = True
         if self.link is not None:
             self.link.downstream.push(payload)
         else:
@@ -302,16 +305,17 @@ class SpdyTunnel:
             return
         with self._verdict:
             self._refused = True
-            sent = self._sent
+            stranded = self._sent and not self._answered
         message = self._error.decode(errors="replace")
-        if sent:
-            # The pod side never connected, so nothing reads this stream's bytes there, and the
-            # kubelet's SPDY server (moby/spdystream) hands a stream's data to its reader from
-            # one of five frame workers chosen by stream id: that worker now waits for good,
-            # and every later stream it serves with it. Five such refusals and the session
-            # answers nothing at all. Only a new session is safe: this one is closed (its other
-            # connections end, as they would with their server gone) and the next connection
-            # opens another.
+        if stranded:
+            # The pod side never connected (nothing came back; an error after an answer ends a
+            # connection that was made, whose bytes were read), so nothing there reads what this
+            # stream carried, and the kubelet's SPDY server (moby/spdystream) hands a stream's
+            # data to its reader from one of five frame workers chosen by stream id: that worker
+            # now waits for good, and every later stream it serves with it. Five such refusals
+            # and the session answers nothing at all. Only a new session is safe: this one is
+            # closed (its other connections end, as they would with their server gone) and the
+            # next connection opens another.
             log.info(
                 "port-forward to %s failed after its client sent bytes (%s): closing its session",
                 self.pod,
