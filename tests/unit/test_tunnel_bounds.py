@@ -328,14 +328,16 @@ def test_a_slow_client_gets_every_byte_in_order_through_push_back(
     client.close()
 
 
+REFUSAL = b"error forwarding port 6390 to pod: dial tcp4 127.0.0.1:6390: connect: connection refused"
+
+
 def _refuse(peer: Peer, error_stream: int, data_stream: int) -> None:
-    """What the kubelet does when nothing listens on the port: say so on the error stream, then
-    end both streams (and never read the data stream again)."""
-    message = b"error forwarding port 6390 to pod: dial tcp4 127.0.0.1:6390: connect: connection refused"
+    """What the kubelet (containerd) does when nothing listens on the port, in its order: end the
+    data stream, then say why on the error stream and end it (and never read the data stream)."""
     peer.send(
-        spdy.data_frame(error_stream, message)
+        spdy.data_frame(data_stream, b"", spdy.FLAG_FIN)
+        + spdy.data_frame(error_stream, REFUSAL)
         + spdy.data_frame(error_stream, b"", spdy.FLAG_FIN)
-        + spdy.data_frame(data_stream, b"", spdy.FLAG_FIN)
     )
 
 
@@ -353,7 +355,10 @@ def test_a_refused_connection_that_carried_bytes_closes_its_session(
         peer.frame()  # two SYN_STREAMs and the error stream's FIN
     assert peer.frame()[1:] == (3, 0, b"PING\r\n")
     caplog.set_level(logging.INFO, logger=portforward.__name__)
-    _refuse(peer, 1, 3)
+    peer.send(spdy.data_frame(3, b"", spdy.FLAG_FIN))  # the kubelet ends the data stream first ...
+    readable, _, _ = select.select([client], [], [], 0.3)
+    assert not readable, "the client saw its end before the error said whether the session is safe"
+    peer.send(spdy.data_frame(1, REFUSAL) + spdy.data_frame(1, b"", spdy.FLAG_FIN))  # ... then why
     assert session.closed.wait(5), "the session stayed in use after a refused stream got bytes"
     assert "connection refused" in session.reason
     assert "closing its session" in caplog.text
@@ -380,6 +385,31 @@ def test_an_error_after_the_pod_answered_leaves_the_session_open(plain: tuple[sp
     _refuse(peer, 1, 3)  # an error now: "connection reset by peer", say
     with contextlib.suppress(ConnectionResetError):
         assert client.recv(64) == b""
+    runner.join(5)
+    assert not session.closed.is_set()
+    client.close()
+
+
+@pytest.mark.parametrize("error_stream_ends", [True, False])
+def test_a_server_that_closes_without_a_word_ends_the_client_without_harm(
+    plain: tuple[spdy.Session, Peer], monkeypatch: pytest.MonkeyPatch, error_stream_ends: bool
+) -> None:
+    # Not a refusal: the pod's server took the bytes and closed. The error stream ends with no
+    # message (the client sees its end then), or never (it sees it after REFUSAL_GRACE_SECONDS).
+    monkeypatch.setattr(portforward, "REFUSAL_GRACE_SECONDS", 0.5)
+    session, peer = plain
+    client, local = socket.socketpair()
+    tunnel = SpdyTunnel(local, session, 6379, 0, "pod-a")
+    runner, _ = background(tunnel.run)
+    client.sendall(b"QUIT\r\n")
+    for _ in range(4):
+        peer.frame()
+    peer.send(
+        spdy.data_frame(3, b"", spdy.FLAG_FIN)
+        + (spdy.data_frame(1, b"", spdy.FLAG_FIN) if error_stream_ends else b"")
+    )
+    client.settimeout(5)
+    assert client.recv(64) == b""
     runner.join(5)
     assert not session.closed.is_set()
     client.close()

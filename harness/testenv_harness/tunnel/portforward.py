@@ -76,6 +76,9 @@ CHANNEL_TIMEOUT = 30.0
 #: kubelet first); past it the attempt fails, and the next connection tries again.
 HANDSHAKE_SECONDS = 10.0
 CHANNEL_CLOSE_SECONDS = 0.5
+#: Seconds the error stream of a connection whose client sent bytes and got none back is kept
+#: after the data stream ended: a refusal's message comes just after that end.
+REFUSAL_GRACE_SECONDS = 2.0
 #: Seconds a new connection to a pod that is not Ready holds its first bytes, for the refusal of
 #: a port nothing listens on yet to arrive first (a few milliseconds on kind).
 UNREADY_HOLD_SECONDS = 0.1
@@ -197,6 +200,8 @@ class SpdyTunnel:
         self._refused = False
         #: The pod has sent bytes: the connection was made, and the kubelet's side reads this one.
         self._answered = False
+        self._error_over = False  # the error stream has ended (said something or not)
+        self._server_finished = False  # the pod's side has ended the data stream
         base = {"port": str(port), "requestid": str(request_id)}
         self.error_stream, self.data = session.open(
             [base | {"streamtype": "error"}, base | {"streamtype": "data"}],
@@ -301,11 +306,12 @@ class SpdyTunnel:
         self._error += payload[: max(0, MAX_ERROR - len(self._error))]
 
     def _error_end(self, reason: str) -> None:
-        if not self._error:
-            return
         with self._verdict:
-            self._refused = True
-            stranded = self._sent and not self._answered
+            self._error_over = True
+            refused = bool(self._error)
+            self._refused = refused
+            stranded = refused and self._sent and not self._answered
+            finished = self._server_finished
         message = self._error.decode(errors="replace")
         if stranded:
             # The pod side never connected (nothing came back; an error after an answer ends a
@@ -314,31 +320,48 @@ class SpdyTunnel:
             # data to its reader from one of five frame workers chosen by stream id: that worker
             # now waits for good, and every later stream it serves with it. Five such refusals
             # and the session answers nothing at all. Only a new session is safe: this one is
-            # closed (its other connections end, as they would with their server gone) and the
-            # next connection opens another.
+            # closed (its other connections end, as they would with their server gone), before
+            # this client sees its end, so its next connection opens another.
             log.info(
                 "port-forward to %s failed after its client sent bytes (%s): closing its session",
                 self.pod,
                 message,
             )
             self.data.session.close(f"a refused connection's bytes block it on the server ({message})")
-            return
-        log.info("port-forward to %s failed: %s", self.pod, message)
-        self._data_end("error")
+        elif refused:
+            log.info("port-forward to %s failed: %s", self.pod, message)
+        if refused:
+            self._data_end("error")
+        elif finished:
+            self.server_ended()  # the end `_data_end` held back for this verdict
 
     def _upload(self, chunk: bytes) -> None:
-        """Send the client's bytes to the pod, unless the pod has refused the connection."""
+        """Send the client's bytes to the pod, unless the pod refused the connection (an error) or
+        closed its side (nothing there reads them any more)."""
         with self._verdict:
             if self._refused:
                 raise SessionClosedError(f"{self.pod} refused the connection")
+            if self._server_finished:
+                return
             self._sent = True
         self.data.send(chunk)
 
     def _data_end(self, reason: str) -> None:
         if self.link is not None:
             self.link.downstream.end()
-        else:
-            self.server_ended()
+            return
+        with self._verdict:
+            self._server_finished = True
+            verdict_due = self._sent and not self._answered and not self._error_over
+        if verdict_due:
+            # A refusal ends the data stream first and says why on the error stream just after:
+            # the client sees its end once that verdict is in (at most REFUSAL_GRACE_SECONDS
+            # later), so that its next connection never lands on a session about to be closed.
+            later = threading.Timer(REFUSAL_GRACE_SECONDS, self.server_ended)
+            later.daemon = True
+            later.start()
+            return
+        self.server_ended()
 
     def server_ended(self) -> None:
         if self._closed.is_set():
@@ -401,7 +424,16 @@ class SpdyTunnel:
         else:
             self._shut_local()
         self.data.reset()
-        self.error_stream.reset()
+        with self._verdict:
+            awaited = self._sent and not self._answered and not self._error_over
+        if awaited:
+            # A refusal ends the data stream first and says why on the error stream just after:
+            # keep that stream a moment, so `_error_end` still learns the bytes were stranded.
+            later = threading.Timer(REFUSAL_GRACE_SECONDS, self.error_stream.reset)
+            later.daemon = True
+            later.start()
+        else:
+            self.error_stream.reset()
         with contextlib.suppress(OSError):
             self.local.close()
 
