@@ -89,7 +89,11 @@ def run_suite(
         if result.returncode != 0:
             log(f"[{label}] run {run}: pytest exited {result.returncode}; see its log in {out}")
         lags = []
-        for report in sorted(Path(reports).glob("worker-*.json")):
+        for spans in sorted(Path(reports).glob("worker-*.spans.json")):
+            (out / f"readiness.{label}.n{workers}.run{run}.{spans.name}").write_text(spans.read_text())
+        for report in sorted(
+            p for p in Path(reports).glob("worker-*.json") if not p.name.endswith(".spans.json")
+        ):
             times = json.loads(report.read_text())
             (out / f"readiness.{label}.n{workers}.run{run}.{report.name}").write_text(report.read_text())
             if any(t["served"] is None or t["seen"] is None for t in times.values()):

@@ -56,3 +56,6 @@ def test_report_when_each_service_served(testenv: TestEnv, copy: int) -> None:
                     break
         report[service.name] = {"served": logged, "seen": answered.get(service.name)}
     out.write_text(json.dumps(report))
+    # Where the worker's own start-up went (its spans, wall clock), for a reader of the results.
+    spans = [{"what": name, "start": start, "end": end} for name, start, end in testenv.spans]
+    out.with_suffix(".spans.json").write_text(json.dumps(spans))

@@ -9,12 +9,15 @@ worker only starts once each of its services answers its own protocol (its descr
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
 
 from testenv_harness.ground.waiting import WaitTimeoutError, wait_for
 from testenv_harness.services.base import Ping
+
+log = logging.getLogger(__name__)
 
 
 def answers(ping: Ping | None, port: int, timeout: float = 2.0, host: str = "127.0.0.1") -> bool:
@@ -70,9 +73,16 @@ def first_answer(ping: Ping, port: int, timeout: float, what: str, host: str = "
     slots = threading.BoundedSemaphore(TRIES_AT_ONCE)
 
     def attempt() -> None:
+        began = time.monotonic()
         try:
             if answers(ping, port, timeout=2.0, host=host):
                 answered.set()
+            log.debug(
+                "%s: a try %s after %.2fs",
+                what,
+                "answered" if answered.is_set() else "failed",
+                time.monotonic() - began,
+            )
         finally:
             slots.release()
 

@@ -166,6 +166,9 @@ class PodWatch:
             self._changed.notify_all()
             ready = {name for name, (_, _, r) in self._pods.items() if r}
             started = set(self._pods) - ready
+        log.debug(
+            "pods of %s: ready %s, running but not ready %s", self.namespace, sorted(ready), sorted(started)
+        )
         if self.on_change:
             try:
                 self.on_change(ready, started)

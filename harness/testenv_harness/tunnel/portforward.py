@@ -633,7 +633,9 @@ class Forwarder:
                 live = self._live(pod)
             if live and only_if_none:
                 return live[0]
+            began = time.monotonic()
             session = open_session(self.api, self.namespace, pod)
+            log.debug("session to %s/%s opened in %.2fs", self.namespace, pod, time.monotonic() - began)
             with self._lock:
                 if not self.closed:
                     self._sessions.setdefault(pod, []).append(session)
