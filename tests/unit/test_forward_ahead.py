@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import subprocess
+import sys
 import threading
 import time
 from types import SimpleNamespace
@@ -43,6 +45,7 @@ def _pod(
 
 def _watch(seen: list[tuple[set[str], set[str]]]) -> PodWatch:
     watch = PodWatch.__new__(PodWatch)  # no API server: fed events by hand
+    watch.namespace = "tp-test"
     watch._pods = {}
     watch._changed = threading.Condition()
     watch._synced = True
@@ -251,3 +254,20 @@ def test_a_worker_forwards_ahead_on_kind_only(
     monkeypatch.setattr(conn, "forward", forward)
     conn.wait_and_forward()
     assert calls == [f"wait planned={ahead}", f"forward ahead={ahead}"]
+
+
+def test_forwarding_does_not_import_the_core_api_a_starting_worker_would_wait_a_second_for() -> None:
+    # kubernetes' CoreV1Api module takes about a second of CPU to import (3-5 s on two cores busy
+    # starting Kafka brokers): the pod watch a worker forwards with makes its requests without it.
+    code = (
+        "import sys\n"
+        "from kubernetes import client\n"
+        "from testenv_harness.tunnel.portforward import Forwarder\n"
+        "api = client.ApiClient(client.Configuration(host='http://127.0.0.1:9'))\n"
+        "forwarder = Forwarder(api, 'tp-test')\n"
+        "forwarder.listen('redis', 6379, 0)\n"
+        "forwarder.close()\n"
+        "print('kubernetes.client.api.core_v1_api' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "False", out.stdout + out.stderr

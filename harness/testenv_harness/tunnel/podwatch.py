@@ -55,7 +55,7 @@ class PodWatch:
         namespace: str,
         on_change: Callable[[set[str], set[str]], None] | None = None,
     ) -> None:
-        self.core = k8s.client.CoreV1Api(api)
+        self.api = api
         self.namespace = namespace
         self.on_change = on_change
         #: ready or started pod -> (service, creationTimestamp, ready)
@@ -91,10 +91,24 @@ class PodWatch:
 
     # -- the watch --------------------------------------------------------------------------
 
-    def _request(self, **params: Any) -> Any:
-        response = self.core.list_namespaced_pod(
-            self.namespace, label_selector=LABEL_SERVICE, _preload_content=False, **params
+    def _request(self, **params: str | int | bool) -> Any:
+        """The raw (urllib3) response of a LIST or WATCH of the service pods. Made through the API
+        client itself, not `CoreV1Api`, whose import takes a second of CPU (more on 2 busy cores),
+        right when a starting worker waits for its services."""
+        query = [("labelSelector", LABEL_SERVICE), *params.items()]
+        request = self.api.param_serialize(
+            method="GET",
+            resource_path="/api/v1/namespaces/{namespace}/pods",
+            path_params={"namespace": self.namespace},
+            query_params=query,
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
         )
+        answer = self.api.call_api(*request)
+        if not 200 <= answer.status <= 299:
+            answer.read()
+            raise k8s.ApiException.from_response(http_resp=answer, body=None, data=None)
+        response = answer.response
         self._response = response
         if self._stop.is_set():  # closed while the request was being made
             response.shutdown()
@@ -121,7 +135,7 @@ class PodWatch:
     def _watch(self, version: str) -> str:
         """Apply events until the server ends the request; the version to resume from, or "" to relist."""
         response = self._request(
-            watch=True, resource_version=version, allow_watch_bookmarks=True, timeout_seconds=WATCH_SECONDS
+            watch=True, resourceVersion=version, allowWatchBookmarks=True, timeoutSeconds=WATCH_SECONDS
         )
         try:
             for line in response:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import logging
 import os
 import re
 import time
@@ -27,6 +28,8 @@ from testenv_harness.ground.waiting import WaitTimeoutError, wait_for
 from testenv_harness.services import catalog, probes
 from testenv_harness.worker.handoff import DIRECT, Handoff
 from testenv_harness.worker.logs import ServiceLogs
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # the tunnel is loaded by the worker that forwards, when it does (see `forward`)
     from testenv_harness.tunnel.portforward import Forwarder
@@ -136,6 +139,12 @@ class WorkerConnection:
                 for service in status.services:
                     for planned in service.ports:
                         self._listen(service, planned.port, planned.local_port)
+                log.debug(
+                    "worker %d: listening for %s after %.2fs",
+                    self.worker,
+                    status.namespace,
+                    time.monotonic() - started,
+                )
             for service in status.services:
                 left = self.handoff.timeout - (time.monotonic() - started)
                 host, port = self.endpoint(service.name)
