@@ -3,9 +3,12 @@ written to a plain socket, and the upgraded socket WebsocketPipe takes from webs
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
+import threading
 import zlib
+from collections.abc import Iterator
 
 import pytest
 
@@ -62,3 +65,36 @@ class Peer:
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
+
+    def sends_no_data(self, within: float = 0.3) -> None:
+        """Fails if a DATA frame with bytes comes from the session within `within` seconds."""
+        self.sock.settimeout(within)
+        with contextlib.suppress(TimeoutError):
+            while True:
+                control, _, _, payload = self.frame()
+                assert control or not payload, f"bytes sent on a refused stream: {payload!r}"
+
+
+@pytest.fixture
+def plain() -> Iterator[tuple[spdy.Session, Peer]]:
+    """A session over a socketpair (no websocket), its reader running."""
+    ours, theirs = socket.socketpair()
+    session = spdy.Session(ours.sendall, lambda: ours.recv(65536), "test/pod")
+    session.on_close = lambda: shut(ours)
+    thread = threading.Thread(target=session.run, daemon=True)
+    thread.start()
+    yield session, Peer(theirs)
+    end_session(session)
+    theirs.close()
+    thread.join(2)
+
+
+def end_session(session: spdy.Session) -> None:
+    """Close a test's session without ever hanging the run (the test itself checks the bound)."""
+    threading.Thread(target=session.close, args=("test over",), daemon=True).start()
+
+
+def shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    sock.close()

@@ -27,7 +27,9 @@ from testenv_harness.ground.waiting import wait_for
 from testenv_harness.tunnel import portforward, spdy
 from testenv_harness.tunnel.portforward import ChannelTunnel, Forwarder, SpdyTunnel
 from testenv_harness.tunnel.wspipe import WebsocketPipe
-from tests.unit.spdy_peer import FakeWebsocket, Peer
+from tests.unit.spdy_peer import FakeWebsocket, Peer, end_session, plain
+
+__all__ = ["plain"]  # the session fixture, for pytest to find here
 
 MiB = 1024 * 1024
 #: What a teardown may take at most here (it takes milliseconds; CI machines are shared).
@@ -75,31 +77,6 @@ def _full(sock: socket.socket) -> bool:
 
 
 @pytest.fixture
-def plain() -> Iterator[tuple[spdy.Session, Peer]]:
-    """A session over a socketpair (no websocket), its reader running."""
-    ours, theirs = socket.socketpair()
-    session = spdy.Session(ours.sendall, lambda: ours.recv(65536), "test/pod")
-    session.on_close = lambda: _shut(ours)
-    thread = threading.Thread(target=session.run, daemon=True)
-    thread.start()
-    yield session, Peer(theirs)
-    _end(session)
-    theirs.close()
-    thread.join(2)
-
-
-def _end(session: spdy.Session) -> None:
-    """Close a test's session without ever hanging the run (the test itself checks the bound)."""
-    threading.Thread(target=session.close, args=("test over",), daemon=True).start()
-
-
-def _shut(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
-    sock.close()
-
-
-@pytest.fixture
 def stalled() -> Iterator[tuple[spdy.Session, WebsocketPipe, socket.socket]]:
     """A session over a websocket pipe whose peer reads nothing at all (it is never read)."""
     ours, theirs = socket.socketpair()
@@ -109,7 +86,7 @@ def stalled() -> Iterator[tuple[spdy.Session, WebsocketPipe, socket.socket]]:
     session.on_close = pipe.close
     threading.Thread(target=session.run, daemon=True).start()
     yield session, pipe, theirs
-    _end(session)
+    end_session(session)
     theirs.close()
 
 
@@ -369,16 +346,23 @@ def test_a_refused_connection_that_carried_bytes_closes_its_session(
     client.close()
 
 
+def _sent(session: spdy.Session, peer: Peer, first: bytes) -> tuple[socket.socket, threading.Thread]:
+    """A client whose connection (streams 1 and 3) has sent `first`, and the connection's thread;
+    the peer has read the two SYN_STREAMs, the error stream's FIN and `first`."""
+    client, local = socket.socketpair()
+    tunnel = SpdyTunnel(local, session, 6379, 0, "pod-a")
+    runner, _ = background(tunnel.run)
+    client.sendall(first)
+    for _ in range(4):
+        peer.frame()
+    return client, runner
+
+
 def test_an_error_after_the_pod_answered_leaves_the_session_open(plain: tuple[spdy.Session, Peer]) -> None:
     # The connection was made (the pod answered), so the kubelet read what it carried: an error
     # ending it (the pod's server reset it) leaves the session's other connections alone.
     session, peer = plain
-    client, local = socket.socketpair()
-    tunnel = SpdyTunnel(local, session, 6379, 0, "pod-a")
-    runner, _ = background(tunnel.run)
-    client.sendall(b"PING\r\n")
-    for _ in range(4):
-        peer.frame()  # two SYN_STREAMs, the error stream's FIN, the PING
+    client, runner = _sent(session, peer, b"PING\r\n")
     peer.send(spdy.data_frame(3, b"+PONG\r\n"))
     client.settimeout(5)
     assert client.recv(64) == b"+PONG\r\n"
@@ -398,12 +382,7 @@ def test_a_server_that_closes_without_a_word_ends_the_client_without_harm(
     # message (the client sees its end then), or never (it sees it after REFUSAL_GRACE_SECONDS).
     monkeypatch.setattr(portforward, "REFUSAL_GRACE_SECONDS", 0.5)
     session, peer = plain
-    client, local = socket.socketpair()
-    tunnel = SpdyTunnel(local, session, 6379, 0, "pod-a")
-    runner, _ = background(tunnel.run)
-    client.sendall(b"QUIT\r\n")
-    for _ in range(4):
-        peer.frame()
+    client, runner = _sent(session, peer, b"QUIT\r\n")
     peer.send(
         spdy.data_frame(3, b"", spdy.FLAG_FIN)
         + (spdy.data_frame(1, b"", spdy.FLAG_FIN) if error_stream_ends else b"")
@@ -431,11 +410,7 @@ def test_a_refused_connection_that_sent_nothing_leaves_its_session_open(
     with contextlib.suppress(OSError):
         client.sendall(b"late")
     tunnel.run()  # returns at once: the pod has refused
-    peer.sock.settimeout(0.3)
-    with contextlib.suppress(TimeoutError):
-        while True:
-            control, _, _, payload = peer.frame()
-            assert control or not payload, f"bytes sent on a refused stream: {payload!r}"
+    peer.sends_no_data()
     assert not session.closed.is_set()
     client.close()
 
