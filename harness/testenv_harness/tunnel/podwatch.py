@@ -25,8 +25,12 @@ Pod = dict[str, Any]
 WATCH_SECONDS = 300
 
 
+def _deleting(pod: Pod) -> bool:
+    return bool((pod.get("metadata") or {}).get("deletionTimestamp"))
+
+
 def is_ready(pod: Pod) -> bool:
-    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+    if _deleting(pod):
         return False
     conditions = (pod.get("status") or {}).get("conditions") or []
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
@@ -34,7 +38,7 @@ def is_ready(pod: Pod) -> bool:
 
 def is_started(pod: Pod) -> bool:
     """Every container runs (Ready or not) and the pod is not being deleted."""
-    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+    if _deleting(pod):
         return False
     status = pod.get("status") or {}
     containers = status.get("containerStatuses") or []

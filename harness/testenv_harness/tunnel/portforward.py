@@ -352,16 +352,19 @@ class SpdyTunnel:
             return
         with self._verdict:
             self._server_finished = True
-            verdict_due = self._sent and not self._answered and not self._error_over
-        if verdict_due:
+        if self._verdict_due():
             # A refusal ends the data stream first and says why on the error stream just after:
             # the client sees its end once that verdict is in (at most REFUSAL_GRACE_SECONDS
             # later), so that its next connection never lands on a session about to be closed.
-            later = threading.Timer(REFUSAL_GRACE_SECONDS, self.server_ended)
-            later.daemon = True
-            later.start()
+            _after_grace(self.server_ended)
             return
         self.server_ended()
+
+    def _verdict_due(self) -> bool:
+        """The client sent bytes, got none back, and the error stream has not said yet whether
+        the pod refused them."""
+        with self._verdict:
+            return self._sent and not self._answered and not self._error_over
 
     def server_ended(self) -> None:
         if self._closed.is_set():
@@ -424,18 +427,21 @@ class SpdyTunnel:
         else:
             self._shut_local()
         self.data.reset()
-        with self._verdict:
-            awaited = self._sent and not self._answered and not self._error_over
-        if awaited:
+        if self._verdict_due():
             # A refusal ends the data stream first and says why on the error stream just after:
             # keep that stream a moment, so `_error_end` still learns the bytes were stranded.
-            later = threading.Timer(REFUSAL_GRACE_SECONDS, self.error_stream.reset)
-            later.daemon = True
-            later.start()
+            _after_grace(self.error_stream.reset)
         else:
             self.error_stream.reset()
         with contextlib.suppress(OSError):
             self.local.close()
+
+
+def _after_grace(call: Callable[[], object]) -> None:
+    """`call()` on a daemon timer thread REFUSAL_GRACE_SECONDS from now."""
+    timer = threading.Timer(REFUSAL_GRACE_SECONDS, call)
+    timer.daemon = True
+    timer.start()
 
 
 class ChannelTunnel:
