@@ -33,6 +33,10 @@ from testenv_operator.settings import Settings, SettingsError, variable_name
 
 log = logging.getLogger("testenv_operator")
 
+#: How long a step-down waits, at most, for writes that passed the mandate's check before it was
+#: revoked (they are on their way out; their answers need not come).
+SETTLE_SECONDS = 1.0
+
 
 def main() -> int:
     try:
@@ -117,12 +121,16 @@ async def _step_down(
     except Exception as exc:  # the renewals themselves broke: no longer sure to hold it
         why = f"renewing failed: {exc!r}"
     mandate.revoke(why)
+    # A write that passed the check just before may still be leaving: let it go (a bounded wait,
+    # well inside the exit deadline) before saying none is sent from here on.
+    going = await asyncio.to_thread(mandate.settle, min(SETTLE_SECONDS, lease.exit_in() / 2))
     log.error(
-        "stepping down: lost the Lease %s/%s (%s); no more writes, stopping, so that the next holder "
-        "acts alone",
+        "stepping down: lost the Lease %s/%s (%s); no more writes%s, stopping, so that the next "
+        "holder acts alone",
         lease.namespace,
         lease.name,
         why,
+        f" ({going} sent before still unanswered)" if going else "",
     )
     kopf_stop.set()
     try:

@@ -16,8 +16,9 @@ made with `errors` tells it the reason of every call that failed (the metrics co
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, NamedTuple
 
 import urllib3
@@ -59,23 +60,48 @@ class Mandate:
     """Whether this process may still write to the cluster. Held from the start; `revoke`d once,
     when leadership is lost, and never held again (a process that lost the Lease exits).
 
-    A plain attribute, read by every writing thread without a lock: one assignment, seen at once.
+    A write passes the check and is counted in one step (`writing`), under the lock `revoke` takes:
+    so after `revoke` no write starts, and `settle` waits for those that started before it.
     """
 
     def __init__(self) -> None:
         self.lost: str | None = None
+        self._changed = threading.Condition()
+        self._writing = 0
 
     @property
     def held(self) -> bool:
         return self.lost is None
 
     def revoke(self, why: str) -> None:
-        self.lost = self.lost or why
+        with self._changed:
+            self.lost = self.lost or why
 
     def check(self) -> None:
         """NotActingError once revoked."""
         if self.lost is not None:
             raise NotActingError(f"not writing: this operator stepped down ({self.lost})")
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Around one write: NotActingError once revoked, else the write counts as under way until
+        it returns."""
+        with self._changed:
+            self.check()
+            self._writing += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._writing -= 1
+                self._changed.notify_all()
+
+    def settle(self, timeout: float) -> int:
+        """Wait (at most `timeout` seconds) for the writes under way to return; how many still are.
+        Once revoked, none is added, so a 0 means none of this process's writes is still being sent."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._writing == 0, timeout=max(0.0, timeout))
+            return self._writing
 
 
 #: Methods that change nothing: the only ones a client whose mandate was revoked still sends.
@@ -135,12 +161,12 @@ class _BoundedClient(client.ApiClient):  # type: ignore[misc]  # the client is u
         post_params: Any = None,
         _request_timeout: Any = None,
     ) -> Any:
-        if method.upper() not in _READS:
-            self.mandate.check()
+        under_way = nullcontext() if method.upper() in _READS else self.mandate.writing()
         try:
-            response = super().call_api(
-                method, url, header_params, body, post_params, _request_timeout or tuple(self.timeouts)
-            )
+            with under_way:
+                response = super().call_api(
+                    method, url, header_params, body, post_params, _request_timeout or tuple(self.timeouts)
+                )
         except urllib3.exceptions.HTTPError as exc:
             self.errors(_failure(exc))
             raise

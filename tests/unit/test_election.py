@@ -443,3 +443,25 @@ def test_a_revoked_mandate_stops_writes_before_they_leave_and_lets_reads_through
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_revocation_waits_for_the_writes_already_under_way_and_no_later_write_starts() -> None:
+    mandate = Mandate()
+    inside, release = threading.Event(), threading.Event()
+
+    def write() -> None:
+        with mandate.writing():
+            inside.set()
+            release.wait(5)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    assert inside.wait(5)
+    mandate.revoke("not renewed for 10.0s")
+    with pytest.raises(NotActingError), mandate.writing():
+        pass
+    assert mandate.settle(0.05) == 1, "the write that passed the check before is still under way"
+    threading.Timer(0.1, release.set).start()
+    assert mandate.settle(5) == 0
+    writer.join(5)
+    assert not writer.is_alive()
