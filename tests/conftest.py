@@ -33,11 +33,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(getattr(pytest.mark, tier))
 
 
-#: Under `-n 2 --dist loadgroup` (`make test`) each cluster's tests run in one xdist worker, in
-#: their usual order: the local cluster's (e2e, then integration) in one, the kind cluster's in
-#: the other, and the unit tests wherever there is room. The local tiers share one worker because
-#: they share the session's cluster; a second local control plane would only compete for the cores.
-CLUSTER_OF_TIER = {"integration": "local-cluster", "e2e": "local-cluster", "kind": "kind-cluster"}
+#: Under `-n 2 --dist loadgroup` (`make test`) each tier that needs a cluster runs whole in one
+#: xdist worker, in its usual order, and the unit tests fill in wherever there is room. The order
+#: in which the tiers are handed out (`FIRST`) balances the two workers: the local e2e tier, the
+#: longest, starts in one; the kind tier and then the integration tier run in the other. Each
+#: worker makes its own local cluster (`local_cluster`), so two local tiers never share one, and
+#: two run at once only while the kind cluster is gone.
+GROUP_OF_TIER = {"integration": "local-integration", "e2e": "local-e2e", "kind": "kind-cluster"}
+FIRST = ("local-e2e", "kind-cluster", "local-integration")
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -53,7 +56,15 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
         def _split_scope(self, nodeid: str) -> str:
             parts = nodeid.split("/", 2)
             tier = parts[1] if len(parts) == 3 and parts[0] == "tests" else ""
-            return CLUSTER_OF_TIER.get(tier, nodeid)
+            return GROUP_OF_TIER.get(tier, nodeid)
+
+        def _assign_work_unit(self, node: Any) -> None:
+            # xdist hands out the queue's first group; put the next of FIRST there.
+            for group in FIRST:
+                if group in self.workqueue:
+                    self.workqueue.move_to_end(group, last=False)
+                    break
+            super()._assign_work_unit(node)
 
     return ByCluster(config, log)
 
@@ -70,15 +81,23 @@ def _no_xdist_variables(monkeypatch: pytest.MonkeyPatch) -> None:
 CLUSTER_NAME = os.environ.get("TESTENV_IT_CLUSTER", "testenv-it")
 
 
+def cluster_name(config: pytest.Config) -> str:
+    """CLUSTER_NAME, and under xdist the worker's id after it: each worker's local tiers get a
+    cluster of their own."""
+    worker = getattr(config, "workerinput", {}).get("workerid")
+    return f"{CLUSTER_NAME}-{worker}" if worker else CLUSTER_NAME
+
+
 @pytest.fixture(scope="session")
 def local_cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
     report = progress(request.config, "cluster")
-    provider = LocalProvider(CLUSTER_NAME, report=report)
+    name = cluster_name(request.config)
+    provider = LocalProvider(name, report=report)
     keep = request.config.getoption("--keep-cluster")
     if not keep and provider.exists():
         # Left by a session that was killed before its teardown (or kept with --keep-cluster):
         # its objects, such as environments stuck in Terminating namespaces, are not this run's.
-        report(f"deleting {CLUSTER_NAME!r}, left by an earlier session (--keep-cluster reuses it)")
+        report(f"deleting {name!r}, left by an earlier session (--keep-cluster reuses it)")
         provider.down()
     cluster = provider.up()
     yield cluster

@@ -1,4 +1,6 @@
-"""The kind tier: one real kind cluster per session (real kubelet, containerd, images and pods).
+"""The kind tier: one real kind cluster for the tier (real kubelet, containerd, images and pods),
+deleted once its last test is done (package scope), so that an xdist worker that goes on to a
+local tier does not keep an idle kind node running beside it.
 
 Where kind cannot start (no Docker engine, images not built) the whole tier is skipped with the
 reason, unless TESTENV_REQUIRE_KIND=1 (CI sets it), which turns that into an error.
@@ -31,7 +33,7 @@ def _unavailable() -> str:
     return reason
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def kind_provider(request: pytest.FixtureRequest) -> KindProvider:
     reason = _unavailable()
     if reason:
@@ -41,7 +43,7 @@ def kind_provider(request: pytest.FixtureRequest) -> KindProvider:
     return KindProvider(KIND_CLUSTER_NAME, report=progress(request.config, "kind"))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def kind_cluster(request: pytest.FixtureRequest, kind_provider: KindProvider) -> Iterator[Cluster]:
     keep = request.config.getoption("--keep-cluster")
     if not keep and kind_provider.exists():
