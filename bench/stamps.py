@@ -2,7 +2,8 @@
 and when its teardown ends, to $BENCH_STAMPS.
 
 Loaded with `-p stamps` (bench/ on PYTHONPATH) in the controller and, through xdist, in every
-worker; each line is `setup|start|end <unix time>`, written with one O_APPEND write.
+worker; each line is `setup|start|end <unix time> <xdist worker id or "main">`, written with one
+O_APPEND write.
 """
 
 from __future__ import annotations
@@ -31,13 +32,22 @@ def stamped_pytest(workers: int) -> tuple[Path, dict[str, str], list[str]]:
 
 
 def read_stamps(stamps: Path) -> dict[str, list[float]]:
-    """The times written, by what they mark (setup, start, end); the file is removed."""
+    """The times written, by what they mark (setup, start, end), and each also by worker under
+    `WHAT@WORKER` (`start@gw2`); the file is removed."""
     marks: dict[str, list[float]] = {"setup": [], "start": [], "end": []}
     for line in stamps.read_text().splitlines():
-        what, at = line.split()
+        what, at, *worker = line.split()
         marks.setdefault(what, []).append(float(at))
+        if worker:
+            marks.setdefault(f"{what}@{worker[0]}", []).append(float(at))
     stamps.unlink()
     return marks
+
+
+def every_worker_first(marks: dict[str, list[float]], what: str = "start") -> float | None:
+    """The time by which every worker had begun its first test body: the latest of their firsts."""
+    firsts = [min(times) for key, times in marks.items() if key.startswith(f"{what}@") and times]
+    return max(firsts) if firsts else None
 
 
 def _stamp(what: str) -> None:
@@ -45,7 +55,8 @@ def _stamp(what: str) -> None:
     if path:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(fd, f"{what} {time.time():.6f}\n".encode())
+            worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+            os.write(fd, f"{what} {time.time():.6f} {worker}\n".encode())
         finally:
             os.close(fd)
 

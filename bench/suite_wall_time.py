@@ -7,8 +7,9 @@ Redis, a Kafka broker and LocalStack, which the local data plane serves with mot
 The local cluster is created (or reused) before the first run, so no run pays for it.
 
 From every run it records the wall time of the pytest process, the plugin's own lines (each
-worker's ready time with its services' times, the slowest worker, the teardown time) and
-pytest's summary line (passed, failed, errors). It prints a markdown table of median and min
+worker's ready time with its services' times, the slowest worker, the teardown time), when the
+first test body began on any worker and on every worker (`stamps.py`, loaded with `-p stamps`)
+and pytest's summary line (passed, failed, errors). It prints a markdown table of median and min
 per N and writes it, one CSV row per run and every run's full output, to bench/results/.
 
 Run: `make bench-suite` (or `.venv/bin/python bench/suite_wall_time.py --help`).
@@ -34,6 +35,7 @@ from pathlib import Path
 import yaml
 
 from hostinfo import load, machine  # bench/ is on sys.path when a script runs
+from stamps import every_worker_first, read_stamps, stamped_pytest
 from testenv_api import KIND, local_ports
 from testenv_harness.ground.localports import bindable
 
@@ -67,6 +69,9 @@ class Run:
     exit_code: int
     wall_s: float
     ready_slowest_s: float | None = None
+    #: from the pytest process's start until the first test body began, on any worker / on every one
+    first_test_s: float | None = None
+    every_first_test_s: float | None = None
     workers_ready: int = 0
     teardown_s: float | None = None
     teardown_note: str = ""
@@ -145,22 +150,19 @@ def busy(ports: Sequence[int]) -> list[int]:
 
 
 def run_suite(workers: int, run: int, args: argparse.Namespace) -> Run:
-    argv = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-n",
-        str(workers),
+    stamps, env, argv = stamped_pytest(workers)
+    argv += [
         f"--testenv-cluster={args.cluster}",
         f"--testenv-cluster-name={CLUSTER_NAME}",
         f"--testenv-namespace={NAMESPACE}",
     ]
     started_at = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     load_before = os.getloadavg()[0]
-    started = time.monotonic()
+    started, started_epoch = time.monotonic(), time.time()
     process = subprocess.Popen(
         argv,
         cwd=args.suite,
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -190,6 +192,10 @@ def run_suite(workers: int, run: int, args: argparse.Namespace) -> Run:
     path = args.out / f"suite_wall_time.n{workers}.run{run}.log"
     path.write_text(f"$ (cd {args.suite} && {' '.join(argv[2:])})\n{output}")
     result = Run(workers, run, started_at, load_before, code, wall, log_path=str(path))
+    marks = read_stamps(stamps)
+    every = every_worker_first(marks)
+    result.first_test_s = min(marks["start"]) - started_epoch if marks["start"] else None
+    result.every_first_test_s = every - started_epoch if every is not None else None
     result.concurrent_runs = len(others)
     parse_output(result, output)
     return result
@@ -224,9 +230,10 @@ def render(runs: Sequence[Run], worker_counts: Sequence[int], header: Sequence[s
     lines = [*header, ""]
     lines += [
         "| workers (-n) | runs | wall median (min) s | all workers ready median (min) s "
+        "| first test median (min) s | every worker's first test median (min) s "
         "| pytest session median (min) s | teardown median (min) s | passed / failed / errors "
         "(all runs) | exit codes | other testenv runs seen |",
-        "|---:|---:|---:|---:|---:|---:|---|---|---|",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|",
     ]
     services = sorted({name for r in runs for name in r.service_s})
     per_service = [
@@ -245,6 +252,8 @@ def render(runs: Sequence[Run], worker_counts: Sequence[int], header: Sequence[s
         lines.append(
             f"| {n} | {len(mine)} | {median_min([r.wall_s for r in mine])} "
             f"| {median_min([r.ready_slowest_s for r in mine])} "
+            f"| {median_min([r.first_test_s for r in mine])} "
+            f"| {median_min([r.every_first_test_s for r in mine])} "
             f"| {median_min([r.pytest_s for r in mine])} | {median_min([r.teardown_s for r in mine])} "
             f"| {counts} | {', '.join(str(r.exit_code) for r in mine)} "
             f"| {', '.join(str(r.concurrent_runs) for r in mine)} |"
@@ -261,6 +270,9 @@ def render(runs: Sequence[Run], worker_counts: Sequence[int], header: Sequence[s
         "operator start, environment, tests, teardown).",
         "- all workers ready: the plugin's `slowest` figure, measured from the start of its set-up "
         "(in pytest_configure) until the last worker's services were all served and Ready.",
+        "- first test, every worker's first test: from the pytest process's start until a test body "
+        "began on any worker, and until every worker had begun one (`stamps.py`). A worker that "
+        "forwards ahead of Ready (kind) starts testing before the plugin's `slowest` figure.",
         "- pytest session: the time in pytest's summary line (collection and tests, including the "
         "workers waiting for their services; not the controller's set-up or teardown).",
         "- teardown: the plugin's `stopped in` figure (stop the services, delete the environment and "
@@ -306,6 +318,8 @@ CSV_HEADER = [
     "wall_s",
     "ready_slowest_s",
     "ready_first_s",
+    "first_test_s",
+    "every_first_test_s",
     "workers_ready",
     "pytest_s",
     "teardown_s",
@@ -333,6 +347,8 @@ def csv_row(r: Run) -> list[str]:
         num(r.wall_s),
         num(r.ready_slowest_s),
         num(min(r.worker_ready_s) if r.worker_ready_s else None),
+        num(r.first_test_s),
+        num(r.every_first_test_s),
         str(r.workers_ready),
         num(r.pytest_s),
         num(r.teardown_s),

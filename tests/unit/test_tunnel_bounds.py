@@ -318,11 +318,17 @@ def _refuse(peer: Peer, error_stream: int, data_stream: int) -> None:
     )
 
 
+def _timers() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if isinstance(t, threading.Timer)}
+
+
 def test_a_refused_connection_that_carried_bytes_closes_its_session(
-    plain: tuple[spdy.Session, Peer], caplog: pytest.LogCaptureFixture
+    plain: tuple[spdy.Session, Peer], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The server never reads a refused stream's bytes, and its frame worker for that stream waits
     # for a reader for good: five of them and the session answers nothing. It must not be reused.
+    monkeypatch.setattr(portforward, "REFUSAL_GRACE_SECONDS", 30.0)  # the verdict comes well before
+    before = _timers()
     session, peer = plain
     client, local = socket.socketpair()
     tunnel = SpdyTunnel(local, session, 6390, 0, "pod-a")  # streams 1 (error), 3 (data)
@@ -343,6 +349,9 @@ def test_a_refused_connection_that_carried_bytes_closes_its_session(
     assert client.recv(64) == b"", "the client must see its connection end"
     runner.join(5)
     assert not runner.is_alive()
+    for timer in _timers() - before:
+        timer.join(2)
+        assert not timer.is_alive(), "a grace timer sleeps on after the verdict came"
     client.close()
 
 

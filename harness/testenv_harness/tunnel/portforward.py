@@ -202,6 +202,8 @@ class SpdyTunnel:
         self._answered = False
         self._error_over = False  # the error stream has ended (said something or not)
         self._server_finished = False  # the pod's side has ended the data stream
+        #: What waits for the verdict, at most REFUSAL_GRACE_SECONDS: run at once when it comes.
+        self._waiting: list[threading.Timer] = []
         base = {"port": str(port), "requestid": str(request_id)}
         self.error_stream, self.data = session.open(
             [base | {"streamtype": "error"}, base | {"streamtype": "data"}],
@@ -330,10 +332,16 @@ class SpdyTunnel:
             self.data.session.close(f"a refused connection's bytes block it on the server ({message})")
         elif refused:
             log.info("port-forward to %s failed: %s", self.pod, message)
+        with self._verdict:
+            waiting, self._waiting = self._waiting, []
+        for timer in waiting:
+            timer.cancel()  # the verdict is in: no thread sleeps out the grace for nothing
         if refused:
             self._data_end("error")
         elif finished:
             self.server_ended()  # the end `_data_end` held back for this verdict
+        for timer in waiting:
+            timer.function()  # each is safe to run twice, should its timer have fired just now
 
     def _upload(self, chunk: bytes) -> None:
         """Send the client's bytes to the pod, unless the pod refused the connection (an error) or
@@ -356,9 +364,23 @@ class SpdyTunnel:
             # A refusal ends the data stream first and says why on the error stream just after:
             # the client sees its end once that verdict is in (at most REFUSAL_GRACE_SECONDS
             # later), so that its next connection never lands on a session about to be closed.
-            _after_grace(self.server_ended)
+            self._after_grace(self.server_ended)
             return
         self.server_ended()
+
+    def _after_grace(self, call: Callable[[], object]) -> None:
+        """`call()` when the error stream's verdict comes, or REFUSAL_GRACE_SECONDS from now on a
+        daemon timer thread, whichever is first."""
+        timer = threading.Timer(REFUSAL_GRACE_SECONDS, call)
+        timer.daemon = True
+        with self._verdict:
+            came = self._error_over  # in the meantime
+            if not came:
+                self._waiting.append(timer)
+        if came:
+            call()
+        else:
+            timer.start()
 
     def _verdict_due(self) -> bool:
         """The client sent bytes, got none back, and the error stream has not said yet whether
@@ -430,18 +452,11 @@ class SpdyTunnel:
         if self._verdict_due():
             # A refusal ends the data stream first and says why on the error stream just after:
             # keep that stream a moment, so `_error_end` still learns the bytes were stranded.
-            _after_grace(self.error_stream.reset)
+            self._after_grace(self.error_stream.reset)
         else:
             self.error_stream.reset()
         with contextlib.suppress(OSError):
             self.local.close()
-
-
-def _after_grace(call: Callable[[], object]) -> None:
-    """`call()` on a daemon timer thread REFUSAL_GRACE_SECONDS from now."""
-    timer = threading.Timer(REFUSAL_GRACE_SECONDS, call)
-    timer.daemon = True
-    timer.start()
 
 
 class ChannelTunnel:
