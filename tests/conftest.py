@@ -33,20 +33,40 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(getattr(pytest.mark, tier))
 
 
-#: Under `-n 2 --dist loadgroup` (`make test`) each tier that needs a cluster runs whole in one
-#: xdist worker, in its usual order, and the unit tests fill in wherever there is room. The order
-#: in which the tiers are handed out (`FIRST`) balances the two workers: the local e2e tier, the
-#: longest, starts in one; the kind tier and then the integration tier run in the other. Each
-#: worker makes its own local cluster (`local_cluster`), so two local tiers never share one, and
-#: two run at once only while the kind cluster is gone.
-GROUP_OF_TIER = {"integration": "local-integration", "e2e": "local-e2e", "kind": "kind-cluster"}
-FIRST = ("local-e2e", "kind-cluster", "local-integration")
+#: Under `-n 2 --dist loadgroup` (`make test`) the kind tier runs whole in one xdist worker (one
+#: kind cluster, deleted after its last test), and the local tiers' test files are handed out one
+#: at a time to whichever worker runs short of work, so that the two workers end together. The
+#: longest go first (`FIRST`, from CI's `--durations`), the other files after them, largest first,
+#: and the unit tests fill in at the end. Each worker makes a local cluster of its own the first
+#: time one of its tests needs it (`local_cluster`).
+KIND_GROUP = "kind-cluster"
+FIRST = (
+    KIND_GROUP,
+    "tests/e2e/test_cli.py",
+    "tests/e2e/test_harness.py",
+    "tests/integration/test_operator_restarts.py",
+    "tests/e2e/test_reuse.py",
+    "tests/integration/test_chart.py",
+    "tests/integration/test_operator.py",
+    "tests/integration/test_leader_partition.py",
+)
+
+
+def group_of(nodeid: str) -> str:
+    """A test's group under `make test`: the kind tier; a local tier's file; or the test alone."""
+    parts = nodeid.split("/", 2)
+    tier = parts[1] if len(parts) == 3 and parts[0] == "tests" else ""
+    if tier == "kind":
+        return KIND_GROUP
+    if tier in ("e2e", "integration"):
+        return nodeid.split("::", 1)[0]
+    return nodeid
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """The groups above, by folder. xdist's own `loadgroup` cannot group here: xdist 3.8.0 writes
-    an `xdist_group` mark's name into `item._nodeid`, which pytest 9's `nodeid` no longer reads, so
+    """The groups above. xdist's own `loadgroup` cannot group here: xdist 3.8.0 writes an
+    `xdist_group` mark's name into `item._nodeid`, which pytest 9's `nodeid` no longer reads, so
     every test would be a group of its own."""
     if config.getvalue("dist") != "loadgroup":
         return None
@@ -54,12 +74,10 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
     class ByCluster(LoadScopeScheduling):  # type: ignore[misc]
         def _split_scope(self, nodeid: str) -> str:
-            parts = nodeid.split("/", 2)
-            tier = parts[1] if len(parts) == 3 and parts[0] == "tests" else ""
-            return GROUP_OF_TIER.get(tier, nodeid)
+            return group_of(nodeid)
 
         def _assign_work_unit(self, node: Any) -> None:
-            # xdist hands out the queue's first group; put the next of FIRST there.
+            # xdist hands out the queue's first group (largest first); put the next of FIRST there.
             for group in FIRST:
                 if group in self.workqueue:
                     self.workqueue.move_to_end(group, last=False)
