@@ -12,7 +12,7 @@ import pytest
 from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
-from testenv_api import Phase
+from testenv_api import GROUP, PLURAL, VERSION, Phase
 from testenv_harness.ground.waiting import wait_for
 from testenv_harness.provision.operator_process import OperatorProcess
 
@@ -57,6 +57,30 @@ def wait_page(process: OperatorProcess, what: str, reached: Callable[[Page], boo
     return wait_for(check, timeout=30, what=what, interval=0.1, seen=lambda: _testenv_lines(last))
 
 
+def settled(api: client.ApiClient, process: OperatorProcess) -> Page:
+    """A scrape once no TestEnvironment in the cluster is being deleted and the gauge counts as
+    many as exist: what earlier tests on this cluster left (their runs hand deletion to an
+    operator, which may be this one) no longer moves the counts this test compares."""
+    custom = client.CustomObjectsApi(api)
+    present: list[str] = []
+
+    def check() -> Page | None:
+        items = custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)["items"]
+        present[:] = [
+            f"{i['metadata']['namespace']}/{i['metadata']['name']}"
+            + (" (deleting)" if i["metadata"].get("deletionTimestamp") else "")
+            for i in items
+        ]
+        if any(i["metadata"].get("deletionTimestamp") for i in items):
+            return None
+        page = scrape(process)
+        return page if page.total("testenv_environments") == len(items) else None
+
+    return wait_for(
+        check, timeout=120, what="the cluster's environments to settle", seen=lambda: ", ".join(present)
+    )
+
+
 def _testenv_lines(page: Page) -> str:
     return "; ".join(
         f"{name}{dict(labels)}={value}"
@@ -92,7 +116,7 @@ def watch_phases(running_operator: OperatorProcess) -> Iterator[set[str]]:
 def test_an_environment_is_counted_by_phase_timed_to_ready_and_forgotten_once_deleted(
     api: client.ApiClient, tenant: str, running_operator: OperatorProcess, watch_phases: set[str]
 ) -> None:
-    before = scrape(running_operator)
+    before = settled(api, running_operator)
     assert before("testenv_leader") == 1
     ready = "testenv_environment_ready_seconds_count"
     passed = "testenv_passes_total"
@@ -135,7 +159,7 @@ def test_an_environment_is_counted_by_phase_timed_to_ready_and_forgotten_once_de
 def test_a_pool_shows_its_phase_and_workers_and_a_claim_is_timed_as_pooled(
     api: client.ApiClient, tenant: str, running_operator: OperatorProcess
 ) -> None:
-    before = scrape(running_operator)
+    before = settled(api, running_operator)
     where = {"namespace": tenant, "pool": "warm"}
     try:
         te.create_pool(api, tenant, te.pool_manifest("warm", 1, REDIS, portBase=43000))
