@@ -149,6 +149,11 @@ def busy(ports: Sequence[int]) -> list[int]:
     return [port for port in ports if not bindable(port)]
 
 
+def stem(args: argparse.Namespace) -> str:
+    """The name of this cluster's output files: a kind run's never overwrite a local run's."""
+    return "suite_wall_time" if args.cluster == "local" else f"suite_wall_time_{args.cluster}"
+
+
 def run_suite(workers: int, run: int, args: argparse.Namespace) -> Run:
     stamps, env, argv = stamped_pytest(workers)
     argv += [
@@ -189,7 +194,7 @@ def run_suite(workers: int, run: int, args: argparse.Namespace) -> Run:
         done.set()
         watcher.join()
     wall = time.monotonic() - started
-    path = args.out / f"suite_wall_time.n{workers}.run{run}.log"
+    path = args.out / f"{stem(args)}.n{workers}.run{run}.log"
     path.write_text(f"$ (cd {args.suite} && {' '.join(argv[2:])})\n{output}")
     result = Run(workers, run, started_at, load_before, code, wall, log_path=str(path))
     marks = read_stamps(stamps)
@@ -441,13 +446,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         header.append(f"- port clashes before a run: {'; '.join(clashes)}")
     report = render(runs, worker_counts, header)
     print(report)
-    stem = "suite_wall_time" if args.cluster == "local" else f"suite_wall_time_{args.cluster}"
-    (args.out / f"{stem}.md").write_text(report)
-    with (args.out / f"{stem}.csv").open("w", newline="") as handle:
+    name = stem(args)
+    (args.out / f"{name}.md").write_text(report)
+    with (args.out / f"{name}.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(CSV_HEADER)
         writer.writerows(csv_row(r) for r in runs)
-    log(f"wrote {args.out / stem}.md and .csv; total {total:.0f}s")
+    log(f"wrote {args.out / name}.md and .csv; total {total:.0f}s")
     return 1 if any(r.exit_code != 0 for r in runs) else 0
 
 

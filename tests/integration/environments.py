@@ -119,6 +119,35 @@ def delete_many(
     )
 
 
+def settled_count(api: client.ApiClient, timeout: float = 120) -> int:
+    """How many TestEnvironments the cluster holds, once none is being deleted. A run hands its
+    environment's deletion to an operator and exits; with the local tiers' files mixed on one
+    cluster (`make test`), what an earlier test left this way is finished by the next operator,
+    which would move cluster-wide counts that a test compares."""
+    custom = client.CustomObjectsApi(api)
+    deleting: list[str] = []
+
+    def check() -> int | None:
+        items = custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)["items"]
+        deleting[:] = [
+            f"{i['metadata']['namespace']}/{i['metadata']['name']}"
+            for i in items
+            if i["metadata"].get("deletionTimestamp")
+        ]
+        return None if deleting else len(items) + 1  # + 1: a count of 0 is an answer too
+
+    return (
+        wait_for(
+            check,
+            timeout=timeout,
+            what="no TestEnvironment in the cluster to be being deleted",
+            interval=0.25,
+            seen=lambda: f"being deleted: {', '.join(deleting)}",
+        )
+        - 1
+    )
+
+
 def delete_all(api: client.ApiClient, namespace: str) -> None:
     listing = client.CustomObjectsApi(api).list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
     delete_many(api, namespace, [item["metadata"]["name"] for item in listing["items"]])

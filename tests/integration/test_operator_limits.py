@@ -87,6 +87,7 @@ def test_refused_environments_cost_the_api_server_nothing_while_they_wait(
     for name in names:
         te.wait_phase(api, tenant, name, Phase.FAILED)
     time.sleep(2)  # the last status writes and their events settle
+    te.settled_count(api)  # and no earlier test's environment is being deleted in the window
     before = _requests_on_testenvironments(api)
     time.sleep(6)
     after = _requests_on_testenvironments(api)

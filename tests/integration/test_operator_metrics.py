@@ -12,7 +12,7 @@ import pytest
 from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
-from testenv_api import GROUP, PLURAL, VERSION, Phase
+from testenv_api import Phase
 from testenv_harness.ground.waiting import wait_for
 from testenv_harness.provision.operator_process import OperatorProcess
 
@@ -58,26 +58,12 @@ def wait_page(process: OperatorProcess, what: str, reached: Callable[[Page], boo
 
 
 def settled(api: client.ApiClient, process: OperatorProcess) -> Page:
-    """A scrape once no TestEnvironment in the cluster is being deleted and the gauge counts as
-    many as exist: what earlier tests on this cluster left (their runs hand deletion to an
-    operator, which may be this one) no longer moves the counts this test compares."""
-    custom = client.CustomObjectsApi(api)
-    present: list[str] = []
-
-    def check() -> Page | None:
-        items = custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)["items"]
-        present[:] = [
-            f"{i['metadata']['namespace']}/{i['metadata']['name']}"
-            + (" (deleting)" if i["metadata"].get("deletionTimestamp") else "")
-            for i in items
-        ]
-        if any(i["metadata"].get("deletionTimestamp") for i in items):
-            return None
-        page = scrape(process)
-        return page if page.total("testenv_environments") == len(items) else None
-
-    return wait_for(
-        check, timeout=120, what="the cluster's environments to settle", seen=lambda: ", ".join(present)
+    """A scrape once no TestEnvironment is being deleted and the gauge counts as many as exist
+    (`te.settled_count`): the counts compared below move only with this test's own objects."""
+    return wait_page(
+        process,
+        "the gauge to count the cluster's environments",
+        lambda page: page.total("testenv_environments") == te.settled_count(api),
     )
 
 
