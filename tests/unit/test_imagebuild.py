@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -235,3 +236,35 @@ def test_the_operator_image_runs_the_versions_the_tests_run() -> None:
     tested = _pins(imagebuild.CHECKOUT / "requirements-dev.lock")
     runtime = {name: version for name, version in locked.items() if name not in ("setuptools", "wheel")}
     assert {name: tested.get(name) for name in runtime} == runtime, "run `make image-locks` after `make lock`"
+
+
+def test_prune_keeps_the_newest_build_stages_on_a_current_base_and_removes_the_rest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Untagged leaves, newest first: build stages on today's `python` (they inherit its labels;
+    # the two newest are the next build's cache), one on an older `python`, and an old operator.
+    python, operator = imagebuild.key("python"), imagebuild.key("operator")
+    leaves = {
+        "sha256:a": {"dev.kube-testenv.image": "python", "dev.kube-testenv.key": python},
+        "sha256:b": {"dev.kube-testenv.image": "python", "dev.kube-testenv.key": python},
+        "sha256:c": {"dev.kube-testenv.image": "python", "dev.kube-testenv.key": python},
+        "sha256:d": {"dev.kube-testenv.image": "python", "dev.kube-testenv.key": "0ld0ld0ld0ld"},
+        "sha256:e": {"dev.kube-testenv.image": "operator", "dev.kube-testenv.key": "0ld0ld0ld0le"},
+    }
+    removed: list[str] = []
+
+    def docker(*args: str, timeout: float = 60) -> str:
+        if args[0] == "images" and "dangling=true" in args:
+            return "\n".join(leaves)
+        if args[0] == "images":  # the tagged ones: all current here
+            return f"{imagebuild.REPOSITORY}/operator:{operator}"
+        if args[:2] == ("image", "inspect"):
+            return "\n".join(json.dumps(leaves[layer]) for layer in args[4:])
+        if args[0] == "rmi":
+            removed.append(args[1])
+            return ""
+        raise AssertionError(f"unexpected docker {args}")
+
+    monkeypatch.setattr(imagebuild, "docker", docker)
+    assert imagebuild.prune(report=lambda _: None) == []
+    assert removed == ["sha256:c", "sha256:d", "sha256:e"]

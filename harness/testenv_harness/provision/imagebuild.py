@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import re
 import shlex
@@ -559,6 +560,8 @@ def stale() -> list[str]:
 
 #: Removing images frees gigabytes (a node image is 3 GB): minutes on a slow disk, not seconds.
 PRUNE_TIMEOUT = 900.0
+#: Untagged build stages kept per current base image: one for each recipe built on it.
+BUILD_STAGES_KEPT = 2
 
 
 def prune(report: Report = print) -> list[str]:
@@ -575,5 +578,37 @@ def prune(report: Report = print) -> list[str]:
         gone.append(ref)
         report(f"removed {ref}")
     # Layers our builds left untagged (an image rebuilt under the same alias); ours by label only.
-    docker("image", "prune", "--force", "--filter", "label=dev.kube-testenv.image", timeout=PRUNE_TIMEOUT)
+    # The newest few labelled with a current image's key stay: a multi-stage recipe's build stage
+    # on one of our images (operator and runner on `python`) inherits that image's labels, and
+    # its layers are the cache that lets the next build of a changed checkout skip installing
+    # the dependencies again.
+    current = {key(name) for name in IMAGES}
+    kept: dict[str, int] = {}
+    for layer, labels in _untagged_of_ours():
+        label = labels.get("dev.kube-testenv.key", "")
+        if label in current and kept.get(label, 0) < BUILD_STAGES_KEPT:
+            kept[label] = kept.get(label, 0) + 1
+            continue
+        try:  # removing the leaf removes its untagged parents too
+            docker("rmi", layer, timeout=PRUNE_TIMEOUT)
+        except ToolchainError as exc:
+            if "conflict" not in str(exc).lower():
+                raise  # a child or a container still uses it: it goes with them, later
     return gone
+
+
+def _untagged_of_ours() -> list[tuple[str, dict[str, str]]]:
+    """Untagged leaf images carrying our label, newest first, with their labels."""
+    layers = docker(
+        "images",
+        "--quiet",
+        "--no-trunc",
+        "--filter",
+        "dangling=true",
+        "--filter",
+        "label=dev.kube-testenv.image",
+    ).split()
+    if not layers:
+        return []
+    labels = docker("image", "inspect", "--format", "{{json .Config.Labels}}", *layers).splitlines()
+    return [(layer, json.loads(found) or {}) for layer, found in zip(layers, labels, strict=True)]
