@@ -610,5 +610,8 @@ def _untagged_of_ours() -> list[tuple[str, dict[str, str]]]:
     ).split()
     if not layers:
         return []
-    labels = docker("image", "inspect", "--format", "{{json .Config.Labels}}", *layers).splitlines()
+    try:
+        labels = docker("image", "inspect", "--format", "{{json .Config.Labels}}", *layers).splitlines()
+    except ToolchainError:  # one went meanwhile (another build's prune): leave the rest for next time
+        return []
     return [(layer, json.loads(found) or {}) for layer, found in zip(layers, labels, strict=True)]
