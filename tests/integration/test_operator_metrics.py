@@ -76,11 +76,12 @@ def _testenv_lines(page: Page) -> str:
 
 
 @pytest.fixture
-def watch_phases(running_operator: OperatorProcess) -> Iterator[set[str]]:
+def watch_phases(api: client.ApiClient, running_operator: OperatorProcess) -> Iterator[set[str]]:
     """Every environment phase with more environments than at the start, over the test's scrapes
-    every 50 ms (a phase may last less than a wait_for's look)."""
+    every 50 ms (a phase may last less than a wait_for's look). The start is a settled page, so
+    an earlier test's environment leaving its phase meanwhile hides no phase of this test's."""
     seen: set[str] = set()
-    start = scrape(running_operator)
+    start = settled(api, running_operator)
     stop = threading.Event()
 
     def keep_scraping() -> None:
