@@ -25,6 +25,10 @@ help: ## List the targets.
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
 # uv installs the locked dev environment in seconds where pip took minutes; it comes from PyPI too.
+# Unlike pip, uv writes no bytecode unless told (--compile-bytecode), and our own packages are
+# editable, so compileall does theirs: where PYTHONDONTWRITEBYTECODE is set (as in many CI images)
+# every process would otherwise compile every module it imports, each time it starts (the operator
+# 3.2 CPU s instead of 1.4, a worker with moto and the plugin 1.6 s instead of 0.6).
 UV_VERSION := 0.13.9
 UV := $(VENV)/bin/uv
 LOCK := requirements-dev.lock
@@ -32,8 +36,9 @@ LOCK := requirements-dev.lock
 $(INSTALLED): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
-	$(UV) pip install --quiet --python $(PY) --require-hashes -r $(LOCK)
+	$(UV) pip install --quiet --python $(PY) --require-hashes --compile-bytecode -r $(LOCK)
 	$(UV) pip install --quiet --python $(PY) --no-deps -e .
+	$(PY) -m compileall -q -j 0 harness/testenv_harness operator
 	touch $@
 
 .PHONY: venv
