@@ -196,10 +196,15 @@ bench-suite: local-deps tools ## Benchmark the example suite's wall time with -n
 bench-rerun: local-deps tools ## Benchmark time to the first test and after the last: fresh vs reused environment, -n 1, 2, 4 (cluster testenv-bench; ~10 min).
 	$(PY) bench/rerun.py $(BENCH_ARGS)
 
-.PHONY: bench-kafka
+.PHONY: bench-pool
 bench-pool: tools ## Benchmark a 4-worker claim from a warm pool against a fresh environment (cluster testenv-bench; ~3 min).
 	$(PY) bench/pool_claim.py $(BENCH_ARGS)
 
+.PHONY: bench-start
+bench-start: venv ## Benchmark the CPU a run's Python processes spend on their imports, with and without bytecode (~3 min).
+	$(PY) bench/process_start.py $(BENCH_ARGS)
+
+.PHONY: bench-kafka
 bench-kafka: local-deps venv ## Benchmark a Kafka broker's cold start, alone and 4 at once, before/after issue 12 (~3 min; images via BENCH_ARGS).
 	$(PY) bench/kafka_start.py $(BENCH_ARGS)
 

@@ -2,9 +2,12 @@
 its own status and deletion.
 
 Lists come back as plain dicts (camelCase, as the API server sends them): the reconciler reads
-a handful of fields and model deserialisation would only cost time. A refusal comes back as a
-typed `ApiError` (`NotFoundError`, `ConflictError`, `ForbiddenError`, `GoneError`,
-`InvalidError`), so callers say which answers they expect instead of comparing status codes.
+a handful of fields and model deserialisation would only cost time. Calls name their REST paths
+(`KINDS`) and go through the ApiClient's own request path (`_send`), not the generated API
+classes: those cost about 1 s of CPU to import (CoreV1Api alone 0.7 s) on every operator start.
+A refusal comes back as a typed `ApiError` (`NotFoundError`, `ConflictError`, `ForbiddenError`,
+`GoneError`, `InvalidError`), so callers say which answers they expect instead of comparing
+status codes.
 
 Every call has a connect and a read timeout (`Timeouts`, chosen from the Lease's duration: see
 election.Terms), so none can hang on a dead but open connection, and none is retried inside the
@@ -17,8 +20,8 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext, suppress
 from typing import Any, NamedTuple
 
 import urllib3
@@ -28,21 +31,40 @@ from kubernetes.client.exceptions import ApiException
 from testenv_api import GROUP, PLURAL, POOL_PLURAL, VERSION
 
 FIELD_MANAGER = "testenv-operator"
-_APPLY = {"field_manager": FIELD_MANAGER, "force": True, "_content_type": "application/apply-patch+yaml"}
+_APPLY = (("fieldManager", FIELD_MANAGER), ("force", True))
+_APPLY_TYPE = "application/apply-patch+yaml"
+_MERGE_TYPE = "application/merge-patch+json"
 
 Obj = dict[str, Any]
 
-# kind -> (API class, resource suffix of its methods, namespaced?)
-KINDS: dict[str, tuple[type, str, bool]] = {
-    "Namespace": (client.CoreV1Api, "namespace", False),
-    "ResourceQuota": (client.CoreV1Api, "resource_quota", True),
-    "LimitRange": (client.CoreV1Api, "limit_range", True),
-    "Secret": (client.CoreV1Api, "secret", True),
-    "Service": (client.CoreV1Api, "service", True),
-    "Deployment": (client.AppsV1Api, "deployment", True),
-    "NetworkPolicy": (client.NetworkingV1Api, "network_policy", True),
-    "RoleBinding": (client.RbacAuthorizationV1Api, "role_binding", True),
+
+class Resource(NamedTuple):
+    """Where a kind's objects live in the API: its group-version path and plural, and whether
+    they belong to a namespace."""
+
+    prefix: str
+    plural: str
+    namespaced: bool
+
+    def path(self, namespace: str | None = None, name: str | None = None) -> str:
+        """The collection (no `name`) or one object; with no `namespace`, across every namespace."""
+        where = f"/namespaces/{namespace}" if namespace and self.namespaced else ""
+        return f"{self.prefix}{where}/{self.plural}" + (f"/{name}" if name else "")
+
+
+KINDS: dict[str, Resource] = {
+    "Namespace": Resource("/api/v1", "namespaces", False),
+    "ResourceQuota": Resource("/api/v1", "resourcequotas", True),
+    "LimitRange": Resource("/api/v1", "limitranges", True),
+    "Secret": Resource("/api/v1", "secrets", True),
+    "Service": Resource("/api/v1", "services", True),
+    "Deployment": Resource("/apis/apps/v1", "deployments", True),
+    "NetworkPolicy": Resource("/apis/networking.k8s.io/v1", "networkpolicies", True),
+    "RoleBinding": Resource("/apis/rbac.authorization.k8s.io/v1", "rolebindings", True),
 }
+_PODS = Resource("/api/v1", "pods", True)
+_LEASES = Resource("/apis/coordination.k8s.io/v1", "leases", True)
+_CUSTOM = f"/apis/{GROUP}/{VERSION}"
 
 
 class Timeouts(NamedTuple):
@@ -272,10 +294,39 @@ def _done(response: Any) -> None:
     response.release_conn()
 
 
-def _method(api: client.ApiClient, verb: str, kind: str) -> tuple[Callable[..., Any], bool]:
-    cls, suffix, namespaced = KINDS[kind]
-    name = f"{verb}_namespaced_{suffix}" if namespaced else f"{verb}_{suffix}"
-    return getattr(cls(api), name), namespaced
+Query = Sequence[tuple[str, Any]]
+
+
+def _send(
+    api: client.ApiClient,
+    method: str,
+    path: str,
+    query: Query = (),
+    body: Any = None,
+    content_type: str = "application/json",
+    headers: dict[str, str] | None = None,
+    timeout: Any = None,
+) -> Any:
+    """One call, as the generated API methods make it (the client's serialisation, auth, and
+    `call_api`, so a `_BoundedClient`'s timeouts and mandate apply), answered by the unread
+    urllib3 response; a refusal raises its typed `ApiError`."""
+    header_params = {"Accept": "application/json", **(headers or {})}
+    if body is not None:
+        header_params["Content-Type"] = content_type
+    request = api.param_serialize(
+        method,
+        path,
+        query_params=[(key, value) for key, value in query if value is not None],
+        header_params=header_params,
+        body=body,
+        auth_settings=["BearerToken"],
+    )
+    with _refusals():
+        answer = api.call_api(*request, _request_timeout=timeout)
+        if not 200 <= answer.status <= 299:
+            answer.read()
+            raise ApiException.from_response(http_resp=answer, body=None, data=None)
+    return answer.response
 
 
 def _json(response: Any) -> Obj:
@@ -286,18 +337,15 @@ def _json(response: Any) -> Obj:
 
 def apply(api: client.ApiClient, obj: Obj) -> None:
     """Create or update `obj` with server-side apply, taking over fields we own."""
-    patch, namespaced = _method(api, "patch", obj["kind"])
     meta = obj["metadata"]
-    args = (meta["name"], meta["namespace"]) if namespaced else (meta["name"],)
-    with _refusals():
-        _done(patch(*args, obj, _preload_content=False, **_APPLY))
+    path = KINDS[obj["kind"]].path(meta.get("namespace"), meta["name"])
+    _done(_send(api, "PATCH", path, _APPLY, obj, _APPLY_TYPE))
 
 
 def create_namespace(api: client.ApiClient, obj: Obj) -> bool:
     """Create a namespace; False if one of that name exists already (it is then not ours to touch)."""
     try:
-        with _refusals():
-            _done(client.CoreV1Api(api).create_namespace(obj, _preload_content=False))
+        _done(_send(api, "POST", KINDS["Namespace"].path(), body=obj))
     except ConflictError:
         return False
     return True
@@ -305,25 +353,17 @@ def create_namespace(api: client.ApiClient, obj: Obj) -> bool:
 
 def delete(api: client.ApiClient, kind: str, name: str, namespace: str | None = None) -> None:
     """Delete one object in the background; already gone is fine."""
-    remove, namespaced = _method(api, "delete", kind)
-    args = (name, namespace) if namespaced else (name,)
-    try:
-        with _refusals():
-            _done(remove(*args, propagation_policy="Background", _preload_content=False))
-    except NotFoundError:
-        pass
+    path = KINDS[kind].path(namespace, name)
+    with suppress(NotFoundError):
+        _done(_send(api, "DELETE", path, [("propagationPolicy", "Background")]))
 
 
 def delete_namespace_if_unchanged(api: client.ApiClient, name: str, resource_version: str) -> bool:
     """Delete a namespace only if it is still at `resource_version` (a claim relabels it first);
     False when it changed or is gone."""
-    options = client.V1DeleteOptions(
-        propagation_policy="Background",
-        preconditions=client.V1Preconditions(resource_version=resource_version),
-    )
+    options = {"propagationPolicy": "Background", "preconditions": {"resourceVersion": resource_version}}
     try:
-        with _refusals():
-            _done(client.CoreV1Api(api).delete_namespace(name, body=options, _preload_content=False))
+        _done(_send(api, "DELETE", KINDS["Namespace"].path(name=name), body=options))
     except (ConflictError, NotFoundError):
         return False
     return True
@@ -331,29 +371,13 @@ def delete_namespace_if_unchanged(api: client.ApiClient, name: str, resource_ver
 
 def delete_pods_now(api: client.ApiClient, namespace: str) -> None:
     """Delete every pod of a namespace without a grace period."""
-    try:
-        with _refusals():
-            _done(
-                client.CoreV1Api(api).delete_collection_namespaced_pod(
-                    namespace, grace_period_seconds=0, _preload_content=False
-                )
-            )
-    except NotFoundError:
-        pass
-
-
-def _list_everywhere(api: client.ApiClient, kind: str) -> Callable[..., Any]:
-    """The client's list call of `kind` across every namespace (a watch too, with `watch=True`)."""
-    cls, suffix, namespaced = KINDS[kind]
-    name = f"list_{suffix}_for_all_namespaces" if namespaced else f"list_{suffix}"
-    call: Callable[..., Any] = getattr(cls(api), name)
-    return call
+    with suppress(NotFoundError):
+        _done(_send(api, "DELETE", _PODS.path(namespace), [("gracePeriodSeconds", 0)]))
 
 
 def list_labelled(api: client.ApiClient, kind: str, selector: str) -> list[Obj]:
     """Every object of `kind` in any namespace that matches a label selector."""
-    with _refusals():
-        response = _list_everywhere(api, kind)(label_selector=selector, _preload_content=False)
+    response = _send(api, "GET", KINDS[kind].path(), [("labelSelector", selector)])
     items: list[Obj] = _json(response)["items"]
     return items
 
@@ -370,11 +394,8 @@ class Page(NamedTuple):
 def list_page(api: client.ApiClient, kind: str, selector: str, limit: int, token: str = "") -> Page:
     """One page of `limit` objects of `kind` in any namespace that match a label selector, from
     `token` (a previous page's `next`; "" for the first). GoneError once the token expired."""
-    with _refusals():
-        response = _list_everywhere(api, kind)(
-            label_selector=selector, limit=limit, _continue=token or None, _preload_content=False
-        )
-    found = _json(response)
+    query = [("labelSelector", selector), ("limit", limit), ("continue", token or None)]
+    found = _json(_send(api, "GET", KINDS[kind].path(), query))
     meta = found.get("metadata") or {}
     version, token = str(meta.get("resourceVersion", "")), str(meta.get("continue") or "")
     return Page(found.get("items") or [], version, token)
@@ -389,16 +410,14 @@ def watch_events(
     or as a GoneError when the server refuses the watch outright with that status.
     A read waits at most 30 s past `seconds` (a connection that died says nothing)."""
     connect = getattr(api, "timeouts", Timeouts(10.0, 10.0)).connect
-    with _refusals():
-        response = _list_everywhere(api, kind)(
-            label_selector=selector,
-            watch=True,
-            resource_version=resource_version,
-            allow_watch_bookmarks=True,
-            timeout_seconds=seconds,
-            _preload_content=False,
-            _request_timeout=(connect, seconds + 30),
-        )
+    query = [
+        ("labelSelector", selector),
+        ("watch", True),
+        ("resourceVersion", resource_version),
+        ("allowWatchBookmarks", True),
+        ("timeoutSeconds", seconds),
+    ]
+    response = _send(api, "GET", KINDS[kind].path(), query, timeout=(connect, seconds + 30))
     ended = False
     try:
         pending = b""
@@ -419,21 +438,20 @@ def watch_events(
             response.close()
 
 
-def _read(call: Callable[..., Any], *args: str) -> Obj | None:
+def _read(api: client.ApiClient, path: str) -> Obj | None:
     """One object as a dict, or None when it does not exist."""
     try:
-        with _refusals():
-            return _json(call(*args, _preload_content=False))
+        return _json(_send(api, "GET", path))
     except NotFoundError:
         return None
 
 
 def read_namespace(api: client.ApiClient, name: str) -> Obj | None:
-    return _read(client.CoreV1Api(api).read_namespace, name)
+    return _read(api, KINDS["Namespace"].path(name=name))
 
 
 def read_secret(api: client.ApiClient, namespace: str, name: str) -> Obj | None:
-    return _read(client.CoreV1Api(api).read_namespaced_secret, name, namespace)
+    return _read(api, KINDS["Secret"].path(namespace, name))
 
 
 # -- TestEnvironments -----------------------------------------------------------------------------
@@ -442,22 +460,9 @@ def read_secret(api: client.ApiClient, namespace: str, name: str) -> Obj | None:
 def _environments_metadata(api: client.ApiClient, namespace: str, plural: str = PLURAL) -> list[Obj]:
     """A namespace's TestEnvironments ("": every namespace's), metadata only (no specs or statuses);
     with `plural` POOL_PLURAL, its TestEnvironmentPools."""
-    objects = client.CustomObjectsApi(api)
-    where = (
-        (objects.list_namespaced_custom_object, namespace)
-        if namespace
-        else (objects.list_cluster_custom_object,)
-    )
-    with _refusals():
-        response = where[0](
-            GROUP,
-            VERSION,
-            *where[1:],
-            plural,
-            _preload_content=False,
-            _headers={"Accept": "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"},
-        )
-    items: list[Obj] = _json(response).get("items") or []
+    path = Resource(_CUSTOM, plural, True).path(namespace or None)
+    partial = {"Accept": "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"}
+    items: list[Obj] = _json(_send(api, "GET", path, headers=partial)).get("items") or []
     return items
 
 
@@ -483,22 +488,9 @@ def environments_deleting(api: client.ApiClient, namespace: str) -> int:
 
 def _patch_status(api: client.ApiClient, plural: str, namespace: str, name: str, status: Obj) -> None:
     """Merge `status` into a custom object's status; an object deleted meanwhile is fine."""
-    try:
-        with _refusals():
-            _done(
-                client.CustomObjectsApi(api).patch_namespaced_custom_object_status(
-                    GROUP,
-                    VERSION,
-                    namespace,
-                    plural,
-                    name,
-                    {"status": status},
-                    _content_type="application/merge-patch+json",
-                    _preload_content=False,
-                )
-            )
-    except NotFoundError:
-        pass
+    path = Resource(_CUSTOM, plural, True).path(namespace, name) + "/status"
+    with suppress(NotFoundError):
+        _done(_send(api, "PATCH", path, body={"status": status}, content_type=_MERGE_TYPE))
 
 
 def patch_environment_status(api: client.ApiClient, namespace: str, name: str, status: Obj) -> None:
@@ -508,15 +500,8 @@ def patch_environment_status(api: client.ApiClient, namespace: str, name: str, s
 
 def delete_environment(api: client.ApiClient, namespace: str, name: str) -> None:
     """Delete a TestEnvironment (its finalizer then tears it down); already gone is fine."""
-    try:
-        with _refusals():
-            _done(
-                client.CustomObjectsApi(api).delete_namespaced_custom_object(
-                    GROUP, VERSION, namespace, PLURAL, name, _preload_content=False
-                )
-            )
-    except NotFoundError:
-        pass
+    with suppress(NotFoundError):
+        _done(_send(api, "DELETE", Resource(_CUSTOM, PLURAL, True).path(namespace, name)))
 
 
 # -- TestEnvironmentPools and the namespaces they lend ---------------------------------------------
@@ -525,10 +510,7 @@ def delete_environment(api: client.ApiClient, namespace: str, name: str) -> None
 def list_pools(api: client.ApiClient, namespace: str) -> list[Obj]:
     """A namespace's TestEnvironmentPools, whole; none where the pool CRD is not installed."""
     try:
-        with _refusals():
-            response = client.CustomObjectsApi(api).list_namespaced_custom_object(
-                GROUP, VERSION, namespace, POOL_PLURAL, _preload_content=False
-            )
+        response = _send(api, "GET", Resource(_CUSTOM, POOL_PLURAL, True).path(namespace))
     except NotFoundError:
         return []
     items: list[Obj] = _json(response).get("items") or []
@@ -547,12 +529,7 @@ def relabel_namespace(
     someone changed (or deleted) it since, so two claimers can never both take it."""
     patch = {"metadata": {"labels": labels, "resourceVersion": resource_version}}
     try:
-        with _refusals():
-            _done(
-                client.CoreV1Api(api).patch_namespace(
-                    name, patch, _content_type="application/merge-patch+json", _preload_content=False
-                )
-            )
+        _done(_send(api, "PATCH", KINDS["Namespace"].path(name=name), body=patch, content_type=_MERGE_TYPE))
     except (ConflictError, NotFoundError):
         return False
     return True
@@ -562,17 +539,14 @@ def relabel_namespace(
 
 
 def read_lease(api: client.ApiClient, namespace: str, name: str) -> Obj | None:
-    return _read(client.CoordinationV1Api(api).read_namespaced_lease, name, namespace)
+    return _read(api, _LEASES.path(namespace, name))
 
 
 def write_lease(api: client.ApiClient, lease: Obj) -> None:
     """Create a Lease, or replace the one whose resourceVersion it carries (ConflictError when
     someone else wrote it since)."""
     meta = lease["metadata"]
-    coordination = client.CoordinationV1Api(api)
-    with _refusals():
-        if meta.get("resourceVersion"):
-            name, namespace = meta["name"], meta["namespace"]
-            _done(coordination.replace_namespaced_lease(name, namespace, lease, _preload_content=False))
-        else:
-            _done(coordination.create_namespaced_lease(meta["namespace"], lease, _preload_content=False))
+    if meta.get("resourceVersion"):
+        _done(_send(api, "PUT", _LEASES.path(meta["namespace"], meta["name"]), body=lease))
+    else:
+        _done(_send(api, "POST", _LEASES.path(meta["namespace"]), body=lease))

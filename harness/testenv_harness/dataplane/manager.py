@@ -11,7 +11,6 @@ leave services running.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import queue
@@ -35,6 +34,11 @@ from testenv_harness.ground.waiting import WaitTimeoutError, wait_for
 
 log = logging.getLogger(__name__)
 KWOK_GROUP, KWOK_VERSION, PORT_FORWARDS = "kwok.x-k8s.io", "v1alpha1", "portforwards"
+
+
+def _forwards(namespace: str) -> str:
+    """The path of a namespace's kwok PortForwards."""
+    return f"/apis/{KWOK_GROUP}/{KWOK_VERSION}/namespaces/{namespace}/{PORT_FORWARDS}"
 
 
 def _listening(port: int) -> bool:
@@ -98,8 +102,6 @@ class DataPlane:
         report: Callable[[str], None] = log.info,
     ) -> None:
         self.api = api
-        self.core = k8s.client.CoreV1Api(api)
-        self.objects = k8s.client.CustomObjectsApi(api)
         self.owner_uid = owner_uid
         self.root = workdir
         self.report = report
@@ -134,16 +136,17 @@ class DataPlane:
     def _pods(self) -> list[dict[str, Any]]:
         """The environment's pods: those it made, and those in namespaces it claimed from a pool
         (they carry the pool's labels; nothing runs them before the claim on this cluster)."""
-        response = self.core.list_pod_for_all_namespaces(
-            label_selector=f"{LABEL_OWNER_UID}={self.owner_uid}", _preload_content=False
+        owned = f"{LABEL_OWNER_UID}={self.owner_uid}"
+        pods: list[dict[str, Any]] = k8s.call(self.api, "GET", "/api/v1/pods", [("labelSelector", owned)])[
+            "items"
+        ]
+        claimed = k8s.call(
+            self.api, "GET", "/api/v1/namespaces", [("labelSelector", f"{owned},{LABEL_POOL_UID}")]
         )
-        pods: list[dict[str, Any]] = json.loads(response.data)["items"]
-        claimed = self.core.list_namespace(
-            label_selector=f"{LABEL_OWNER_UID}={self.owner_uid},{LABEL_POOL_UID}", _preload_content=False
-        )
-        for namespace in json.loads(claimed.data)["items"]:
-            response = self.core.list_namespaced_pod(namespace["metadata"]["name"], _preload_content=False)
-            pods += json.loads(response.data)["items"]
+        for namespace in claimed["items"]:
+            pods += k8s.call(self.api, "GET", f"/api/v1/namespaces/{namespace['metadata']['name']}/pods")[
+                "items"
+            ]
         return pods
 
     def _sync(self) -> None:
@@ -246,9 +249,7 @@ class DataPlane:
             },
         }
         try:
-            self.objects.create_namespaced_custom_object(
-                KWOK_GROUP, KWOK_VERSION, pod.namespace, PORT_FORWARDS, body
-            )
+            k8s.call(self.api, "POST", _forwards(pod.namespace), body=body)
         except k8s.ApiException as exc:
             if exc.status != 409:
                 raise
@@ -282,9 +283,7 @@ class DataPlane:
                     os.killpg(process.pid, signal.SIGKILL)
                 process.wait(5)
         with contextlib.suppress(k8s.ApiException):
-            self.objects.delete_namespaced_custom_object(
-                KWOK_GROUP, KWOK_VERSION, served.pod.namespace, PORT_FORWARDS, served.pod.name
-            )
+            k8s.call(self.api, "DELETE", f"{_forwards(served.pod.namespace)}/{served.pod.name}")
         shutil.rmtree(served.workdir, ignore_errors=True)
 
     def close(self) -> None:

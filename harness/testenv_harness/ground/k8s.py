@@ -11,6 +11,8 @@ the name up only when something was raised.
 from __future__ import annotations
 
 import importlib
+import json
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -36,3 +38,29 @@ else:
         value = getattr(found, attribute) if attribute else found
         globals()[name] = value  # later lookups skip this function
         return value
+
+
+def call(
+    api: client.ApiClient, method: str, path: str, query: Sequence[tuple[str, Any]] = (), body: Any = None
+) -> Any:
+    """One call to the API server, as the generated API methods make it (the client's
+    serialisation, auth and timeouts), answered with the parsed JSON body. A refusal raises
+    `ApiException` (its `status` and `body`), as theirs do."""
+    headers = {"Accept": "application/json"}
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+    request = api.param_serialize(
+        method,
+        path,
+        query_params=list(query),
+        header_params=headers,
+        body=body,
+        auth_settings=["BearerToken"],
+    )
+    answer = api.call_api(*request)
+    answer.read()
+    if not 200 <= answer.status <= 299:
+        from kubernetes.client import exceptions  # the names above load on use, from outside only
+
+        raise exceptions.ApiException.from_response(http_resp=answer, body=None, data=None)
+    return json.loads(answer.data) if answer.data else None

@@ -417,8 +417,11 @@ class RunSession:
         meta.setdefault("annotations", {})[ANNOTATION_HEARTBEAT] = _now()
         if not isinstance(self.provider, ExistingProvider):  # a cluster of ours: make the namespace
             with contextlib.suppress(k8s.ApiException):
-                k8s.client.CoreV1Api(self.api).create_namespace(
-                    {"metadata": {"name": self.options.namespace}}
+                k8s.call(
+                    self.api,
+                    "POST",
+                    "/api/v1/namespaces",
+                    body={"metadata": {"name": self.options.namespace}},
                 )
         try:
             created = k8s.client.CustomObjectsApi(self.api).create_namespaced_custom_object(
@@ -663,11 +666,10 @@ class RunSession:
 
     def _left_behind(self) -> list[str]:
         assert self.api is not None
-        core = k8s.client.CoreV1Api(self.api)
+        owned = [("labelSelector", f"{LABEL_OWNER_UID}={self.uid}")]
         try:
             left = [
-                n.metadata.name
-                for n in core.list_namespace(label_selector=f"{LABEL_OWNER_UID}={self.uid}").items
+                n["metadata"]["name"] for n in k8s.call(self.api, "GET", "/api/v1/namespaces", owned)["items"]
             ]
         except k8s.ApiException as exc:
             if exc.status != 403:
