@@ -173,10 +173,12 @@ class RunSession:
         return self.handoff
 
     def start_ahead(self) -> None:
-        """Take the steps that make nothing new ahead of `start`, while the test runner starts its
-        workers and collects: reusing the cluster (only one that exists already) and starting the
-        operator. If no test needs the environment after all, `stop` ends the operator; the
-        environment itself waits for `start`. Does nothing where the cluster does not exist yet."""
+        """Take the steps that make no environment ahead of `start`, while the test runner starts
+        its workers and collects: reusing the cluster (only one that exists already) and starting
+        the operator (on a cluster of ours, after making the run's namespace if it is missing: see
+        `_make_namespace`). If no test needs the environment after all, `stop` ends the operator
+        (the namespace stays, as after any run); the environment itself waits for `start`. Does
+        nothing where the cluster does not exist yet."""
         self.provider = self._provider()
         if not self.provider.exists():
             return
