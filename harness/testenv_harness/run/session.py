@@ -433,7 +433,8 @@ class RunSession:
         meta.update(name=self.name, namespace=self.options.namespace)
         meta.setdefault("labels", {})[LABEL_RUN_ID] = self.run_id
         meta.setdefault("annotations", {})[ANNOTATION_HEARTBEAT] = _now()
-        self._make_namespace()
+        if self._operator_mode() != "subprocess":  # the operator step made it before our operator started
+            self._make_namespace()
         try:
             created = k8s.client.CustomObjectsApi(self.api).create_namespaced_custom_object(
                 GROUP, VERSION, self.options.namespace, PLURAL, body, field_validation="Strict"
