@@ -26,7 +26,7 @@ from typing import NoReturn
 
 import kopf
 
-from testenv_operator import handlers, kubeio, pool_handlers  # noqa: F401  (the handlers register with kopf)
+from testenv_operator import handlers, kopf_writes, kubeio, pool_handlers  # noqa: F401  (the handlers register with kopf)
 from testenv_operator.election import Lease, Terms, keep
 from testenv_operator.metrics import Metrics
 from testenv_operator.settings import Settings, SettingsError, variable_name
@@ -54,6 +54,9 @@ def main() -> int:
         return 2
     try:
         return asyncio.run(_run(settings, metrics))
+    except kopf_writes.UnguardableError as exc:
+        print(f"testenv-operator: {exc}", file=sys.stderr)
+        return 2
     finally:
         if endpoint is not None:
             endpoint.close()
@@ -90,10 +93,11 @@ async def _run(settings: Settings, metrics: Metrics) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stopped.set)  # kopf installs its own once it runs
+    mandate = kubeio.Mandate()
+    kopf_writes.guard(mandate)  # kopf's own finalizer, annotation and Event writes stop with ours
     if not await _wait_for_lease(lease, settings, stopped):
         return 0
     log.info("holding the Lease %s/%s as %s: running", namespace, name, lease.holder)
-    mandate = kubeio.Mandate()
     kopf_stop = asyncio.Event()
     operator = asyncio.create_task(_kopf(settings, metrics, kopf_stop, mandate))
     keeper = asyncio.create_task(keep(lease))

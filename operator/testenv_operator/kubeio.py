@@ -127,7 +127,7 @@ class Mandate:
 
 
 #: Methods that change nothing: the only ones a client whose mandate was revoked still sends.
-_READS = frozenset({"GET", "HEAD", "OPTIONS"})
+READS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 #: Told the reason of each failed call: the API server's, `ClientTimeout` or `ConnectionFailed`.
 Errors = Callable[[str], None]
@@ -183,7 +183,7 @@ class _BoundedClient(client.ApiClient):  # type: ignore[misc]  # the client is u
         post_params: Any = None,
         _request_timeout: Any = None,
     ) -> Any:
-        under_way = nullcontext() if method.upper() in _READS else self.mandate.writing()
+        under_way = nullcontext() if method.upper() in READS else self.mandate.writing()
         try:
             with under_way:
                 response = super().call_api(
