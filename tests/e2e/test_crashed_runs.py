@@ -1,10 +1,13 @@
-"""A run killed with -9 leaves no process of ours behind (its environment goes by heartbeat expiry)."""
+"""A run killed with -9 leaves no process of ours behind (its environment goes by heartbeat expiry),
+and the next run's set-up removes the folder it left."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -16,6 +19,9 @@ from testenv_api import FINALIZER, GROUP, LABEL_OWNER_NAMESPACE, PLURAL, VERSION
 from testenv_harness.ground import kube
 from testenv_harness.ground.waiting import wait_for
 from testenv_harness.provision.clusters import Cluster
+from testenv_harness.run import run_dirs
+from testenv_harness.run.options import RunOptions
+from testenv_harness.run.session import RunSession
 from tests.suites import CACHE
 
 
@@ -31,6 +37,16 @@ def _children(parent: int) -> dict[int, str]:
             continue
         if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
             found[int(entry.name)] = cmdline
+    return found
+
+
+def _run_folders_of(pid: int) -> list[Path]:
+    """The run folders (testenv_harness.run.run_dirs) whose owner record names process `pid`."""
+    found = []
+    for folder in Path(tempfile.gettempdir()).glob("testenv-*-*"):
+        with contextlib.suppress(OSError):
+            if (folder / run_dirs.OWNER).read_text().split()[0] == str(pid):
+                found.append(folder)
     return found
 
 
@@ -76,9 +92,13 @@ def test_kill_9_of_the_controller_takes_its_operator_along(
         wait_for(
             lambda: core.list_namespace(label_selector=owned).items, timeout=120, what="the worker namespace"
         )
+        (folder,) = _run_folders_of(controller.pid)
         os.kill(controller.pid, signal.SIGKILL)
         controller.wait(10)
         wait_for(lambda: not _alive(operator[0]), timeout=20, what=f"operator pid {operator[0]} to exit")
+        assert folder.is_dir()  # what it could not remove itself: the next run's set-up does
+        RunSession(RunOptions(workers=1, manifest={}, namespace=namespace), print).remove_run_dir()
+        assert not folder.exists(), f"the dead run's folder {folder} is still there"
     finally:
         if controller.poll() is None:
             controller.kill()

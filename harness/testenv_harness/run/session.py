@@ -12,12 +12,10 @@ import dataclasses
 import datetime
 import os
 import shutil
-import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import testenv_api
@@ -45,6 +43,7 @@ from testenv_harness.provision import clusters
 from testenv_harness.provision.clusters.base import Cluster, Provider
 from testenv_harness.provision.clusters.existing import ExistingProvider
 from testenv_harness.provision.operator_process import OperatorProcess
+from testenv_harness.run import run_dirs
 from testenv_harness.run.options import CONNECT_MODES, RunOptions
 from testenv_harness.worker.connection import planned_variables
 from testenv_harness.worker.handoff import DIRECT, FORWARD, Handoff, publish
@@ -78,7 +77,7 @@ class RunSession:
         self.options = options
         self.report = report
         self.run_id = uuid.uuid4().hex[:6]
-        self.run_dir = Path(tempfile.mkdtemp(prefix=f"testenv-{self.run_id}-"))
+        self.run_dir = run_dirs.make(self.run_id)
         self.cluster: Cluster | None = None
         self.provider: Provider | None = None
         self.api: k8s.client.ApiClient | None = None
@@ -648,7 +647,9 @@ class RunSession:
         )
 
     def remove_run_dir(self) -> None:
-        if not self.options.keep:
+        if self.options.keep:
+            run_dirs.keep(self.run_dir)
+        else:
             shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def _delete_environment(self) -> bool:
