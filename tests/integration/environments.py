@@ -92,10 +92,10 @@ def delete(api: client.ApiClient, namespace: str, name: str, timeout: float = 12
     delete_many(api, namespace, [name], timeout)
 
 
-def delete_many(
-    api: client.ApiClient, namespace: str, names: list[str], timeout: float = 120, plural: str = PLURAL
-) -> None:
-    """Delete all at once, then wait for all: teardown time is the slowest, not the sum."""
+def ask_to_delete(api: client.ApiClient, namespace: str, names: list[str], plural: str = PLURAL) -> None:
+    """Ask for each object's deletion (one already gone is fine) without waiting for any. The
+    namespace controller takes at least 5 s to remove a deleted namespace (its fixed grace before
+    it acts), and each object waits for its namespaces: a test with no use for the wait goes on."""
     objects = client.CustomObjectsApi(api)
     for name in names:
         try:
@@ -103,6 +103,13 @@ def delete_many(
         except ApiException as exc:
             if exc.status != 404:
                 raise
+
+
+def delete_many(
+    api: client.ApiClient, namespace: str, names: list[str], timeout: float = 120, plural: str = PLURAL
+) -> None:
+    """Delete all at once, then wait for all: teardown time is the slowest, not the sum."""
+    ask_to_delete(api, namespace, names, plural)
     left = list(names)
 
     def all_gone() -> bool:
@@ -148,9 +155,22 @@ def settled_count(api: client.ApiClient, timeout: float = 120) -> int:
     )
 
 
-def delete_all(api: client.ApiClient, namespace: str) -> None:
+def names_in(api: client.ApiClient, namespace: str) -> list[str]:
+    """The TestEnvironments in `namespace`, those being deleted included."""
     listing = client.CustomObjectsApi(api).list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
-    delete_many(api, namespace, [item["metadata"]["name"] for item in listing["items"]])
+    return [item["metadata"]["name"] for item in listing["items"]]
+
+
+def delete_all(api: client.ApiClient, namespace: str, wait: bool = True) -> list[str]:
+    """Delete every TestEnvironment in `namespace` and, with `wait`, wait until all are gone (the
+    slowest: at least 5 s, the namespace controller's grace before it removes their namespaces).
+    The names asked for."""
+    names = names_in(api, namespace)
+    if wait:
+        delete_many(api, namespace, names)
+    else:
+        ask_to_delete(api, namespace, names)
+    return names
 
 
 # -- TestEnvironmentPools ------------------------------------------------------------------------
