@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import pytest
@@ -69,3 +70,12 @@ def test_a_forward_listens_on_loopback_only() -> None:
         assert forward.server.getsockname()[0] == "127.0.0.1"
     finally:
         forward.close()
+
+
+def test_closing_a_forward_wakes_its_listener_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The accept loop ends on close itself, not on its next timeout: here it has none, so a
+    close that only closed the socket would leave the thread blocked in accept()."""
+    monkeypatch.setattr(socket.socket, "settimeout", lambda self, timeout: None)
+    forward = ServiceForward(None, "redis", 6379, free_port())  # type: ignore[arg-type]
+    forward.close()
+    assert not forward._thread.is_alive()

@@ -814,5 +814,9 @@ class ServiceForward:
     def close(self) -> None:
         self._stop.set()
         with contextlib.suppress(OSError):
+            # Closing alone does not wake an accept() blocked in another thread (Linux): the
+            # thread would wait for its 0.5 s timeout, and a worker's exit for every listener's.
+            self.server.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
             self.server.close()
         self._thread.join(timeout=2)
