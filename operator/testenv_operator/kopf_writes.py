@@ -18,7 +18,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from testenv_operator.kubeio import READS, Mandate
+from testenv_operator.kubeio import Mandate
 
 #: Where kopf sends every request from (kopf 1.45: `api.get`, `patch`, `post`, `delete` and
 #: `stream` all call it by this module-level name).
@@ -41,9 +41,7 @@ def guard(mandate: Mandate) -> Callable[[], None]:
         )
 
     async def request(method: str, url: str, **kwargs: Any) -> Any:
-        if method.upper() in READS:
-            return await original(method, url, **kwargs)
-        with mandate.writing():
+        with mandate.request(method):
             return await original(method, url, **kwargs)
 
     request.__wrapped__ = original  # type: ignore[attr-defined]

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from typing import Any, NamedTuple
 
 import urllib3
@@ -78,6 +78,10 @@ class NotActingError(Exception):
     """A write refused before it was sent: this process no longer holds the Lease."""
 
 
+#: Methods that change nothing: the only ones a client whose mandate was revoked still sends.
+_READS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 class Mandate:
     """Whether this process may still write to the cluster. Held from the start; `revoke`d once,
     when leadership is lost, and never held again (a process that lost the Lease exits).
@@ -118,6 +122,11 @@ class Mandate:
                 self._writing -= 1
                 self._changed.notify_all()
 
+    def request(self, method: str) -> AbstractContextManager[None]:
+        """Around one request of HTTP `method`: `writing` for a write, nothing for a read (a client
+        whose mandate was revoked still reads)."""
+        return nullcontext() if method.upper() in _READS else self.writing()
+
     def settle(self, timeout: float) -> int:
         """Wait (at most `timeout` seconds) for the writes under way to return; how many still are.
         Once revoked, none is added, so a 0 means none of this process's writes is still being sent."""
@@ -125,9 +134,6 @@ class Mandate:
             self._changed.wait_for(lambda: self._writing == 0, timeout=max(0.0, timeout))
             return self._writing
 
-
-#: Methods that change nothing: the only ones a client whose mandate was revoked still sends.
-READS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 #: Told the reason of each failed call: the API server's, `ClientTimeout` or `ConnectionFailed`.
 Errors = Callable[[str], None]
@@ -183,9 +189,8 @@ class _BoundedClient(client.ApiClient):  # type: ignore[misc]  # the client is u
         post_params: Any = None,
         _request_timeout: Any = None,
     ) -> Any:
-        under_way = nullcontext() if method.upper() in READS else self.mandate.writing()
         try:
-            with under_way:
+            with self.mandate.request(method):
                 response = super().call_api(
                     method, url, header_params, body, post_params, _request_timeout or tuple(self.timeouts)
                 )
