@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import concurrent.futures
+import threading
 from pathlib import Path
 
 import pytest
@@ -96,3 +98,30 @@ def test_bin_dir_links_every_binary(empty_cache: Path) -> None:
     local = [name for tool in toolchain.tools_of("local") for name in tool.binaries]
     assert sorted(p.name for p in linked.iterdir()) == sorted(local)
     assert (linked / "etcd").resolve() == (toolchain.tool_dir(toolchain.TOOLS[1]) / "etcd").resolve()
+
+
+def test_bin_dir_links_made_at_once_by_many_callers_all_succeed(empty_cache: Path) -> None:
+    """Two clusters starting together each link the folder: none may fail on the other's links."""
+    for tool in toolchain.tools_of("local"):
+        folder = toolchain.tool_dir(tool)
+        folder.mkdir(parents=True)
+        for name in tool.binaries:
+            (folder / name).write_text("#!/bin/sh\n")
+    stale = toolchain.bin_dir() / "etcd"
+    stale.parent.mkdir(parents=True)
+    stale.symlink_to("/nowhere/etcd")  # left by an older build: replaced, not kept
+    start = threading.Barrier(8)
+
+    def link() -> None:
+        start.wait()
+        for _ in range(20):
+            toolchain.link_bin_dir()
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        for done in [pool.submit(link) for _ in range(8)]:
+            done.result()
+    local = [name for tool in toolchain.tools_of("local") for name in tool.binaries]
+    assert sorted(p.name for p in toolchain.bin_dir().iterdir()) == sorted(local)
+    for tool in toolchain.tools_of("local"):
+        for name in tool.binaries:
+            assert (toolchain.bin_dir() / name).resolve() == (toolchain.tool_dir(tool) / name).resolve()

@@ -309,14 +309,24 @@ def build_one(tool: GoTool, report: Callable[[str], None] = print) -> float:
 
 
 def link_bin_dir() -> Path:
-    """(Re)create the folder of links to every built binary."""
+    """(Re)create the folder of links to every built binary.
+
+    Clusters starting at once (two runs, two xdist workers) all call this: a link already right is
+    left alone, and one to make or correct is made under a name of this thread's, then renamed
+    over the old, so no caller meets a missing link or fails on another's.
+    """
     target = bin_dir()
     target.mkdir(parents=True, exist_ok=True)
     for tool in tools_of("local"):
         for name in tool.binaries:
-            link = target / name
-            link.unlink(missing_ok=True)
-            link.symlink_to(tool_dir(tool) / name)
+            link, binary = target / name, tool_dir(tool) / name
+            with contextlib.suppress(OSError):
+                if os.readlink(link) == str(binary):
+                    continue
+            staged = target / f".{name}.{os.getpid()}.{threading.get_ident()}"
+            staged.unlink(missing_ok=True)
+            staged.symlink_to(binary)
+            os.replace(staged, link)
     return target
 
 
