@@ -17,7 +17,8 @@ from pathlib import Path
 from testenv_harness.ground.waiting import wait_for
 
 
-def _find(cluster_dir: Path, component: str) -> int:
+def pid_of(cluster_dir: Path, component: str) -> int:
+    """The pid of the cluster's running `component`."""
     binary = str(cluster_dir / "bin" / component).encode()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -31,17 +32,18 @@ def _find(cluster_dir: Path, component: str) -> int:
     raise LookupError(f"no {component} process of {cluster_dir} is running")
 
 
-def _gone(pid: int) -> bool:
+def is_gone(pid: int) -> bool:
+    """Whether process `pid` has ended (a zombie counts: killed, not yet reaped by its parent)."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
         return True
-    return state == "Z"  # killed; its parent (not us) has not reaped it yet
+    return state == "Z"
 
 
 def restart(cluster_dir: Path, component: str, down_seconds: float = 3.0) -> int:
     """Kill `component` (-9), keep it down for `down_seconds`, start it again; its new pid."""
-    pid = _find(cluster_dir, component)
+    pid = pid_of(cluster_dir, component)
     proc = Path(f"/proc/{pid}")
     argv = [part.decode() for part in (proc / "cmdline").read_bytes().split(b"\0") if part]
     cwd = os.readlink(proc / "cwd")
@@ -49,7 +51,7 @@ def restart(cluster_dir: Path, component: str, down_seconds: float = 3.0) -> int
         line.decode().split("=", 1) for line in (proc / "environ").read_bytes().split(b"\0") if b"=" in line
     )
     os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: _gone(pid), timeout=10, what=f"{component} (pid {pid}) to die")
+    wait_for(lambda: is_gone(pid), timeout=10, what=f"{component} (pid {pid}) to die")
     time.sleep(down_seconds)
     with (cluster_dir / "logs" / f"{component}.log").open("ab") as log:
         started = subprocess.Popen(

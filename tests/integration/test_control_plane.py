@@ -7,12 +7,14 @@ import subprocess
 import uuid
 
 import pytest
+import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from testenv_harness.ground.waiting import wait_for
 from testenv_harness.provision import toolchain
 from testenv_harness.provision.clusters import Cluster
+from tests.e2e import outages
 
 
 def test_server_reports_the_pinned_version(api: client.ApiClient, local_cluster: Cluster) -> None:
@@ -64,6 +66,32 @@ def test_a_deployment_gets_scheduled_ready_pods(api: client.ApiClient, namespace
     for pod in pods:
         assert pod.spec.node_name.startswith("kwok-node-"), "the scheduler placed the pod on a kwok node"
         assert {c.type: c.status for c in pod.status.conditions}["Ready"] == "True"
+
+
+def test_controllers_outlive_an_etcd_outage_longer_than_a_lease(
+    api: client.ApiClient, local_cluster: Cluster, namespace: str
+) -> None:
+    """etcd down for 12 s, longer than a leader-elected kube-controller-manager or kube-scheduler
+    keeps going without renewing its Lease (10 s, then it exits): the local cluster's run without
+    leader election, so both outlive it, and a Deployment made afterwards gets ready pods."""
+    cluster_dir = local_cluster.kubeconfig.parent
+    names = ("kube-controller-manager", "kube-scheduler")
+    controllers = {name: outages.pid_of(cluster_dir, name) for name in names}
+    outages.restart(cluster_dir, "etcd", down_seconds=12)
+    core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
+    wait_for(
+        lambda: core.read_namespace(namespace, _request_timeout=5) is not None,
+        timeout=60,
+        what="the API server to answer after etcd's restart",
+        retry=(ApiException, urllib3.exceptions.HTTPError),
+    )
+    assert [name for name, pid in controllers.items() if outages.is_gone(pid)] == []
+    apps.create_namespaced_deployment(namespace, _deployment("after", 2))
+    wait_for(
+        lambda: (apps.read_namespaced_deployment("after", namespace).status.ready_replicas or 0) == 2,
+        timeout=60,
+        what="2 ready replicas of a Deployment made after the outage",
+    )
 
 
 def test_a_deleted_namespace_really_goes_away(api: client.ApiClient) -> None:

@@ -14,6 +14,11 @@ The certificates are the ones kwokctl generates for every binary-runtime cluster
 that the API server already serves with. Its holder is cluster-admin anyway, so letting it read
 etcd gives nobody anything new.
 
+It also turns leader election off for the one kube-controller-manager and kube-scheduler.
+With it on (their default), each renews a Lease every 2 s, and exits when it cannot for 10 s:
+an API server or etcd that is down or slow that long (a restart on busy cores) left a cluster
+that no longer made pods or bound them, with nothing to start them again.
+
 kwokctl only adds flags to a component (`componentsPatches`), or replaces one it set itself
 (`override: true`); a URL it wrote must be replaced whole, port included. So the ports are
 chosen here, before kwokctl runs, instead of by kwokctl.
@@ -133,6 +138,10 @@ def _apiserver_args(pki: Path, client_port: int) -> list[dict[str, object]]:
     ]
 
 
+#: Components that run once per cluster, so need no leader election (see the module's docstring).
+_SINGLE_CONTROLLERS = ("kube-controller-manager", "kube-scheduler")
+
+
 def kwokctl_configuration(cluster_dir: Path, ports: Mapping[str, int]) -> dict[str, object]:
     """The KwokctlConfiguration document for `kwokctl create cluster --config`."""
     pki = cluster_dir / "pki"  # where kwokctl's binary runtime writes the cluster's certificates
@@ -143,6 +152,7 @@ def kwokctl_configuration(cluster_dir: Path, ports: Mapping[str, int]) -> dict[s
         "componentsPatches": [
             {"name": "etcd", "extraArgs": _etcd_args(pki, ports["etcdPort"], ports["etcdPeerPort"])},
             {"name": "kube-apiserver", "extraArgs": _apiserver_args(pki, ports["etcdPort"])},
+            *({"name": name, "extraArgs": [_arg("leader-elect", "false")]} for name in _SINGLE_CONTROLLERS),
         ],
     }
 
