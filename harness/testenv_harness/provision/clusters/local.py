@@ -28,6 +28,9 @@ from testenv_harness.provision.clusters.base import Cluster
 DEFAULT_NAME = "testenv"
 #: kwok CRDs the cluster serves, so the data plane can declare port-forward targets at run time.
 _KWOK_CRDS = ("PortForward", "ClusterPortForward")
+
+#: The processes of a running cluster, by their binaries' names in its `bin/` folder.
+_COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok-controller")
 _NODE_ANNOTATION = "kwok.x-k8s.io/node"
 
 
@@ -198,11 +201,16 @@ class LocalProvider:
     def _create(self) -> None:
         self.report(f"creating local cluster {self.cluster_name!r} (kwokctl, binary runtime)")
         try:
-            with kwokctl_config.config_file(self.cluster_dir) as config:
+            # Ports are picked free and not saved by another cluster: two clusters made at once
+            # would pick the same ones (seen: a scheduler that never bound, pods never placed).
+            # One creation at a time, until kwokctl has saved this one's.
+            creating = files.locked(self.cluster_dir.parent.parent / ".create.lock")
+            with creating, kwokctl_config.config_file(self.cluster_dir) as config:
                 self._create_with(config)
             # kwokctl makes it group-readable (0750); it holds the admin key and etcd's data.
             self.cluster_dir.chmod(0o700)
             self._wait_ready()
+            self._check_components()
         except ClusterError as exc:
             logs = self._component_logs()
             self.down()  # a failed create leaves nothing half-made behind
@@ -238,9 +246,28 @@ class LocalProvider:
             "--kubeconfig=",
         )
 
+    def running_components(self) -> set[str]:
+        """The names of this cluster's components running now (etcd, kube-apiserver, ...)."""
+        running = set()
+        for pid in self.processes():
+            with contextlib.suppress(OSError):
+                argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0].decode()
+                if Path(argv0).parent == self.cluster_dir / "bin":
+                    running.add(Path(argv0).name)
+        return running
+
+    def _check_components(self) -> None:
+        """Every component is still running once the API server answers. One that exited at start
+        (its port taken by another program since it was picked) is otherwise seen only as pods
+        that are never made or never placed."""
+        running = self.running_components()
+        exited = [component for component in _COMPONENTS if component not in running]
+        if exited:
+            raise ClusterError(f"{', '.join(exited)} of {self.cluster_name!r} exited at start")
+
     def _component_logs(self) -> str:
         tails = []
-        for component in ("kube-apiserver", "etcd", "kube-controller-manager"):
+        for component in _COMPONENTS:
             path = self.cluster_dir / "logs" / f"{component}.log"
             if path.is_file():
                 lines = path.read_text(errors="replace").splitlines()[-15:]
