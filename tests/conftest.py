@@ -4,7 +4,8 @@ kind (the e2e scenarios and more on a real kind cluster)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import sys
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        tier = Path(item.fspath).relative_to(HERE).parts[0]
+        if not item.path.is_relative_to(HERE):
+            continue
+        tier = item.path.relative_to(HERE).parts[0]
         if tier in ("integration", "e2e", "kind"):
             item.add_marker(getattr(pytest.mark, tier))
 
@@ -85,6 +88,29 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
             super()._assign_work_unit(node)
 
     return ByCluster(config, log)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None]:
+    """Modules first imported during a `pytester` test stay imported after it.
+
+    `pytester` drops them at its test's end (for inline runs, whose test modules must not leak;
+    ours run in subprocesses). A dropped module is imported anew by the next test that needs it,
+    and then two copies of its classes exist: the Kubernetes client, which loads its API and
+    model modules on first use, refused its own model objects ("1 validation error for
+    V1Namespace", pydantic checking against the new class) in every later test of that xdist
+    worker. Which test is the first to load a module depends on how xdist hands tests out (seen
+    with three workers). Modules from the test's own folder are left dropped.
+    """
+    pytester = getattr(item, "funcargs", {}).get("pytester")
+    loaded = dict(sys.modules) if isinstance(pytester, pytest.Pytester) else {}
+    try:
+        return (yield)
+    finally:
+        for name, module in loaded.items():
+            origin = getattr(module, "__file__", None) or ""
+            if name not in sys.modules and not origin.startswith(str(pytester.path)):
+                sys.modules[name] = module
 
 
 @pytest.fixture(autouse=True)
