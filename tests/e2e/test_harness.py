@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import textwrap
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,27 +21,34 @@ from .conftest import Run
 SERVICE_PROCESSES = ("redis-server", "moto.server", "kafka.Kafka", "mosquitto -c", "testenv_operator")
 
 
-def _service_processes(cluster: Cluster, markers: Sequence[str] = SERVICE_PROCESSES) -> set[int]:
-    """Our host processes (data plane, operator) of `cluster`'s runs. Containers' processes show
-    in /proc too, but in PID namespaces of their own (kind's pods, other Docker containers); and
-    `make test` runs the kind tier beside the local one, so the other cluster's runs are left out
-    (`_works_for`)."""
-    return {pid for pid in services_of(markers) if _works_for(pid, cluster)}
+def _service_processes(
+    cluster: Cluster, namespace: str, markers: Sequence[str] = SERVICE_PROCESSES
+) -> set[int]:
+    """Our host processes (data plane, operator) of `cluster`'s runs in `namespace`.
+
+    Containers' processes show in /proc too, but in PID namespaces of their own (kind's pods,
+    other Docker containers); `make test` runs the kind tier beside local ones, so the other
+    clusters' runs are left out (`_works_for`), and so are other runs on this cluster.
+    """
+    return {pid for pid in services_of(markers) if _works_for(pid, cluster, namespace)}
 
 
-def _works_for(pid: int, cluster: Cluster) -> bool:
-    """Whether host process `pid` serves runs on `cluster`: an operator works with its kubeconfig
-    (KUBECONFIG); a service process (none) serves the local cluster only, whose pods are host
-    processes (a kind cluster's run in its node's containers)."""
+def _works_for(pid: int, cluster: Cluster, namespace: str) -> bool:
+    """Whether host process `pid` serves runs on `cluster` in `namespace`. An operator works with
+    its kubeconfig (KUBECONFIG). A service process serves the local cluster only (a kind cluster's
+    run in its node's containers), from a folder named for its pod's namespace, which starts with
+    the run's: each xdist worker's local cluster has runs of its own at the same time. (Its
+    environment cannot tell: redis-server writes its title over it.)"""
     try:
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        folder = os.readlink(f"/proc/{pid}/cwd")
     except OSError:
         return False  # gone meanwhile
     for entry in environ:
         if entry.startswith(b"KUBECONFIG="):
             path = entry.split(b"=", 1)[1].decode()
             return os.path.realpath(path) == os.path.realpath(str(cluster.kubeconfig))
-    return cluster.provider == "local"
+    return cluster.provider == "local" and f"/te-{namespace}-" in folder
 
 
 def services_of(markers: Sequence[str]) -> set[int]:
@@ -74,10 +82,13 @@ def _managed_namespaces(cluster: Cluster) -> set[str]:
 def test_the_example_suite_passes_and_leaves_nothing_behind(
     run_suite: Run, example_suite: Path, e2e_cluster: Cluster, workers: str, teardown: str
 ) -> None:
-    processes_before = _service_processes(e2e_cluster)
+    namespace = f"e2e-{uuid.uuid4().hex[:6]}"  # the run's, to tell its processes from others'
+    processes_before = _service_processes(e2e_cluster, namespace)
     namespaces_before = _managed_namespaces(e2e_cluster)
     waits = teardown == "wait"
-    result = run_suite("-n", workers, *(["--testenv-wait-teardown"] if waits else []))
+    result = run_suite(
+        "-n", workers, f"--testenv-namespace={namespace}", *(["--testenv-wait-teardown"] if waits else [])
+    )
     result.assert_outcomes(passed=11)
     expected_workers = max(1, int(workers))
     ending = (
@@ -93,25 +104,25 @@ def test_the_example_suite_passes_and_leaves_nothing_behind(
         ]
     )
     if waits:
-        assert _service_processes(e2e_cluster) <= processes_before, (
+        assert _service_processes(e2e_cluster, namespace) <= processes_before, (
             "a service or operator process outlived the run"
         )
         assert _managed_namespaces(e2e_cluster) <= namespaces_before
         return
     # The services end with the run; the operator finishes the deletion, then exits by itself.
     services = [m for m in SERVICE_PROCESSES if m != "testenv_operator"]
-    assert not _service_processes(e2e_cluster, services) - processes_before, (
+    assert not _service_processes(e2e_cluster, namespace, services) - processes_before, (
         "a service process outlived the run"
     )
     wait_for(
         lambda: (
-            _service_processes(e2e_cluster) <= processes_before
+            _service_processes(e2e_cluster, namespace) <= processes_before
             and _managed_namespaces(e2e_cluster) <= namespaces_before
         ),
         timeout=90,
         what="the run's operator to delete its namespaces and exit",
         seen=lambda: (
-            f"processes {_service_processes(e2e_cluster) - processes_before}, "
+            f"processes {_service_processes(e2e_cluster, namespace) - processes_before}, "
             f"namespaces {_managed_namespaces(e2e_cluster) - namespaces_before}"
         ),
     )
