@@ -96,9 +96,11 @@ def test_the_example_suite_passes_and_leaves_nothing_behind(
         if waits
         else "stopped in *s, the namespaces are deleted in the background by operator pid *"
     )
+    services = "redis (redis), kafka (kafka), aws (localstack)"
     result.stdout.fnmatch_lines(
         [
-            f"*environment *: {expected_workers} worker(s) x redis (redis), kafka (kafka), aws (localstack)*",
+            # The run took our namespace, so the process checks below look at its processes.
+            f"*environment {namespace}/*: {expected_workers} worker(s) x {services}*",
             "*worker 0 ready in *s (*kafka *s*redis *s)*",
             f"*{expected_workers}/{expected_workers} workers ready*{ending}",
         ]
