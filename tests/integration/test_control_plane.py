@@ -72,8 +72,8 @@ def test_controllers_outlive_an_etcd_outage_longer_than_a_lease(
     api: client.ApiClient, local_cluster: Cluster, namespace: str
 ) -> None:
     """etcd down for 12 s, longer than a leader-elected kube-controller-manager or kube-scheduler
-    keeps going without renewing its Lease (10 s, then it exits): the local cluster's run without
-    leader election, so both outlive it, and a Deployment made afterwards gets ready pods."""
+    keeps going without renewing its Lease (10 s, then it exits): the local cluster runs both
+    without leader election, so both outlive it, and a Deployment made afterwards gets ready pods."""
     cluster_dir = local_cluster.kubeconfig.parent
     names = ("kube-controller-manager", "kube-scheduler")
     controllers = {name: outages.pid_of(cluster_dir, name) for name in names}
