@@ -96,11 +96,11 @@ def test_the_example_suite_passes_and_leaves_nothing_behind(
         if waits
         else "stopped in *s, the namespaces are deleted in the background by operator pid *"
     )
-    services = "redis (redis), kafka (kafka), aws (localstack)"
+    listed = "redis (redis), kafka (kafka), aws (localstack)"
     result.stdout.fnmatch_lines(
         [
             # The run took our namespace, so the process checks below look at its processes.
-            f"*environment {namespace}/*: {expected_workers} worker(s) x {services}*",
+            f"*environment {namespace}/*: {expected_workers} worker(s) x {listed}*",
             "*worker 0 ready in *s (*kafka *s*redis *s)*",
             f"*{expected_workers}/{expected_workers} workers ready*{ending}",
         ]

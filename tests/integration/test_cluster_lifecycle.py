@@ -6,7 +6,6 @@ import concurrent.futures
 from pathlib import Path
 
 import pytest
-import yaml
 
 from testenv_harness.ground import files
 from testenv_harness.provision.clusters import LocalProvider, kwokctl_config
@@ -44,13 +43,6 @@ def test_up_reuse_restart_down_leaves_no_process(tmp_path: Path, monkeypatch: py
     provider.down()  # a second delete is a no-op
 
 
-def _saved_ports(provider: LocalProvider) -> set[int]:
-    """The ports kwokctl saved for the cluster at its creation."""
-    documents = yaml.safe_load_all((provider.cluster_dir / "kwok.yaml").read_text())
-    (saved,) = [d for d in documents if isinstance(d, dict) and d.get("kind") == "KwokctlConfiguration"]
-    return {int(saved["options"][name]) for name in kwokctl_config.PORT_OPTIONS}
-
-
 def test_two_clusters_made_at_once_run_every_component_on_ports_of_their_own() -> None:
     """Two sessions (or xdist workers) creating clusters together: each picks its ports before
     kwokctl saves them, so without a lock both took the same and one scheduler never bound."""
@@ -59,7 +51,7 @@ def test_two_clusters_made_at_once_run_every_component_on_ports_of_their_own() -
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             for made in [pool.submit(provider.up) for provider in providers]:
                 made.result()
-        ports = [_saved_ports(provider) for provider in providers]
+        ports = [kwokctl_config.saved_ports(provider.cluster_dir / "kwok.yaml") for provider in providers]
         assert len(ports[0] | ports[1]) == 12, ports  # six each, none shared
         for provider in providers:
             assert provider.running_components() == {

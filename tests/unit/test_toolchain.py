@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -88,12 +89,17 @@ def test_cached_tool_is_not_rebuilt(empty_cache: Path) -> None:
     assert toolchain.build_one(tool, report=lambda _: None) == 0.0
 
 
-def test_bin_dir_links_every_binary(empty_cache: Path) -> None:
-    for tool in toolchain.TOOLS:
+def _built(tools: Iterable[toolchain.GoTool]) -> None:
+    """Each tool's cache folder with a stand-in for each of its binaries, as `build_one` leaves it."""
+    for tool in tools:
         folder = toolchain.tool_dir(tool)
         folder.mkdir(parents=True)
         for name in tool.binaries:
             (folder / name).write_text("#!/bin/sh\n")
+
+
+def test_bin_dir_links_every_binary(empty_cache: Path) -> None:
+    _built(toolchain.TOOLS)
     linked = toolchain.link_bin_dir()
     local = [name for tool in toolchain.tools_of("local") for name in tool.binaries]
     assert sorted(p.name for p in linked.iterdir()) == sorted(local)
@@ -102,11 +108,7 @@ def test_bin_dir_links_every_binary(empty_cache: Path) -> None:
 
 def test_bin_dir_links_made_at_once_by_many_callers_all_succeed(empty_cache: Path) -> None:
     """Two clusters starting together each link the folder: none may fail on the other's links."""
-    for tool in toolchain.tools_of("local"):
-        folder = toolchain.tool_dir(tool)
-        folder.mkdir(parents=True)
-        for name in tool.binaries:
-            (folder / name).write_text("#!/bin/sh\n")
+    _built(toolchain.tools_of("local"))
     stale = toolchain.bin_dir() / "etcd"
     stale.parent.mkdir(parents=True)
     stale.symlink_to("/nowhere/etcd")  # left by an older build: replaced, not kept

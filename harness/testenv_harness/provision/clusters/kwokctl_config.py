@@ -87,10 +87,15 @@ def ports_of_other_clusters(cluster_dir: Path) -> set[int]:
     """
     taken: set[int] = set()
     for saved in cluster_dir.parent.glob("*/kwok.yaml"):
-        document = _saved_configuration(saved) if saved.parent != cluster_dir else None
-        options = (document or {}).get("options") or {}
-        taken.update(int(options[name]) for name in PORT_OPTIONS if options.get(name))
+        if saved.parent != cluster_dir:
+            taken |= saved_ports(saved)
     return taken
+
+
+def saved_ports(saved: Path) -> set[int]:
+    """The ports of PORT_OPTIONS a cluster's saved kwok.yaml gives it (none if unreadable)."""
+    options = (_saved_configuration(saved) or {}).get("options") or {}
+    return {int(options[name]) for name in PORT_OPTIONS if options.get(name)}
 
 
 def pick_ports(taken: Set[int] = frozenset()) -> dict[str, int]:
